@@ -1,0 +1,53 @@
+//! The admin HTTP server: `/metrics` for Prometheus, `/readyz` and `/livez`
+//! for Kubernetes.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Whether the sidecar takes new calls. Flips to false at the start of a
+/// drain, before the gRPC listener closes, so the endpoint leaves load
+/// balancers first.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    ready: Readiness,
+    metrics: Option<PrometheusHandle>,
+}
+
+pub fn router(ready: Readiness, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/readyz", get(readyz))
+        .route("/livez", get(|| async { "ok\n" }))
+        .with_state(AdminState { ready, metrics })
+}
+
+async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let body = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.ready.get() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}

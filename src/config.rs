@@ -1,0 +1,137 @@
+//! Every setting, as one clap struct: a flag and an environment variable
+//! each, with defaults that are safe for a sidecar.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use http::Uri;
+
+use crate::kvs::{http::HttpConfig, retry::Backoff, stack::StackConfig};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvs-sidecar", version, about = "gRPC sidecar for the Amazon Kinesis Video Streams WebRTC Storage API")]
+pub struct Config {
+    /// gRPC listen address. Loopback by default: the sidecar acts with the
+    /// pod's AWS role, so only its pod should reach it.
+    #[arg(long, env = "KVS_SIDECAR_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+
+    /// Admin HTTP listen address (/metrics, /readyz, /livez).
+    #[arg(long, env = "KVS_SIDECAR_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    pub admin_listen: SocketAddr,
+
+    #[arg(long, env = "KVS_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level or tracing-subscriber filter; RUST_LOG, when set, wins.
+    #[arg(long, env = "KVS_SIDECAR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Control-plane endpoint override, as the AWS SDKs read it. Falls back
+    /// to AWS_ENDPOINT_URL; the WEBRTC endpoint always comes from discovery.
+    #[arg(long, env = "AWS_ENDPOINT_URL_KINESIS_VIDEO")]
+    pub kvs_endpoint_url: Option<Uri>,
+
+    /// Attempts per KVS request, the first included (AWS standard mode: 3).
+    #[arg(long, env = "KVS_SIDECAR_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub max_attempts: u32,
+
+    /// Backoff base for retries of server errors, resets and timeouts.
+    #[arg(long, env = "KVS_SIDECAR_RETRY_BASE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub retry_base_delay: Duration,
+
+    /// Backoff base for retries of throttled requests.
+    #[arg(long, env = "KVS_SIDECAR_RETRY_THROTTLING_BASE_DELAY", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub retry_throttling_base_delay: Duration,
+
+    /// Longest wait between two attempts.
+    #[arg(long, env = "KVS_SIDECAR_RETRY_MAX_BACKOFF", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub retry_max_backoff: Duration,
+
+    /// Timeout of one attempt (connect, send, answer).
+    #[arg(long, env = "KVS_SIDECAR_ATTEMPT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub attempt_timeout: Duration,
+
+    /// TCP connect timeout to KVS.
+    #[arg(long, env = "KVS_SIDECAR_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Deadline of a call whose caller set none (or a longer one).
+    #[arg(long, env = "KVS_SIDECAR_MAX_CALL_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_call_duration: Duration,
+
+    /// Requests to KVS in flight at once; further ones wait for a slot
+    /// within their deadline.
+    #[arg(long, env = "KVS_SIDECAR_MAX_UPSTREAM_CONCURRENCY", default_value_t = 256)]
+    pub max_upstream_concurrency: usize,
+
+    /// How long an idle pooled connection to KVS is kept.
+    #[arg(long, env = "KVS_SIDECAR_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub pool_idle_timeout: Duration,
+
+    /// Idle pooled connections kept per KVS host.
+    #[arg(long, env = "KVS_SIDECAR_POOL_MAX_IDLE_PER_HOST", default_value_t = 64)]
+    pub pool_max_idle_per_host: usize,
+
+    /// How long a discovered WEBRTC endpoint is reused (the KVS WebRTC C SDK
+    /// keeps them 10 hours).
+    #[arg(long, env = "KVS_SIDECAR_ENDPOINT_CACHE_TTL", default_value = "10h", value_parser = humantime::parse_duration)]
+    pub endpoint_cache_ttl: Duration,
+
+    /// Longest wait for the credential provider chain.
+    #[arg(long, env = "KVS_SIDECAR_CREDENTIALS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub credentials_timeout: Duration,
+
+    /// After SIGTERM/SIGINT, how long in-flight calls may take to finish.
+    /// Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "KVS_SIDECAR_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    pub fn stack(&self) -> StackConfig {
+        StackConfig {
+            max_attempts: self.max_attempts,
+            backoff: Backoff {
+                base: self.retry_base_delay,
+                throttling_base: self.retry_throttling_base_delay,
+                max: self.retry_max_backoff,
+            },
+            attempt_timeout: self.attempt_timeout,
+            max_concurrency: self.max_upstream_concurrency.max(1),
+            http: HttpConfig {
+                connect_timeout: self.connect_timeout,
+                pool_idle_timeout: self.pool_idle_timeout,
+                pool_max_idle_per_host: self.pool_max_idle_per_host,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback_and_standard_retries() {
+        let c = Config::try_parse_from(["kvs-sidecar"]).unwrap();
+        assert!(c.grpc_listen.ip().is_loopback());
+        assert!(c.admin_listen.ip().is_loopback());
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.endpoint_cache_ttl, Duration::from_secs(36_000));
+    }
+
+    #[test]
+    fn flags_parse_durations_and_bound_attempts() {
+        let c = Config::try_parse_from(["kvs-sidecar", "--attempt-timeout", "250ms", "--max-attempts", "5"]).unwrap();
+        assert_eq!(c.attempt_timeout, Duration::from_millis(250));
+        assert_eq!(c.stack().max_attempts, 5);
+        assert!(Config::try_parse_from(["kvs-sidecar", "--max-attempts", "0"]).is_err());
+    }
+}

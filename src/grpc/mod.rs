@@ -1,0 +1,8 @@
+//! The gRPC side: the service, its status mapping, deadlines and metrics.
+
+pub mod deadline;
+pub mod metrics;
+mod service;
+pub mod status;
+
+pub use self::service::WebRtcStorage;

@@ -1,0 +1,138 @@
+//! The `WebRtcStorageService` implementation: validate, call KVS, answer.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::{deadline::deadline, status::to_status};
+use crate::{
+    kvs::{
+        Call, Error, Joined, KvsClient,
+        arn::{ChannelArn, validate_client_id},
+    },
+    pb::{
+        JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
+        JoinStorageSessionRequest, JoinStorageSessionResponse,
+        web_rtc_storage_service_server::WebRtcStorageService,
+    },
+};
+
+pub struct WebRtcStorage {
+    client: Arc<KvsClient>,
+    max_call_duration: Duration,
+}
+
+impl WebRtcStorage {
+    pub fn new(client: Arc<KvsClient>, max_call_duration: Duration) -> Self {
+        Self {
+            client,
+            max_call_duration,
+        }
+    }
+
+    fn call<T>(&self, req: &Request<T>) -> Call {
+        Call::new(deadline(
+            req.metadata().as_ref(),
+            Instant::now(),
+            self.max_call_duration,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl WebRtcStorageService for WebRtcStorage {
+    async fn join_storage_session(
+        &self,
+        req: Request<JoinStorageSessionRequest>,
+    ) -> Result<Response<JoinStorageSessionResponse>, Status> {
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let started = Instant::now();
+        let result = async {
+            let arn = parse_arn(&msg.channel_arn)?;
+            self.client.join_storage_session(&call, &arn).await
+        }
+        .await;
+        log_call("JoinStorageSession", &msg.channel_arn, &call, started, &result);
+        let Joined { request_id } = result.map_err(|e| to_status(&e))?;
+        Ok(Response::new(JoinStorageSessionResponse {
+            aws_request_id: request_id,
+        }))
+    }
+
+    async fn join_storage_session_as_viewer(
+        &self,
+        req: Request<JoinStorageSessionAsViewerRequest>,
+    ) -> Result<Response<JoinStorageSessionAsViewerResponse>, Status> {
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let started = Instant::now();
+        let result = async {
+            let arn = parse_arn(&msg.channel_arn)?;
+            validate_client_id(&msg.client_id).map_err(|reason| Error::InvalidRequest {
+                field: "client_id",
+                reason,
+            })?;
+            self.client
+                .join_storage_session_as_viewer(&call, &arn, &msg.client_id)
+                .await
+        }
+        .await;
+        log_call("JoinStorageSessionAsViewer", &msg.channel_arn, &call, started, &result);
+        let Joined { request_id } = result.map_err(|e| to_status(&e))?;
+        Ok(Response::new(JoinStorageSessionAsViewerResponse {
+            aws_request_id: request_id,
+        }))
+    }
+}
+
+fn parse_arn(raw: &str) -> Result<ChannelArn, Error> {
+    ChannelArn::parse(raw).map_err(|reason| Error::InvalidRequest {
+        field: "channel_arn",
+        reason,
+    })
+}
+
+/// The one log line of a call. A rejected ARN is logged only by its length:
+/// it is caller input that failed validation and may be anything.
+fn log_call(rpc: &'static str, arn: &str, call: &Call, started: Instant, result: &Result<Joined, Error>) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    let attempts = call.attempts();
+    match result {
+        Ok(joined) => tracing::info!(
+            rpc,
+            channel = arn,
+            status = "OK",
+            attempts,
+            latency_ms,
+            request_id = joined.request_id,
+            "call"
+        ),
+        Err(err @ Error::InvalidRequest { .. }) => tracing::info!(
+            rpc,
+            channel_len = arn.len(),
+            status = ?super::status::code(err),
+            attempts,
+            latency_ms,
+            error = %err,
+            "call"
+        ),
+        Err(err) => {
+            let request_id = match err {
+                Error::Service(e) => e.request_id.as_deref(),
+                _ => None,
+            };
+            tracing::warn!(
+                rpc,
+                channel = arn,
+                status = ?super::status::code(err),
+                attempts,
+                latency_ms,
+                request_id,
+                error = %err,
+                "call"
+            )
+        }
+    }
+}

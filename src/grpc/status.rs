@@ -1,0 +1,118 @@
+//! The one place errors become gRPC statuses.
+//!
+//! When KVS answered, the status carries `google.rpc.ErrorInfo` (reason: the
+//! KVS error code) and `google.rpc.RequestInfo` (request id: KVS's
+//! `x-amzn-RequestId`), and the request id as `x-amzn-requestid` metadata,
+//! for clients that do not decode rich error details.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status, metadata::MetadataValue};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::kvs::{Error, ServiceError};
+
+/// The gRPC code for each error class.
+pub fn code(err: &Error) -> Code {
+    match err {
+        Error::InvalidRequest { .. } | Error::UnknownPartition(_) => Code::InvalidArgument,
+        Error::Service(e) => service_code(e),
+        Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,
+        Error::DeadlineExceeded => Code::DeadlineExceeded,
+        Error::Signing(_) | Error::MalformedResponse(_) => Code::Internal,
+    }
+}
+
+fn service_code(e: &ServiceError) -> Code {
+    match e.code() {
+        "ResourceNotFoundException" => Code::NotFound,
+        "AccessDeniedException" => Code::PermissionDenied,
+        "InvalidArgumentException" => Code::InvalidArgument,
+        "ClientLimitExceededException" | "ThrottlingException" => Code::ResourceExhausted,
+        // KVS rejected the sidecar's own credentials or signature: a fault of
+        // this pod's setup, not of the caller's request.
+        "ExpiredTokenException"
+        | "InvalidSignatureException"
+        | "IncompleteSignature"
+        | "MissingAuthenticationTokenException"
+        | "UnrecognizedClientException" => Code::Unavailable,
+        _ if e.http_status == 429 => Code::ResourceExhausted,
+        _ if e.http_status >= 500 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+pub fn to_status(err: &Error) -> Status {
+    let code = code(err);
+    let Error::Service(e) = err else {
+        return Status::new(code, err.to_string());
+    };
+    let mut details = ErrorDetails::new();
+    let mut metadata = HashMap::from([("http_status".to_owned(), e.http_status.to_string())]);
+    if let Some(id) = &e.request_id {
+        metadata.insert("aws_request_id".to_owned(), id.clone());
+        details.set_request_info(id.clone(), "");
+    }
+    details.set_error_info(e.code(), "kinesisvideo.amazonaws.com", metadata);
+    let mut status = Status::with_error_details(code, err.to_string(), details);
+    if let Some(id) = e.request_id.as_deref().and_then(|id| MetadataValue::try_from(id).ok()) {
+        status.metadata_mut().insert("x-amzn-requestid", id);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvs::arn::ValidationError;
+
+    fn kvs(http_status: u16, code: &str) -> Error {
+        Error::Service(ServiceError {
+            http_status,
+            code: (!code.is_empty()).then(|| code.to_owned()),
+            message: "m".into(),
+            request_id: Some("rid-7".into()),
+        })
+    }
+
+    #[test]
+    fn maps_each_error_class() {
+        let cases = [
+            (kvs(404, "ResourceNotFoundException"), Code::NotFound),
+            (kvs(403, "AccessDeniedException"), Code::PermissionDenied),
+            (kvs(400, "InvalidArgumentException"), Code::InvalidArgument),
+            (kvs(400, "ClientLimitExceededException"), Code::ResourceExhausted),
+            (kvs(429, ""), Code::ResourceExhausted),
+            (kvs(503, ""), Code::Unavailable),
+            (kvs(403, "ExpiredTokenException"), Code::Unavailable),
+            (kvs(409, "SomethingNew"), Code::Unknown),
+            (Error::Transport("reset".into()), Code::Unavailable),
+            (Error::DeadlineExceeded, Code::DeadlineExceeded),
+            (Error::Credentials("none".into()), Code::Unavailable),
+            (Error::InvalidRequest { field: "channel_arn", reason: ValidationError::Empty }, Code::InvalidArgument),
+        ];
+        for (err, want) in cases {
+            assert_eq!(code(&err), want, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn carries_request_id_and_message_in_details() {
+        let status = to_status(&kvs(404, "ResourceNotFoundException"));
+        assert_eq!(status.metadata().get("x-amzn-requestid").unwrap(), "rid-7");
+        assert!(status.message().contains("ResourceNotFoundException"));
+        assert!(status.message().contains(": m"));
+        let details = status.get_error_details();
+        assert_eq!(details.request_info().unwrap().request_id, "rid-7");
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "ResourceNotFoundException");
+        assert_eq!(info.metadata["http_status"], "404");
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let status = to_status(&Error::InvalidRequest { field: "client_id", reason: ValidationError::Empty });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "client_id: is empty");
+    }
+}

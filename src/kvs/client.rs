@@ -1,0 +1,248 @@
+//! The two joins, each preceded (once per channel and role) by endpoint
+//! discovery.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
+use bytes::Bytes;
+use http::Uri;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use super::{
+    Error, Operation, UpstreamRequest, UpstreamResponse,
+    arn::ChannelArn,
+    endpoint::{self, EndpointCache, Role},
+    stack::Upstream,
+};
+
+/// One gRPC call's budget and bookkeeping, shared by its discovery and join.
+#[derive(Debug, Clone)]
+pub struct Call {
+    deadline: Instant,
+    attempts: Arc<AtomicU32>,
+}
+
+impl Call {
+    pub fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            attempts: Arc::default(),
+        }
+    }
+
+    /// Requests sent to KVS so far, discovery and retries included.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+}
+
+/// A join KVS accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub request_id: String,
+}
+
+pub struct KvsClient {
+    upstream: Upstream,
+    endpoints: EndpointCache,
+    control_plane_override: Option<Uri>,
+}
+
+// === impl KvsClient ===
+
+impl KvsClient {
+    pub fn new(upstream: Upstream, endpoints: EndpointCache, control_plane_override: Option<Uri>) -> Self {
+        Self {
+            upstream,
+            endpoints,
+            control_plane_override,
+        }
+    }
+
+    pub async fn join_storage_session(&self, call: &Call, arn: &ChannelArn) -> Result<Joined, Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            channel_arn: &'a str,
+        }
+        let body = json(&Body { channel_arn: arn.as_str() });
+        self.join(call, arn, Role::Master, Operation::JoinStorageSession, body).await
+    }
+
+    pub async fn join_storage_session_as_viewer(
+        &self,
+        call: &Call,
+        arn: &ChannelArn,
+        client_id: &str,
+    ) -> Result<Joined, Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            channel_arn: &'a str,
+            client_id: &'a str,
+        }
+        let body = json(&Body { channel_arn: arn.as_str(), client_id });
+        self.join(call, arn, Role::Viewer, Operation::JoinStorageSessionAsViewer, body).await
+    }
+
+    pub fn endpoints(&self) -> &EndpointCache {
+        &self.endpoints
+    }
+
+    async fn join(
+        &self,
+        call: &Call,
+        arn: &ChannelArn,
+        role: Role,
+        operation: Operation,
+        body: Bytes,
+    ) -> Result<Joined, Error> {
+        let work = async {
+            let endpoint = self
+                .endpoints
+                .get_or_discover(arn, role, || self.discover(call, arn, role))
+                .await?;
+            let answer = self.send(call, operation, endpoint, arn, body).await;
+            if answer.as_ref().is_err_and(endpoint_is_stale) {
+                self.endpoints.invalidate(arn, role);
+            }
+            let answer = answer?;
+            Ok(Joined {
+                request_id: answer.request_id.unwrap_or_default(),
+            })
+        };
+        // The deadline covers discovery, waiting on another call's discovery,
+        // every attempt and every backoff.
+        tokio::time::timeout_at(call.deadline, work)
+            .await
+            .unwrap_or(Err(Error::DeadlineExceeded))
+    }
+
+    async fn discover(&self, call: &Call, arn: &ChannelArn, role: Role) -> Result<Uri, Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Config<'a> {
+            protocols: [&'a str; 1],
+            role: &'a str,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Body<'a> {
+            #[serde(rename = "ChannelARN")]
+            channel_arn: &'a str,
+            single_master_channel_endpoint_configuration: Config<'a>,
+        }
+        let body = json(&Body {
+            channel_arn: arn.as_str(),
+            single_master_channel_endpoint_configuration: Config {
+                protocols: ["WEBRTC"],
+                role: role.as_str(),
+            },
+        });
+        let control_plane = endpoint::control_plane(arn, self.control_plane_override.as_ref())?;
+        let answer = self
+            .send(call, Operation::GetSignalingChannelEndpoint, control_plane, arn, body)
+            .await?;
+        webrtc_endpoint(&answer.body)
+    }
+
+    async fn send(
+        &self,
+        call: &Call,
+        operation: Operation,
+        endpoint: Uri,
+        arn: &ChannelArn,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, Error> {
+        let request = UpstreamRequest {
+            operation,
+            endpoint,
+            region: arn.region().into(),
+            body,
+            deadline: call.deadline,
+            attempts: call.attempts.clone(),
+        };
+        self.upstream.clone().oneshot(request).await
+    }
+}
+
+/// Whether a failed join means the cached endpoint should be rediscovered:
+/// KVS no longer knows the channel there, or the endpoint stopped answering.
+fn endpoint_is_stale(err: &Error) -> bool {
+    match err {
+        Error::Service(e) => e.code() == "ResourceNotFoundException",
+        Error::Transport(_) => true,
+        _ => false,
+    }
+}
+
+/// The WEBRTC endpoint in a `GetSignalingChannelEndpoint` answer.
+fn webrtc_endpoint(body: &[u8]) -> Result<Uri, Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        #[serde(default)]
+        resource_endpoint_list: Vec<Endpoint>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Endpoint {
+        protocol: Option<String>,
+        resource_endpoint: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| Error::MalformedResponse(format!("GetSignalingChannelEndpoint: {e}")))?;
+    let raw = answer
+        .resource_endpoint_list
+        .into_iter()
+        .find(|e| e.protocol.as_deref() == Some("WEBRTC"))
+        .and_then(|e| e.resource_endpoint)
+        .ok_or_else(|| Error::MalformedResponse("GetSignalingChannelEndpoint answered no WEBRTC endpoint".into()))?;
+    let uri: Uri = raw
+        .parse()
+        .map_err(|e| Error::MalformedResponse(format!("WEBRTC endpoint {raw:?}: {e}")))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https" | "http"), Some(host)) if !host.is_empty() => Ok(uri),
+        _ => Err(Error::MalformedResponse(format!(
+            "WEBRTC endpoint {raw:?} is not an http(s) URL with a host"
+        ))),
+    }
+}
+
+fn json(value: &impl Serialize) -> Bytes {
+    // Serializing these plain string structs cannot fail.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_webrtc_endpoint() {
+        let body = br#"{"ResourceEndpointList":[
+            {"Protocol":"WSS","ResourceEndpoint":"wss://m-1.kinesisvideo.us-west-2.amazonaws.com"},
+            {"Protocol":"WEBRTC","ResourceEndpoint":"https://w-1.kinesisvideo.us-west-2.amazonaws.com"}]}"#;
+        assert_eq!(
+            webrtc_endpoint(body).unwrap().host(),
+            Some("w-1.kinesisvideo.us-west-2.amazonaws.com")
+        );
+    }
+
+    #[test]
+    fn refuses_answers_without_a_usable_endpoint() {
+        for body in [
+            &br#"{"ResourceEndpointList":[]}"#[..],
+            br#"{"ResourceEndpointList":[{"Protocol":"WSS","ResourceEndpoint":"wss://x"}]}"#,
+            br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"ftp://x"}]}"#,
+            br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"/relative"}]}"#,
+            b"not json",
+        ] {
+            assert!(matches!(webrtc_endpoint(body), Err(Error::MalformedResponse(_))));
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! A cache in front of the aws-config credential chain.
+//!
+//! Calls read the cached credentials without waiting. When they come within
+//! [`REFRESH_AHEAD`] of expiring, one background task refreshes them while
+//! calls go on using the old ones; only a cold or invalidated cache makes a
+//! call wait, and then all waiting calls share one provider call.
+
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use aws_credential_types::{
+    Credentials,
+    provider::{ProvideCredentials, SharedCredentialsProvider},
+};
+
+use super::Error;
+use crate::{clock::SharedClock, metrics};
+
+/// How long before expiry credentials are refreshed. The SDKs use 5 minutes;
+/// STS and container credentials live at least 15.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
+
+pub struct CredentialCache {
+    provider: SharedCredentialsProvider,
+    clock: SharedClock,
+    load_timeout: Duration,
+    current: RwLock<Option<Credentials>>,
+    /// Serializes provider calls, so concurrent misses make one.
+    loading: tokio::sync::Mutex<()>,
+    background: AtomicBool,
+}
+
+impl std::fmt::Debug for CredentialCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials' own Debug redacts the secret; the provider's may not.
+        f.debug_struct("CredentialCache")
+            .field("current", &self.read())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl CredentialCache ===
+
+impl CredentialCache {
+    pub fn new(
+        provider: SharedCredentialsProvider,
+        clock: SharedClock,
+        load_timeout: Duration,
+    ) -> Self {
+        Self {
+            provider,
+            clock,
+            load_timeout,
+            current: RwLock::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            background: AtomicBool::new(false),
+        }
+    }
+
+    /// Credentials to sign with now.
+    pub async fn get(self: &Arc<Self>) -> Result<Credentials, Error> {
+        match self.read() {
+            Some(c) if !self.expires_within(&c, Duration::ZERO) => {
+                if self.expires_within(&c, REFRESH_AHEAD) {
+                    self.refresh_in_background();
+                }
+                Ok(c)
+            }
+            _ => self.load().await,
+        }
+    }
+
+    /// Drops the cached credentials (KVS said they expired); the next `get`
+    /// loads fresh ones.
+    pub fn invalidate(&self) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn read(&self) -> Option<Credentials> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn expires_within(&self, c: &Credentials, margin: Duration) -> bool {
+        c.expiry()
+            .is_some_and(|expiry| expiry <= self.clock.now() + margin)
+    }
+
+    fn refresh_in_background(self: &Arc<Self>) {
+        if self.background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.load().await {
+                tracing::warn!(%error, "background credential refresh failed; using current credentials until they expire");
+            }
+            this.background.store(false, Ordering::Release);
+        });
+    }
+
+    async fn load(&self) -> Result<Credentials, Error> {
+        let _one_at_a_time = self.loading.lock().await;
+        // Whoever held the lock before us may have loaded what we need.
+        if let Some(c) = self.read().filter(|c| !self.expires_within(c, REFRESH_AHEAD)) {
+            return Ok(c);
+        }
+        let loaded = tokio::time::timeout(self.load_timeout, self.provider.provide_credentials())
+            .await
+            .map_err(|_| {
+                Error::Credentials(format!(
+                    "the provider chain did not answer within {:?}",
+                    self.load_timeout
+                ))
+            })
+            .and_then(|r| r.map_err(|e| Error::Credentials(provider_reason(&e))));
+        metrics::credential_refresh(loaded.is_ok());
+        let credentials = loaded?;
+        tracing::debug!(expiry = ?credentials.expiry(), "loaded AWS credentials");
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(credentials.clone());
+        Ok(credentials)
+    }
+}
+
+fn provider_reason(err: &aws_credential_types::provider::error::CredentialsError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+    use std::{
+        sync::atomic::AtomicUsize,
+        time::{SystemTime, UNIX_EPOCH},
+    };
+
+    #[derive(Debug)]
+    struct Counting {
+        calls: Arc<AtomicUsize>,
+        expiry: SystemTime,
+    }
+
+    impl ProvideCredentials for Counting {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let expiry = self.expiry;
+            aws_credential_types::provider::future::ProvideCredentials::new(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(Credentials::new(format!("AKID{n}"), "secret", None, Some(expiry), "test"))
+            })
+        }
+    }
+
+    fn cache(now: u64, expiry: u64) -> (Arc<CredentialCache>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let provider = Counting {
+            calls: calls.clone(),
+            expiry: UNIX_EPOCH + Duration::from_secs(expiry),
+        };
+        let clock = Arc::new(FixedClock(UNIX_EPOCH + Duration::from_secs(now)));
+        let cache = CredentialCache::new(
+            SharedCredentialsProvider::new(provider),
+            clock,
+            Duration::from_secs(1),
+        );
+        (Arc::new(cache), calls)
+    }
+
+    #[tokio::test]
+    async fn concurrent_cold_loads_share_one_provider_call() {
+        let (cache, calls) = cache(1_000, 100_000);
+        let gets: Vec<_> = (0..10)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await.map(|c| c.access_key_id().to_owned()) })
+            })
+            .collect();
+        for g in gets {
+            assert_eq!(g.await.unwrap().unwrap(), "AKID0");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn refreshes_ahead_of_expiry_without_blocking() {
+        // Two minutes left: inside the refresh window, still valid.
+        let (cache, calls) = cache(1_000, 1_120);
+        assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID0");
+        // The cached (old) credentials come back at once; a refresh starts.
+        assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID1");
+    }
+
+    #[tokio::test]
+    async fn invalidate_forces_a_reload() {
+        let (cache, calls) = cache(1_000, 100_000);
+        cache.get().await.unwrap();
+        cache.get().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        cache.invalidate();
+        assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID1");
+    }
+
+    #[tokio::test]
+    async fn a_failing_provider_gives_its_reason_not_a_hang() {
+        #[derive(Debug)]
+        struct Failing(String);
+        impl ProvideCredentials for Failing {
+            fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                    aws_credential_types::provider::error::CredentialsError::not_loaded(self.0.clone()),
+                ))
+            }
+        }
+        let cache = Arc::new(CredentialCache::new(
+            SharedCredentialsProvider::new(Failing("no IRSA token file".into())),
+            Arc::new(crate::clock::SystemClock),
+            Duration::from_secs(1),
+        ));
+        let err = cache.get().await.unwrap_err().to_string();
+        assert!(err.contains("no IRSA token file"), "{err}");
+    }
+}

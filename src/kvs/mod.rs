@@ -1,0 +1,105 @@
+//! The upstream side: from a validated channel to a signed KVS call and back.
+//!
+//! [`KvsClient`] discovers each channel's WEBRTC endpoint once and sends the
+//! joins; every request to KVS, discovery included, goes through the tower
+//! stack built in [`stack::build`].
+
+pub mod arn;
+mod client;
+pub mod credentials;
+pub mod endpoint;
+mod error;
+pub mod http;
+pub mod retry;
+pub mod sign;
+pub mod stack;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+pub use self::{
+    client::{Call, Joined, KvsClient},
+    error::{BoxError, Error, ServiceError},
+};
+
+/// The KVS operations the sidecar calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    GetSignalingChannelEndpoint,
+    JoinStorageSession,
+    JoinStorageSessionAsViewer,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::GetSignalingChannelEndpoint => "GetSignalingChannelEndpoint",
+            Operation::JoinStorageSession => "JoinStorageSession",
+            Operation::JoinStorageSessionAsViewer => "JoinStorageSessionAsViewer",
+        }
+    }
+
+    /// The REST path of the operation (restJson1, always POST).
+    pub fn path(self) -> &'static str {
+        match self {
+            Operation::GetSignalingChannelEndpoint => "/getSignalingChannelEndpoint",
+            Operation::JoinStorageSession => "/joinStorageSession",
+            Operation::JoinStorageSessionAsViewer => "/joinStorageSessionAsViewer",
+        }
+    }
+}
+
+/// One KVS call as it enters the stack. Cloned for each retry, so it holds
+/// only cheap handles.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub operation: Operation,
+    /// Scheme and authority (and an optional base path) of the endpoint.
+    pub endpoint: ::http::Uri,
+    /// The region the request is signed for: the channel's, never ours.
+    pub region: Arc<str>,
+    pub body: Bytes,
+    /// No attempt starts after this instant.
+    pub deadline: Instant,
+    /// Counts the attempts of the whole gRPC call, for its log line.
+    pub attempts: Arc<AtomicU32>,
+}
+
+impl UpstreamRequest {
+    /// The HTTP request of one attempt, before signing.
+    pub fn to_http(&self) -> Result<::http::Request<Bytes>, Error> {
+        let base = self.endpoint.path().trim_end_matches('/');
+        let uri = ::http::Uri::builder()
+            .scheme(self.endpoint.scheme_str().unwrap_or("https"))
+            .authority(
+                self.endpoint
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or_default(),
+            )
+            .path_and_query(format!("{base}{}", self.operation.path()))
+            .build()
+            .map_err(|e| Error::Signing(format!("bad endpoint {}: {e}", self.endpoint)))?;
+        ::http::Request::post(uri)
+            .header(::http::header::CONTENT_TYPE, "application/json")
+            .body(self.body.clone())
+            .map_err(|e| Error::Signing(e.to_string()))
+    }
+
+    fn count_attempt(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A successful KVS answer.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    pub status: ::http::StatusCode,
+    pub request_id: Option<String>,
+    pub body: Bytes,
+}

@@ -1,0 +1,233 @@
+//! Retries in the AWS SDKs' "standard" mode: which failures are worth another
+//! attempt, how long to wait before it, and the tower `Policy` that applies
+//! both without ever starting an attempt after the call's deadline.
+//!
+//! Classification and backoff are pure functions of their inputs (the jitter
+//! is passed in), so they are tested without clocks or randomness.
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::{Error, UpstreamRequest, UpstreamResponse, credentials::CredentialCache};
+use crate::metrics;
+
+/// Why a failed attempt may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryKind {
+    /// KVS asked us to slow down.
+    Throttling,
+    /// A 5xx that is usually gone on the next attempt.
+    TransientServer,
+    /// The connection failed, was reset, or a pooled connection had died.
+    Transport,
+    /// The attempt timed out.
+    Timeout,
+    /// KVS rejected the credentials as expired: refresh them, then retry once.
+    ExpiredCredentials,
+}
+
+impl RetryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryKind::Throttling => "throttling",
+            RetryKind::TransientServer => "server_error",
+            RetryKind::Transport => "transport",
+            RetryKind::Timeout => "timeout",
+            RetryKind::ExpiredCredentials => "expired_credentials",
+        }
+    }
+}
+
+const THROTTLING_CODES: &[&str] = &[
+    "ClientLimitExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+];
+const TRANSIENT_STATUSES: &[u16] = &[500, 502, 503, 504];
+const EXPIRED_CREDENTIAL_CODES: &[&str] = &["ExpiredTokenException", "ExpiredToken"];
+
+/// Whether an attempt's failure is retryable, and as what. Client faults
+/// (InvalidArgument, AccessDenied, ResourceNotFound, ...) never are.
+pub fn classify(err: &Error) -> Option<RetryKind> {
+    match err {
+        Error::Service(e) if THROTTLING_CODES.contains(&e.code()) || e.http_status == 429 => {
+            Some(RetryKind::Throttling)
+        }
+        Error::Service(e) if EXPIRED_CREDENTIAL_CODES.contains(&e.code()) => {
+            Some(RetryKind::ExpiredCredentials)
+        }
+        Error::Service(e) if TRANSIENT_STATUSES.contains(&e.http_status) => {
+            Some(RetryKind::TransientServer)
+        }
+        Error::Transport(_) => Some(RetryKind::Transport),
+        Error::AttemptTimeout(_) => Some(RetryKind::Timeout),
+        _ => None,
+    }
+}
+
+/// Exponential backoff with full jitter: before retry `n` (1-based), wait
+/// `jitter * min(base * 2^(n-1), max)` with `jitter` uniform in `[0, 1)`.
+/// Throttling starts from a longer base, as the SDKs do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub throttling_base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            throttling_base: Duration::from_millis(500),
+            max: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Backoff {
+    pub fn delay(&self, kind: RetryKind, retry: u32, jitter: f64) -> Duration {
+        let base = match kind {
+            RetryKind::Throttling => self.throttling_base,
+            // A refreshed credential is a new situation, not a busy server.
+            RetryKind::ExpiredCredentials => return Duration::ZERO,
+            _ => self.base,
+        };
+        let exp = base.saturating_mul(1u32 << retry.saturating_sub(1).min(30));
+        exp.min(self.max).mul_f64(jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// The per-call retry state. tower clones the policy for every call, so the
+/// counters here belong to one call.
+#[derive(Clone)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    backoff: Backoff,
+    credentials: Arc<CredentialCache>,
+    attempts: u32,
+    refreshed_credentials: bool,
+}
+
+// === impl RetryPolicy ===
+
+impl RetryPolicy {
+    pub fn new(max_attempts: u32, backoff: Backoff, credentials: Arc<CredentialCache>) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            backoff,
+            credentials,
+            attempts: 1,
+            refreshed_credentials: false,
+        }
+    }
+}
+
+type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPolicy {
+    type Future = Wait;
+
+    fn retry(
+        &mut self,
+        req: &mut UpstreamRequest,
+        result: &mut Result<UpstreamResponse, Error>,
+    ) -> Option<Wait> {
+        let kind = classify(result.as_ref().err()?)?;
+        let operation = req.operation.name();
+
+        if kind == RetryKind::ExpiredCredentials {
+            // One forced refresh per call, outside the attempt budget: the
+            // attempt failed because of our state, not KVS's.
+            if self.refreshed_credentials {
+                return None;
+            }
+            self.refreshed_credentials = true;
+            metrics::retry(operation, kind);
+            let credentials = self.credentials.clone();
+            return Some(Box::pin(async move { credentials.invalidate() }));
+        }
+
+        if self.attempts >= self.max_attempts {
+            return None;
+        }
+        let delay = self.backoff.delay(kind, self.attempts, fastrand::f64());
+        // Waiting past the deadline only to be cut off would hide the real
+        // error behind DEADLINE_EXCEEDED; answer with the real one now.
+        if Instant::now() + delay >= req.deadline {
+            return None;
+        }
+        self.attempts += 1;
+        metrics::retry(operation, kind);
+        tracing::debug!(operation, reason = kind.as_str(), ?delay, attempt = self.attempts, "retrying");
+        Some(Box::pin(tokio::time::sleep(delay)))
+    }
+
+    fn clone_request(&mut self, req: &UpstreamRequest) -> Option<UpstreamRequest> {
+        Some(req.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvs::ServiceError;
+
+    fn service(status: u16, code: Option<&str>) -> Error {
+        Error::Service(ServiceError {
+            http_status: status,
+            code: code.map(str::to_owned),
+            message: String::new(),
+            request_id: None,
+        })
+    }
+
+    #[test]
+    fn classifies_like_standard_mode() {
+        let cases = [
+            (service(400, Some("ClientLimitExceededException")), Some(RetryKind::Throttling)),
+            (service(429, None), Some(RetryKind::Throttling)),
+            (service(500, None), Some(RetryKind::TransientServer)),
+            (service(502, None), Some(RetryKind::TransientServer)),
+            (service(503, Some("ServiceUnavailable")), Some(RetryKind::TransientServer)),
+            (service(504, None), Some(RetryKind::TransientServer)),
+            (service(501, None), None),
+            (service(403, Some("ExpiredTokenException")), Some(RetryKind::ExpiredCredentials)),
+            (service(400, Some("InvalidArgumentException")), None),
+            (service(403, Some("AccessDeniedException")), None),
+            (service(404, Some("ResourceNotFoundException")), None),
+            (Error::Transport("connection refused".into()), Some(RetryKind::Transport)),
+            (Error::AttemptTimeout(Duration::from_secs(1)), Some(RetryKind::Timeout)),
+            (Error::DeadlineExceeded, None),
+            (Error::Credentials("no provider".into()), None),
+        ];
+        for (err, want) in cases {
+            assert_eq!(classify(&err), want, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_exponential_capped_and_jittered() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            throttling_base: Duration::from_millis(500),
+            max: Duration::from_secs(2),
+        };
+        let full = |kind, n| b.delay(kind, n, 1.0);
+        assert_eq!(full(RetryKind::TransientServer, 1), Duration::from_millis(100));
+        assert_eq!(full(RetryKind::TransientServer, 2), Duration::from_millis(200));
+        assert_eq!(full(RetryKind::Transport, 3), Duration::from_millis(400));
+        assert_eq!(full(RetryKind::Throttling, 1), Duration::from_millis(500));
+        assert_eq!(full(RetryKind::Throttling, 3), Duration::from_secs(2));
+        assert_eq!(full(RetryKind::Timeout, 60), Duration::from_secs(2));
+        assert_eq!(b.delay(RetryKind::TransientServer, 2, 0.5), Duration::from_millis(100));
+        assert_eq!(b.delay(RetryKind::TransientServer, 2, 0.0), Duration::ZERO);
+        assert_eq!(full(RetryKind::ExpiredCredentials, 1), Duration::ZERO);
+    }
+}

@@ -1,0 +1,53 @@
+//! The tower stack every KVS request goes through, outermost first:
+//!
+//! 1. retry: standard-mode retries, never past the call's deadline;
+//! 2. attempt metrics: per-attempt count, outcome and latency;
+//! 3. attempt timeout: one stalled attempt becomes a retryable timeout;
+//! 4. sign: cached credentials, SigV4 for the channel's region;
+//! 5. concurrency limit: bounds requests (and so connections) in flight;
+//! 6. the pooled hyper client.
+
+mod attempt_metrics;
+mod attempt_timeout;
+mod sign;
+
+use std::{sync::Arc, time::Duration};
+
+use tower::{ServiceBuilder, limit::ConcurrencyLimitLayer, retry::RetryLayer, util::BoxCloneSyncService};
+
+pub use self::{attempt_metrics::AttemptMetricsLayer, attempt_timeout::AttemptTimeoutLayer, sign::SignLayer};
+use super::{
+    Error, UpstreamRequest, UpstreamResponse,
+    credentials::CredentialCache,
+    http::{HttpClient, HttpConfig},
+    retry::{Backoff, RetryPolicy},
+};
+use crate::clock::SharedClock;
+
+/// The assembled stack, cheap to clone for each call.
+pub type Upstream = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, Error>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct StackConfig {
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub attempt_timeout: Duration,
+    pub max_concurrency: usize,
+    pub http: HttpConfig,
+}
+
+pub fn build(
+    config: &StackConfig,
+    credentials: Arc<CredentialCache>,
+    clock: SharedClock,
+) -> Result<Upstream, Error> {
+    let retry = RetryPolicy::new(config.max_attempts, config.backoff, credentials.clone());
+    let stack = ServiceBuilder::new()
+        .layer(RetryLayer::new(retry))
+        .layer(AttemptMetricsLayer)
+        .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
+        .layer(SignLayer::new(credentials, clock))
+        .layer(ConcurrencyLimitLayer::new(config.max_concurrency))
+        .service(HttpClient::new(config.http)?);
+    Ok(BoxCloneSyncService::new(stack))
+}

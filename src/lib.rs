@@ -1,0 +1,20 @@
+//! kvs-sidecar: a gRPC front for the Amazon Kinesis Video Streams WebRTC
+//! Storage API that signs, discovers, retries and measures on behalf of
+//! backends in any language.
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod grpc;
+pub mod kvs;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+
+/// The generated contract, and its descriptor set for server reflection.
+pub mod pb {
+    tonic::include_proto!("kvs.webrtcstorage.v1");
+
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/kvs_descriptor.bin"));
+}

@@ -1,0 +1,107 @@
+//! Metric names, their help text, and the Prometheus recorder.
+//!
+//! The gRPC server metrics follow the go-grpc-prometheus family
+//! (`grpc_server_started_total`, `grpc_server_handled_total`,
+//! `grpc_server_handling_seconds`), which existing Grafana dashboards and
+//! alerts already understand. Upstream metrics are `kvs_*`.
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::kvs::retry::RetryKind;
+
+pub const GRPC_STARTED: &str = "grpc_server_started_total";
+pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
+pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+pub const UPSTREAM_ATTEMPTS: &str = "kvs_upstream_attempts_total";
+pub const UPSTREAM_ATTEMPT_SECONDS: &str = "kvs_upstream_attempt_duration_seconds";
+pub const UPSTREAM_RETRIES: &str = "kvs_upstream_retries_total";
+pub const ENDPOINT_CACHE: &str = "kvs_endpoint_cache_lookups_total";
+pub const CREDENTIAL_REFRESHES: &str = "kvs_credential_refreshes_total";
+
+/// Latency buckets from 1 ms to 30 s: sidecar overhead is sub-millisecond,
+/// KVS answers in tens of milliseconds, retries and deadlines run to seconds.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(GRPC_STARTED, "gRPC calls started, by service and method.");
+    describe_counter!(GRPC_HANDLED, "gRPC calls completed, by service, method and status code.");
+    describe_histogram!(GRPC_HANDLING_SECONDS, Unit::Seconds, "Time to handle a gRPC call, by service and method.");
+    describe_counter!(UPSTREAM_ATTEMPTS, "Requests sent to KVS, by operation and outcome.");
+    describe_histogram!(UPSTREAM_ATTEMPT_SECONDS, Unit::Seconds, "Latency of each request sent to KVS, by operation.");
+    describe_counter!(UPSTREAM_RETRIES, "Retries of KVS requests, by operation and reason.");
+    describe_counter!(ENDPOINT_CACHE, "WEBRTC endpoint cache lookups, by result (hit or miss).");
+    describe_counter!(CREDENTIAL_REFRESHES, "Loads of AWS credentials from the provider chain, by outcome.");
+}
+
+pub fn grpc_started(service: &'static str, method: &'static str) {
+    counter!(GRPC_STARTED, "grpc_service" => service, "grpc_method" => method, "grpc_type" => "unary")
+        .increment(1);
+}
+
+pub fn grpc_handled(service: &'static str, method: &'static str, code: tonic::Code, elapsed: Duration) {
+    counter!(
+        GRPC_HANDLED,
+        "grpc_service" => service,
+        "grpc_method" => method,
+        "grpc_type" => "unary",
+        "grpc_code" => code_name(code),
+    )
+    .increment(1);
+    histogram!(GRPC_HANDLING_SECONDS, "grpc_service" => service, "grpc_method" => method, "grpc_type" => "unary")
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn upstream_attempt(operation: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(UPSTREAM_ATTEMPTS, "operation" => operation, "outcome" => outcome).increment(1);
+    histogram!(UPSTREAM_ATTEMPT_SECONDS, "operation" => operation).record(elapsed.as_secs_f64());
+}
+
+pub fn retry(operation: &'static str, kind: RetryKind) {
+    counter!(UPSTREAM_RETRIES, "operation" => operation, "reason" => kind.as_str()).increment(1);
+}
+
+pub fn endpoint_cache(hit: bool) {
+    counter!(ENDPOINT_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
+
+pub fn credential_refresh(ok: bool) {
+    counter!(CREDENTIAL_REFRESHES, "outcome" => if ok { "success" } else { "error" }).increment(1);
+}
+
+/// The canonical upper-case names used by grpc-go's metrics.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}

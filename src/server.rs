@@ -1,0 +1,164 @@
+//! Assembles the sidecar from its configuration, serves it, and drains it.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use aws_config::BehaviorVersion;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::{net::TcpListener, sync::watch};
+use tonic_health::server::HealthReporter;
+
+use crate::{
+    admin::{self, Readiness},
+    clock::{SharedClock, SystemClock},
+    config::Config,
+    grpc::{WebRtcStorage, metrics::GrpcMetricsLayer},
+    kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointCache, stack},
+    pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
+};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A sidecar bound to its ports, ready to serve.
+pub struct Sidecar {
+    grpc: TcpListener,
+    admin: TcpListener,
+    grpc_router: axum::Router,
+    admin_router: axum::Router,
+    health: HealthReporter,
+    ready: Readiness,
+    grace: Duration,
+    credentials: Arc<CredentialCache>,
+}
+
+impl Sidecar {
+    /// Loads the AWS configuration, builds the KVS client and binds both
+    /// listeners. Credentials start loading in the background: a missing
+    /// credential source shows up as UNAVAILABLE answers and a warning, not
+    /// as a crash loop.
+    pub async fn bind(config: &Config, metrics: Option<PrometheusHandle>) -> Result<Self, BoxError> {
+        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let provider = sdk
+            .credentials_provider()
+            .ok_or("aws-config found no credential provider")?;
+        let clock: SharedClock = Arc::new(SystemClock);
+        let credentials = Arc::new(CredentialCache::new(provider, clock.clone(), config.credentials_timeout));
+        let upstream = stack::build(&config.stack(), credentials.clone(), clock)?;
+        let control_plane = match &config.kvs_endpoint_url {
+            Some(url) => Some(url.clone()),
+            None => sdk.endpoint_url().map(str::parse).transpose()?,
+        };
+        let client = Arc::new(KvsClient::new(
+            upstream,
+            EndpointCache::new(config.endpoint_cache_ttl),
+            control_plane,
+        ));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(client, config.max_call_duration));
+        let grpc_router = tonic::service::Routes::new(health_service)
+            .add_service(storage)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .prepare()
+            .into_axum_router()
+            .layer(GrpcMetricsLayer);
+
+        let ready = Readiness::default();
+        let admin_router = admin::router(ready.clone(), metrics.clone());
+        if let Some(handle) = metrics {
+            // Histograms and summaries need periodic upkeep when no exporter
+            // HTTP listener does it for us.
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    handle.run_upkeep();
+                }
+            });
+        }
+
+        Ok(Self {
+            grpc: TcpListener::bind(config.grpc_listen).await?,
+            admin: TcpListener::bind(config.admin_listen).await?,
+            grpc_router,
+            admin_router,
+            health,
+            ready,
+            grace: config.shutdown_grace,
+            credentials,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness and health
+    /// turn NOT_SERVING, the gRPC listener stops accepting, and in-flight
+    /// calls get up to the grace period to finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+        let grpc_addr = self.grpc_addr()?;
+        let admin_addr = self.admin_addr()?;
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
+
+        let mut grpc = tokio::spawn(
+            axum::serve(self.grpc, self.grpc_router)
+                .with_graceful_shutdown(signalled(drain_rx))
+                .into_future(),
+        );
+        let admin = tokio::spawn(
+            axum::serve(self.admin, self.admin_router)
+                .with_graceful_shutdown(signalled(stop_admin_rx))
+                .into_future(),
+        );
+
+        let credentials = self.credentials.clone();
+        tokio::spawn(async move {
+            if let Err(error) = credentials.get().await {
+                tracing::warn!(%error, "no AWS credentials yet; calls will answer UNAVAILABLE until the provider chain succeeds");
+            }
+        });
+        self.health.set_serving::<WebRtcStorageServiceServer<WebRtcStorage>>().await;
+        self.ready.set(true);
+        tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "serving");
+
+        tokio::select! {
+            () = shutdown => {}
+            ended = &mut grpc => {
+                ended??;
+                return Err("the gRPC server stopped unexpectedly".into());
+            }
+        }
+
+        tracing::info!(grace = ?self.grace, "draining");
+        self.ready.set(false);
+        self.health.set_not_serving::<WebRtcStorageServiceServer<WebRtcStorage>>().await;
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        let _ = drain_tx.send(true);
+        match tokio::time::timeout(self.grace, grpc).await {
+            Ok(ended) => ended??,
+            Err(_) => tracing::warn!("grace period over; ending calls still in flight"),
+        }
+        let _ = stop_admin_tx.send(true);
+        admin.await??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn signalled(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
