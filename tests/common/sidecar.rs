@@ -1,0 +1,173 @@
+//! The real `kvs-sidecar` binary, started on ephemeral loopback ports with
+//! credentials that only the fake KVS knows.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use kvs_sidecar::pb::web_rtc_storage_service_client::WebRtcStorageServiceClient;
+use tonic::transport::Channel;
+
+use super::fake_kvs::{ACCESS_KEY, SECRET_KEY, SESSION_TOKEN};
+
+pub type RawH2 = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
+
+pub struct Sidecar {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sidecar {
+    /// Starts the sidecar with its control plane at `kvs_url` and `args`
+    /// on top of the defaults. Backoffs are short (set through the environment,
+    /// so a flag can override them) so retry tests are quick.
+    pub fn start(kvs_url: &str, args: &[&str]) -> Self {
+        Self::start_with_env(kvs_url, args, &[])
+    }
+
+    pub fn start_with_env(kvs_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs-sidecar"));
+        cmd.args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_SESSION_TOKEN", SESSION_TOKEN)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/kvs-sidecar-test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/kvs-sidecar-test")
+        .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_url)
+        .env("KVS_SIDECAR_RETRY_BASE_DELAY", "10ms")
+        .env("KVS_SIDECAR_RETRY_THROTTLING_BASE_DELAY", "20ms")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start kvs-sidecar");
+
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (output, tx) = (output.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["message"] == "serving" {
+                            let _ = tx.send((v["grpc"].as_str().unwrap().parse(), v["admin"].as_str().unwrap().parse()));
+                        }
+                    }
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        drop(tx);
+        let (grpc, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok((Ok(g), Ok(a))) => (g, a),
+            _ => {
+                let _ = child.kill();
+                panic!("sidecar did not start: {:#?}", output.lock().unwrap());
+            }
+        };
+        Self { child, grpc, admin, output }
+    }
+
+    pub async fn client(&self) -> WebRtcStorageServiceClient<Channel> {
+        WebRtcStorageServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect to the sidecar")
+    }
+
+    /// A client that sends `grpc-timeout` but does not enforce it, so the
+    /// status seen is the sidecar's own (tonic's Channel would cancel the
+    /// call locally at the same instant).
+    pub fn unenforced_client(&self) -> WebRtcStorageServiceClient<RawH2> {
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        let origin = format!("http://{}", self.grpc).parse().unwrap();
+        WebRtcStorageServiceClient::with_origin(http, origin)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process printed so far, stdout and stderr.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// The call log lines (`"message":"call"`), parsed.
+    pub fn call_logs(&self) -> Vec<serde_json::Value> {
+        self.output()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "call")
+            .collect()
+    }
+
+    /// GET on the admin port: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < until, "sidecar still running after {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect admin");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
