@@ -40,8 +40,15 @@ pub fn router(ready: Readiness, metrics: Option<PrometheusHandle>) -> Router {
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let body = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
-    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
+    let body = state
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

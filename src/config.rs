@@ -9,15 +9,27 @@ use http::Uri;
 use crate::kvs::{http::HttpConfig, retry::Backoff, stack::StackConfig};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kvs-sidecar", version, about = "gRPC sidecar for the Amazon Kinesis Video Streams WebRTC Storage API")]
+#[command(
+    name = "kvs-sidecar",
+    version,
+    about = "gRPC sidecar for the Amazon Kinesis Video Streams WebRTC Storage API"
+)]
 pub struct Config {
     /// gRPC listen address. Loopback by default: the sidecar acts with the
     /// pod's AWS role, so only its pod should reach it.
-    #[arg(long, env = "KVS_SIDECAR_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_listen: SocketAddr,
 
     /// Admin HTTP listen address (/metrics, /readyz, /livez).
-    #[arg(long, env = "KVS_SIDECAR_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9901"
+    )]
     pub admin_listen: SocketAddr,
 
     #[arg(long, env = "KVS_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -62,7 +74,11 @@ pub struct Config {
 
     /// Requests to KVS in flight at once; further ones wait for a slot
     /// within their deadline.
-    #[arg(long, env = "KVS_SIDECAR_MAX_UPSTREAM_CONCURRENCY", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_MAX_UPSTREAM_CONCURRENCY",
+        default_value_t = 256
+    )]
     pub max_upstream_concurrency: usize,
 
     /// How long an idle pooled connection to KVS is kept.
@@ -129,7 +145,14 @@ mod tests {
 
     #[test]
     fn flags_parse_durations_and_bound_attempts() {
-        let c = Config::try_parse_from(["kvs-sidecar", "--attempt-timeout", "250ms", "--max-attempts", "5"]).unwrap();
+        let c = Config::try_parse_from([
+            "kvs-sidecar",
+            "--attempt-timeout",
+            "250ms",
+            "--max-attempts",
+            "5",
+        ])
+        .unwrap();
         assert_eq!(c.attempt_timeout, Duration::from_millis(250));
         assert_eq!(c.stack().max_attempts, 5);
         assert!(Config::try_parse_from(["kvs-sidecar", "--max-attempts", "0"]).is_err());

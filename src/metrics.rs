@@ -38,13 +38,36 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 
 fn describe() {
     describe_counter!(GRPC_STARTED, "gRPC calls started, by service and method.");
-    describe_counter!(GRPC_HANDLED, "gRPC calls completed, by service, method and status code.");
-    describe_histogram!(GRPC_HANDLING_SECONDS, Unit::Seconds, "Time to handle a gRPC call, by service and method.");
-    describe_counter!(UPSTREAM_ATTEMPTS, "Requests sent to KVS, by operation and outcome.");
-    describe_histogram!(UPSTREAM_ATTEMPT_SECONDS, Unit::Seconds, "Latency of each request sent to KVS, by operation.");
-    describe_counter!(UPSTREAM_RETRIES, "Retries of KVS requests, by operation and reason.");
-    describe_counter!(ENDPOINT_CACHE, "WEBRTC endpoint cache lookups, by result (hit or miss).");
-    describe_counter!(CREDENTIAL_REFRESHES, "Loads of AWS credentials from the provider chain, by outcome.");
+    describe_counter!(
+        GRPC_HANDLED,
+        "gRPC calls completed, by service, method and status code."
+    );
+    describe_histogram!(
+        GRPC_HANDLING_SECONDS,
+        Unit::Seconds,
+        "Time to handle a gRPC call, by service and method."
+    );
+    describe_counter!(
+        UPSTREAM_ATTEMPTS,
+        "Requests sent to KVS, by operation and outcome."
+    );
+    describe_histogram!(
+        UPSTREAM_ATTEMPT_SECONDS,
+        Unit::Seconds,
+        "Latency of each request sent to KVS, by operation."
+    );
+    describe_counter!(
+        UPSTREAM_RETRIES,
+        "Retries of KVS requests, by operation and reason."
+    );
+    describe_counter!(
+        ENDPOINT_CACHE,
+        "WEBRTC endpoint cache lookups, by result (hit or miss)."
+    );
+    describe_counter!(
+        CREDENTIAL_REFRESHES,
+        "Loads of AWS credentials from the provider chain, by outcome."
+    );
 }
 
 pub fn grpc_started(service: &'static str, method: &'static str) {
@@ -52,7 +75,12 @@ pub fn grpc_started(service: &'static str, method: &'static str) {
         .increment(1);
 }
 
-pub fn grpc_handled(service: &'static str, method: &'static str, code: tonic::Code, elapsed: Duration) {
+pub fn grpc_handled(
+    service: &'static str,
+    method: &'static str,
+    code: tonic::Code,
+    elapsed: Duration,
+) {
     counter!(
         GRPC_HANDLED,
         "grpc_service" => service,

@@ -35,13 +35,20 @@ impl Sidecar {
     /// listeners. Credentials start loading in the background: a missing
     /// credential source shows up as UNAVAILABLE answers and a warning, not
     /// as a crash loop.
-    pub async fn bind(config: &Config, metrics: Option<PrometheusHandle>) -> Result<Self, BoxError> {
+    pub async fn bind(
+        config: &Config,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, BoxError> {
         let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let provider = sdk
             .credentials_provider()
             .ok_or("aws-config found no credential provider")?;
         let clock: SharedClock = Arc::new(SystemClock);
-        let credentials = Arc::new(CredentialCache::new(provider, clock.clone(), config.credentials_timeout));
+        let credentials = Arc::new(CredentialCache::new(
+            provider,
+            clock.clone(),
+            config.credentials_timeout,
+        ));
         let upstream = stack::build(&config.stack(), credentials.clone(), clock)?;
         let control_plane = match &config.kvs_endpoint_url {
             Some(url) => Some(url.clone()),
@@ -62,7 +69,8 @@ impl Sidecar {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(client, config.max_call_duration));
+        let storage =
+            WebRtcStorageServiceServer::new(WebRtcStorage::new(client, config.max_call_duration));
         let grpc_router = tonic::service::Routes::new(health_service)
             .add_service(storage)
             .add_service(reflection_v1)
@@ -131,7 +139,9 @@ impl Sidecar {
                 tracing::warn!(%error, "no AWS credentials yet; calls will answer UNAVAILABLE until the provider chain succeeds");
             }
         });
-        self.health.set_serving::<WebRtcStorageServiceServer<WebRtcStorage>>().await;
+        self.health
+            .set_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
+            .await;
         self.ready.set(true);
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "serving");
 
@@ -145,8 +155,12 @@ impl Sidecar {
 
         tracing::info!(grace = ?self.grace, "draining");
         self.ready.set(false);
-        self.health.set_not_serving::<WebRtcStorageServiceServer<WebRtcStorage>>().await;
-        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.health
+            .set_not_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
+            .await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = drain_tx.send(true);
         match tokio::time::timeout(self.grace, grpc).await {
             Ok(ended) => ended??,

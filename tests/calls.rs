@@ -15,7 +15,9 @@ const JOIN: &str = "/joinStorageSession";
 const VIEWER: &str = "/joinStorageSessionAsViewer";
 
 fn join(arn: &str) -> JoinStorageSessionRequest {
-    JoinStorageSessionRequest { channel_arn: arn.to_owned() }
+    JoinStorageSessionRequest {
+        channel_arn: arn.to_owned(),
+    }
 }
 
 fn viewer(arn: &str, client_id: &str) -> JoinStorageSessionAsViewerRequest {
@@ -37,7 +39,13 @@ async fn two_fakes() -> (FakeKvs, FakeKvs) {
 async fn join_sends_exact_signed_requests_for_the_channels_region() {
     let (control, webrtc) = two_fakes().await;
     let sidecar = Sidecar::start(&control.url(), &[]);
-    let answer = sidecar.client().await.join_storage_session(join(ARN)).await.unwrap().into_inner();
+    let answer = sidecar
+        .client()
+        .await
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap()
+        .into_inner();
 
     let discovery = control.received_on(DISCOVER);
     assert_eq!(discovery.len(), 1);
@@ -57,7 +65,10 @@ async fn join_sends_exact_signed_requests_for_the_channels_region() {
     assert_eq!(j.headers["x-amz-security-token"], fake_kvs::SESSION_TOKEN);
 
     for r in discovery.iter().chain(&joins) {
-        let scope = r.signature.as_ref().expect("signature verifies independently");
+        let scope = r
+            .signature
+            .as_ref()
+            .expect("signature verifies independently");
         // The sidecar runs in us-east-1; the channel is in eu-central-1.
         assert_eq!(scope.region, "eu-central-1");
         assert_eq!(scope.service, "kinesisvideo");
@@ -84,10 +95,16 @@ async fn viewer_join_sends_client_id_and_discovers_as_viewer() {
         .await
         .unwrap();
     let discovery = control.received_on(DISCOVER);
-    assert_eq!(discovery[0].json()["SingleMasterChannelEndpointConfiguration"]["Role"], "VIEWER");
+    assert_eq!(
+        discovery[0].json()["SingleMasterChannelEndpointConfiguration"]["Role"],
+        "VIEWER"
+    );
     let joins = webrtc.received_on(VIEWER);
     assert_eq!(joins.len(), 1);
-    assert_eq!(joins[0].body, format!(r#"{{"channelArn":"{ARN}","clientId":"viewer-7.a_b"}}"#));
+    assert_eq!(
+        joins[0].body,
+        format!(r#"{{"channelArn":"{ARN}","clientId":"viewer-7.a_b"}}"#)
+    );
     assert!(joins[0].signature.is_ok());
 }
 
@@ -98,14 +115,21 @@ async fn discovers_once_per_channel_even_for_concurrent_first_calls() {
     let client = sidecar.client().await;
 
     for _ in 0..3 {
-        client.clone().join_storage_session(join(ARN)).await.unwrap();
+        client
+            .clone()
+            .join_storage_session(join(ARN))
+            .await
+            .unwrap();
     }
     assert_eq!(control.received_on(DISCOVER).len(), 1);
     assert_eq!(webrtc.received_on(JOIN).len(), 3);
 
     // A slow discovery, so the 50 first calls for a new channel overlap it.
     let fresh = arn("busy-lobby");
-    control.script(DISCOVER, [Reply::Slow(Duration::from_millis(300), Box::new(Reply::Ok))]);
+    control.script(
+        DISCOVER,
+        [Reply::Slow(Duration::from_millis(300), Box::new(Reply::Ok))],
+    );
     let calls: Vec<_> = (0..50)
         .map(|_| {
             let mut client = client.clone();
@@ -121,11 +145,21 @@ async fn discovers_once_per_channel_even_for_concurrent_first_calls() {
         .into_iter()
         .filter(|r| r.json()["ChannelARN"] == fresh.as_str())
         .collect();
-    assert_eq!(discoveries.len(), 1, "one discovery for 50 concurrent first calls");
+    assert_eq!(
+        discoveries.len(),
+        1,
+        "one discovery for 50 concurrent first calls"
+    );
     assert_eq!(webrtc.received_on(JOIN).len(), 53);
     let (_, metrics) = sidecar.admin_get("/metrics");
-    assert!(metrics.contains(r#"kvs_endpoint_cache_lookups_total{result="miss"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"kvs_endpoint_cache_lookups_total{result="hit"} 51"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"kvs_endpoint_cache_lookups_total{result="miss"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"kvs_endpoint_cache_lookups_total{result="hit"} 51"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +167,11 @@ async fn maps_every_kvs_error_in_every_dialect_without_retrying_client_faults() 
     let fake = FakeKvs::start().await;
     let sidecar = Sidecar::start(&fake.url(), &[]);
     let client = sidecar.client().await;
-    client.clone().join_storage_session(join(ARN)).await.unwrap(); // warm the endpoint cache
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap(); // warm the endpoint cache
 
     let cases = [
         (404, "ResourceNotFoundException", Code::NotFound),
@@ -143,15 +181,40 @@ async fn maps_every_kvs_error_in_every_dialect_without_retrying_client_faults() 
     for dialect in [Dialect::Header, Dialect::Type, Dialect::Code] {
         for (status, kvs_code, want) in cases {
             let before = fake.received_on(JOIN).len();
-            fake.script(JOIN, [Reply::Error { status, code: kvs_code, dialect }]);
-            let err = client.clone().join_storage_session(join(ARN)).await.unwrap_err();
+            fake.script(
+                JOIN,
+                [Reply::Error {
+                    status,
+                    code: kvs_code,
+                    dialect,
+                }],
+            );
+            let err = client
+                .clone()
+                .join_storage_session(join(ARN))
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), want, "{kvs_code} in {dialect:?}: {err:?}");
-            assert!(err.message().contains(&format!("fake says {kvs_code}")), "{}", err.message());
-            let request_id = err.metadata().get("x-amzn-requestid").expect("request id metadata");
+            assert!(
+                err.message().contains(&format!("fake says {kvs_code}")),
+                "{}",
+                err.message()
+            );
+            let request_id = err
+                .metadata()
+                .get("x-amzn-requestid")
+                .expect("request id metadata");
             let details = err.get_error_details();
-            assert_eq!(details.request_info().unwrap().request_id, request_id.to_str().unwrap());
+            assert_eq!(
+                details.request_info().unwrap().request_id,
+                request_id.to_str().unwrap()
+            );
             assert_eq!(details.error_info().unwrap().reason, kvs_code);
-            assert_eq!(fake.received_on(JOIN).len(), before + 1, "{kvs_code} is not retried");
+            assert_eq!(
+                fake.received_on(JOIN).len(),
+                before + 1,
+                "{kvs_code} is not retried"
+            );
         }
     }
 }
@@ -161,20 +224,43 @@ async fn retries_transient_faults_up_to_the_attempt_limit() {
     let fake = FakeKvs::start().await;
     let sidecar = Sidecar::start(&fake.url(), &["--attempt-timeout", "300ms"]);
     let client = sidecar.client().await;
-    client.clone().join_storage_session(join(ARN)).await.unwrap();
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
 
     let slow_ok = || Reply::Slow(Duration::from_secs(3), Box::new(Reply::Ok));
     let cases: Vec<(Vec<Reply>, Result<(), Code>, usize)> = vec![
         // Two failures, then success on the third and last attempt.
-        (vec![Reply::error(503, "ServiceUnavailable"), Reply::error(500, "InternalFailure")], Ok(()), 3),
+        (
+            vec![
+                Reply::error(503, "ServiceUnavailable"),
+                Reply::error(500, "InternalFailure"),
+            ],
+            Ok(()),
+            3,
+        ),
         (vec![Reply::Reset, Reply::error(502, "")], Ok(()), 3),
         (vec![slow_ok()], Ok(()), 2),
         (vec![Reply::error(429, "")], Ok(()), 2),
         // Three failures: the limit is reached.
         (vec![Reply::error(504, ""); 3], Err(Code::Unavailable), 3),
-        (vec![Reply::error(400, "ClientLimitExceededException"); 3], Err(Code::ResourceExhausted), 3),
-        (vec![Reply::Reset, Reply::Reset, Reply::Reset], Err(Code::Unavailable), 3),
-        (vec![slow_ok(), slow_ok(), slow_ok()], Err(Code::Unavailable), 3),
+        (
+            vec![Reply::error(400, "ClientLimitExceededException"); 3],
+            Err(Code::ResourceExhausted),
+            3,
+        ),
+        (
+            vec![Reply::Reset, Reply::Reset, Reply::Reset],
+            Err(Code::Unavailable),
+            3,
+        ),
+        (
+            vec![slow_ok(), slow_ok(), slow_ok()],
+            Err(Code::Unavailable),
+            3,
+        ),
         // 501 is not transient.
         (vec![Reply::error(501, "")], Err(Code::Unavailable), 1),
     ];
@@ -205,9 +291,17 @@ async fn attempt_limit_is_configurable() {
     let fake = FakeKvs::start().await;
     let sidecar = Sidecar::start(&fake.url(), &["--max-attempts", "5"]);
     let client = sidecar.client().await;
-    client.clone().join_storage_session(join(ARN)).await.unwrap();
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
     fake.script(JOIN, vec![Reply::error(503, ""); 6]);
-    let err = client.clone().join_storage_session(join(ARN)).await.unwrap_err();
+    let err = client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(fake.received_on(JOIN).len(), 1 + 5);
 }
@@ -218,17 +312,33 @@ async fn discovery_faults_are_retried_and_not_cached() {
     let sidecar = Sidecar::start(&fake.url(), &[]);
     let client = sidecar.client().await;
     fake.script(DISCOVER, vec![Reply::error(500, ""); 3]);
-    let err = client.clone().join_storage_session(join(ARN)).await.unwrap_err();
+    let err = client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(fake.received_on(DISCOVER).len(), 3);
     assert!(fake.received_on(JOIN).is_empty());
-    client.clone().join_storage_session(join(ARN)).await.unwrap();
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
     assert_eq!(fake.received_on(DISCOVER).len(), 4);
     // A channel KVS no longer knows is rediscovered on the next call.
     fake.script(JOIN, [Reply::error(404, "ResourceNotFoundException")]);
-    let err = client.clone().join_storage_session(join(ARN)).await.unwrap_err();
+    let err = client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    client.clone().join_storage_session(join(ARN)).await.unwrap();
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
     assert_eq!(fake.received_on(DISCOVER).len(), 5);
 }
 
@@ -237,19 +347,34 @@ async fn expired_token_forces_one_refresh_and_one_retry() {
     let fake = FakeKvs::start().await;
     let sidecar = Sidecar::start(&fake.url(), &[]);
     let client = sidecar.client().await;
-    client.clone().join_storage_session(join(ARN)).await.unwrap();
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
 
     fake.script(JOIN, [Reply::error(403, "ExpiredTokenException")]);
-    client.clone().join_storage_session(join(ARN)).await.expect("retried after refresh");
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .expect("retried after refresh");
     assert_eq!(fake.received_on(JOIN).len(), 3);
 
     // Still expired after the refresh: one retry only, then UNAVAILABLE.
     fake.script(JOIN, vec![Reply::error(403, "ExpiredTokenException"); 2]);
-    let err = client.clone().join_storage_session(join(ARN)).await.unwrap_err();
+    let err = client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(fake.received_on(JOIN).len(), 5);
     let (_, metrics) = sidecar.admin_get("/metrics");
-    assert!(metrics.contains(r#"kvs_credential_refreshes_total{outcome="success"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"kvs_credential_refreshes_total{outcome="success"} 3"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -257,11 +382,19 @@ async fn the_callers_deadline_bounds_the_whole_call() {
     let fake = FakeKvs::start().await;
     let sidecar = Sidecar::start(&fake.url(), &["--attempt-timeout", "10s"]);
     let client = sidecar.unenforced_client();
-    client.clone().join_storage_session(join(ARN)).await.unwrap();
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
 
-    fake.script(JOIN, [Reply::Slow(Duration::from_secs(5), Box::new(Reply::Ok))]);
+    fake.script(
+        JOIN,
+        [Reply::Slow(Duration::from_secs(5), Box::new(Reply::Ok))],
+    );
     let mut req = Request::new(join(ARN));
-    req.metadata_mut().insert("grpc-timeout", "400m".parse().unwrap());
+    req.metadata_mut()
+        .insert("grpc-timeout", "400m".parse().unwrap());
     let started = Instant::now();
     let err = client.clone().join_storage_session(req).await.unwrap_err();
     let took = started.elapsed();
@@ -271,20 +404,34 @@ async fn the_callers_deadline_bounds_the_whole_call() {
 
     // No attempt starts after the deadline: backoffs of up to 5 s cannot fit
     // in 300 ms, so only the attempts that fit are made.
-    let sidecar = Sidecar::start(&fake.url(), &["--retry-base-delay", "5s", "--retry-max-backoff", "5s"]);
+    let sidecar = Sidecar::start(
+        &fake.url(),
+        &["--retry-base-delay", "5s", "--retry-max-backoff", "5s"],
+    );
     let client = sidecar.unenforced_client();
-    client.clone().join_storage_session(join(ARN)).await.unwrap();
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
     let before = fake.received_on(JOIN).len();
     fake.script(JOIN, vec![Reply::error(503, ""); 3]);
     let mut req = Request::new(join(ARN));
-    req.metadata_mut().insert("grpc-timeout", "300m".parse().unwrap());
+    req.metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
     let started = Instant::now();
     let err = client.clone().join_storage_session(req).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(2500));
-    assert!(matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded), "{err:?}");
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{err:?}"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     let attempts = fake.received_on(JOIN).len() - before;
-    assert!((1..3).contains(&attempts), "{attempts} attempts within a 300 ms deadline");
+    assert!(
+        (1..3).contains(&attempts),
+        "{attempts} attempts within a 300 ms deadline"
+    );
 }
 
 #[tokio::test]
@@ -305,32 +452,76 @@ async fn malformed_requests_are_refused_and_nothing_is_sent() {
         "arn:aws:kinesisvideo:eu-central-1:123456789012:channel/front-door/latest",
         "arn:aws:kinesisvideo:eu-central-1:123456789012:channel/front-door/1:extra",
         "arn:aws:kinesisvideo:eu-central-1:123456789012:CHANNEL/front-door/1",
-        &format!("arn:aws:kinesisvideo:eu-central-1:1:channel/{}/1", "a".repeat(1100)),
+        &format!(
+            "arn:aws:kinesisvideo:eu-central-1:1:channel/{}/1",
+            "a".repeat(1100)
+        ),
     ];
     for bad in bad_arns {
-        let err = client.clone().join_storage_session(join(bad)).await.unwrap_err();
+        let err = client
+            .clone()
+            .join_storage_session(join(bad))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
-        assert!(err.message().starts_with("channel_arn: "), "{}", err.message());
-        let err = client.clone().join_storage_session_as_viewer(viewer(bad, "v1")).await.unwrap_err();
+        assert!(
+            err.message().starts_with("channel_arn: "),
+            "{}",
+            err.message()
+        );
+        let err = client
+            .clone()
+            .join_storage_session_as_viewer(viewer(bad, "v1"))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
-        assert!(err.message().starts_with("channel_arn: "), "{}", err.message());
+        assert!(
+            err.message().starts_with("channel_arn: "),
+            "{}",
+            err.message()
+        );
     }
     for bad in ["", "has space", "slash/y", "ünïcode", &"x".repeat(257)] {
-        let err = client.clone().join_storage_session_as_viewer(viewer(ARN, bad)).await.unwrap_err();
+        let err = client
+            .clone()
+            .join_storage_session_as_viewer(viewer(ARN, bad))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
-        assert!(err.message().starts_with("client_id: "), "{}", err.message());
+        assert!(
+            err.message().starts_with("client_id: "),
+            "{}",
+            err.message()
+        );
     }
-    assert!(fake.received().is_empty(), "nothing may reach KVS: {:?}", fake.received());
+    assert!(
+        fake.received().is_empty(),
+        "nothing may reach KVS: {:?}",
+        fake.received()
+    );
 }
 
 #[tokio::test]
 async fn a_dead_kvs_is_unavailable_after_retries() {
     // Bind and drop: nothing listens on this port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let sidecar = Sidecar::start(&format!("http://127.0.0.1:{port}"), &[]);
-    let err = sidecar.client().await.join_storage_session(join(ARN)).await.unwrap_err();
+    let err = sidecar
+        .client()
+        .await
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("could not reach KVS"), "{}", err.message());
+    assert!(
+        err.message().contains("could not reach KVS"),
+        "{}",
+        err.message()
+    );
     assert_eq!(sidecar.call_logs().pop().unwrap()["attempts"], 3);
 }
 
@@ -338,7 +529,10 @@ async fn a_dead_kvs_is_unavailable_after_retries() {
 fn the_independent_verifier_agrees_with_the_published_vectors() {
     for (name, secret) in [
         ("post-vanilla", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
-        ("get-vanilla-with-session-token", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+        (
+            "get-vanilla-with-session-token",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        ),
     ] {
         let signed = std::fs::read_to_string(format!(
             "{}/tests/vectors/{name}/header-signed-request.txt",
@@ -351,11 +545,17 @@ fn the_independent_verifier_agrees_with_the_published_vectors() {
             .take_while(|l| !l.is_empty())
             .map(|l| {
                 let (k, v) = l.split_once(':').unwrap();
-                (k.to_ascii_lowercase().parse::<http::HeaderName>().unwrap(), v.parse().unwrap())
+                (
+                    k.to_ascii_lowercase().parse::<http::HeaderName>().unwrap(),
+                    v.parse().unwrap(),
+                )
             })
             .collect();
         let scope = common::sigv4::verify(&method, "/", &headers, b"", secret).unwrap();
-        assert_eq!((scope.region.as_str(), scope.service.as_str()), ("us-east-1", "service"));
+        assert_eq!(
+            (scope.region.as_str(), scope.service.as_str()),
+            ("us-east-1", "service")
+        );
         // A changed body or secret no longer verifies.
         assert!(common::sigv4::verify(&method, "/", &headers, b"x", secret).is_err());
         assert!(common::sigv4::verify(&method, "/", &headers, b"", "other").is_err());

@@ -47,7 +47,10 @@ mod tests {
         assert_eq!(parse_timeout("3M"), Some(Duration::from_secs(180)));
         assert_eq!(parse_timeout("10S"), Some(Duration::from_secs(10)));
         assert_eq!(parse_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(
+            parse_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
         assert_eq!(parse_timeout("5n"), Some(Duration::from_nanos(5)));
         for junk in ["", "S", "123456789S", "1x", "-1S", "1.5S", "١S"] {
             assert_eq!(parse_timeout(junk), None, "{junk:?}");

@@ -21,12 +21,24 @@ use crate::metrics;
 /// The methods we label by name; anything else is `unknown`, so scanners
 /// probing random paths cannot grow the metric's cardinality.
 const KNOWN: &[(&str, &str)] = &[
-    ("kvs.webrtcstorage.v1.WebRtcStorageService", "JoinStorageSession"),
-    ("kvs.webrtcstorage.v1.WebRtcStorageService", "JoinStorageSessionAsViewer"),
+    (
+        "kvs.webrtcstorage.v1.WebRtcStorageService",
+        "JoinStorageSession",
+    ),
+    (
+        "kvs.webrtcstorage.v1.WebRtcStorageService",
+        "JoinStorageSessionAsViewer",
+    ),
     ("grpc.health.v1.Health", "Check"),
     ("grpc.health.v1.Health", "Watch"),
-    ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo"),
-    ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo"),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -135,10 +147,10 @@ where
                 return Poll::Ready(Err(e));
             }
         };
-        if let Some(code) = grpc_status(response.headers()) {
-            if let Some(p) = pending.take() {
-                p.finish(code);
-            }
+        if let Some(code) = grpc_status(response.headers())
+            && let Some(p) = pending.take()
+        {
+            p.finish(code);
         }
         Poll::Ready(Ok(response.map(|inner| MeteredBody { inner, pending })))
     }
@@ -157,11 +169,16 @@ impl<B: Body> Body for MeteredBody<B> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         let code = match &frame {
-            Some(Ok(f)) => f.trailers_ref().map(|t| grpc_status(t).unwrap_or(Code::Unknown)),
+            Some(Ok(f)) => f
+                .trailers_ref()
+                .map(|t| grpc_status(t).unwrap_or(Code::Unknown)),
             Some(Err(_)) => Some(Code::Internal),
             None => Some(Code::Unknown),
         };
-        if let (Some(code), Some(p)) = (code, this.pending.take()) {
+        // Take the pending record only once the status is known.
+        if let Some(code) = code
+            && let Some(p) = this.pending.take()
+        {
             p.finish(code);
         }
         Poll::Ready(frame)
@@ -183,7 +200,12 @@ impl Pending {
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
     Some(Code::from_i32(value))
 }
 
@@ -195,9 +217,15 @@ mod tests {
     fn labels_known_methods_only() {
         assert_eq!(
             labels("/kvs.webrtcstorage.v1.WebRtcStorageService/JoinStorageSession"),
-            ("kvs.webrtcstorage.v1.WebRtcStorageService", "JoinStorageSession")
+            (
+                "kvs.webrtcstorage.v1.WebRtcStorageService",
+                "JoinStorageSession"
+            )
         );
-        assert_eq!(labels("/grpc.health.v1.Health/Check"), ("grpc.health.v1.Health", "Check"));
+        assert_eq!(
+            labels("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health", "Check")
+        );
         assert_eq!(labels("/evil/../x"), ("unknown", "unknown"));
         assert_eq!(labels("/"), ("unknown", "unknown"));
     }

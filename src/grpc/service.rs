@@ -54,7 +54,13 @@ impl WebRtcStorageService for WebRtcStorage {
             self.client.join_storage_session(&call, &arn).await
         }
         .await;
-        log_call("JoinStorageSession", &msg.channel_arn, &call, started, &result);
+        log_call(
+            "JoinStorageSession",
+            &msg.channel_arn,
+            &call,
+            started,
+            &result,
+        );
         let Joined { request_id } = result.map_err(|e| to_status(&e))?;
         Ok(Response::new(JoinStorageSessionResponse {
             aws_request_id: request_id,
@@ -79,7 +85,13 @@ impl WebRtcStorageService for WebRtcStorage {
                 .await
         }
         .await;
-        log_call("JoinStorageSessionAsViewer", &msg.channel_arn, &call, started, &result);
+        log_call(
+            "JoinStorageSessionAsViewer",
+            &msg.channel_arn,
+            &call,
+            started,
+            &result,
+        );
         let Joined { request_id } = result.map_err(|e| to_status(&e))?;
         Ok(Response::new(JoinStorageSessionAsViewerResponse {
             aws_request_id: request_id,
@@ -96,7 +108,13 @@ fn parse_arn(raw: &str) -> Result<ChannelArn, Error> {
 
 /// The one log line of a call. A rejected ARN is logged only by its length:
 /// it is caller input that failed validation and may be anything.
-fn log_call(rpc: &'static str, arn: &str, call: &Call, started: Instant, result: &Result<Joined, Error>) {
+fn log_call(
+    rpc: &'static str,
+    arn: &str,
+    call: &Call,
+    started: Instant,
+    result: &Result<Joined, Error>,
+) {
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     let attempts = call.attempts();
     match result {

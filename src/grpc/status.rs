@@ -55,7 +55,11 @@ pub fn to_status(err: &Error) -> Status {
     }
     details.set_error_info(e.code(), "kinesisvideo.amazonaws.com", metadata);
     let mut status = Status::with_error_details(code, err.to_string(), details);
-    if let Some(id) = e.request_id.as_deref().and_then(|id| MetadataValue::try_from(id).ok()) {
+    if let Some(id) = e
+        .request_id
+        .as_deref()
+        .and_then(|id| MetadataValue::try_from(id).ok())
+    {
         status.metadata_mut().insert("x-amzn-requestid", id);
     }
     status
@@ -81,7 +85,10 @@ mod tests {
             (kvs(404, "ResourceNotFoundException"), Code::NotFound),
             (kvs(403, "AccessDeniedException"), Code::PermissionDenied),
             (kvs(400, "InvalidArgumentException"), Code::InvalidArgument),
-            (kvs(400, "ClientLimitExceededException"), Code::ResourceExhausted),
+            (
+                kvs(400, "ClientLimitExceededException"),
+                Code::ResourceExhausted,
+            ),
             (kvs(429, ""), Code::ResourceExhausted),
             (kvs(503, ""), Code::Unavailable),
             (kvs(403, "ExpiredTokenException"), Code::Unavailable),
@@ -89,7 +96,13 @@ mod tests {
             (Error::Transport("reset".into()), Code::Unavailable),
             (Error::DeadlineExceeded, Code::DeadlineExceeded),
             (Error::Credentials("none".into()), Code::Unavailable),
-            (Error::InvalidRequest { field: "channel_arn", reason: ValidationError::Empty }, Code::InvalidArgument),
+            (
+                Error::InvalidRequest {
+                    field: "channel_arn",
+                    reason: ValidationError::Empty,
+                },
+                Code::InvalidArgument,
+            ),
         ];
         for (err, want) in cases {
             assert_eq!(code(&err), want, "{err:?}");
@@ -111,7 +124,10 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_field() {
-        let status = to_status(&Error::InvalidRequest { field: "client_id", reason: ValidationError::Empty });
+        let status = to_status(&Error::InvalidRequest {
+            field: "client_id",
+            reason: ValidationError::Empty,
+        });
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "client_id: is empty");
     }

@@ -23,7 +23,9 @@ pub enum ValidationError {
     TooLong(usize, usize),
     #[error("must start with \"arn:\"")]
     NotAnArn,
-    #[error("has {0} ':'-separated parts, expected 6 (arn:PARTITION:kinesisvideo:REGION:ACCOUNT:channel/NAME/ID)")]
+    #[error(
+        "has {0} ':'-separated parts, expected 6 (arn:PARTITION:kinesisvideo:REGION:ACCOUNT:channel/NAME/ID)"
+    )]
     WrongPartCount(usize),
     #[error("partition {0:?} is not aws[a-zA-Z-]*")]
     BadPartition(String),
@@ -81,14 +83,17 @@ impl ChannelArn {
         if service != "kinesisvideo" {
             return Err(ValidationError::BadService(service.to_owned()));
         }
-        if !non_empty_all(region, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !non_empty_all(region, |b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+        }) {
             return Err(ValidationError::BadRegion(region.to_owned()));
         }
         if !non_empty_all(account, |b| b.is_ascii_digit()) {
             return Err(ValidationError::BadAccount(account.to_owned()));
         }
         let mut segments = resource.splitn(3, '/');
-        let (Some(kind), Some(name), Some(id)) = (segments.next(), segments.next(), segments.next())
+        let (Some(kind), Some(name), Some(id)) =
+            (segments.next(), segments.next(), segments.next())
         else {
             return Err(ValidationError::BadResource(resource.to_owned()));
         };
@@ -191,19 +196,58 @@ mod tests {
     fn refuses_each_malformed_part() {
         let cases = [
             ("", ValidationError::Empty),
-            ("urn:aws:kinesisvideo:us-east-1:1:channel/a/1", ValidationError::NotAnArn),
-            ("arn:aws:kinesisvideo:us-east-1:1:channel/a/1:x", ValidationError::WrongPartCount(7)),
-            ("arn:azure:kinesisvideo:us-east-1:1:channel/a/1", ValidationError::BadPartition("azure".into())),
-            ("arn:aws1:kinesisvideo:us-east-1:1:channel/a/1", ValidationError::BadPartition("aws1".into())),
-            ("arn:aws:kinesis:us-east-1:1:channel/a/1", ValidationError::BadService("kinesis".into())),
-            ("arn:aws:kinesisvideo:US-EAST-1:1:channel/a/1", ValidationError::BadRegion("US-EAST-1".into())),
-            ("arn:aws:kinesisvideo::1:channel/a/1", ValidationError::BadRegion("".into())),
-            ("arn:aws:kinesisvideo:us-east-1:12a:channel/a/1", ValidationError::BadAccount("12a".into())),
-            ("arn:aws:kinesisvideo:us-east-1:1:channel/a", ValidationError::BadResource("channel/a".into())),
-            ("arn:aws:kinesisvideo:us-east-1:1:Channel/a/1", ValidationError::BadResourceType("Channel".into())),
-            ("arn:aws:kinesisvideo:us-east-1:1:channel/a b/1", ValidationError::BadChannelName("a b".into())),
-            ("arn:aws:kinesisvideo:us-east-1:1:channel/a/b/1", ValidationError::BadChannelId("b/1".into())),
-            ("arn:aws:kinesisvideo:us-east-1:1:channel/a/1\n", ValidationError::BadChannelId("1\n".into())),
+            (
+                "urn:aws:kinesisvideo:us-east-1:1:channel/a/1",
+                ValidationError::NotAnArn,
+            ),
+            (
+                "arn:aws:kinesisvideo:us-east-1:1:channel/a/1:x",
+                ValidationError::WrongPartCount(7),
+            ),
+            (
+                "arn:azure:kinesisvideo:us-east-1:1:channel/a/1",
+                ValidationError::BadPartition("azure".into()),
+            ),
+            (
+                "arn:aws1:kinesisvideo:us-east-1:1:channel/a/1",
+                ValidationError::BadPartition("aws1".into()),
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:1:channel/a/1",
+                ValidationError::BadService("kinesis".into()),
+            ),
+            (
+                "arn:aws:kinesisvideo:US-EAST-1:1:channel/a/1",
+                ValidationError::BadRegion("US-EAST-1".into()),
+            ),
+            (
+                "arn:aws:kinesisvideo::1:channel/a/1",
+                ValidationError::BadRegion("".into()),
+            ),
+            (
+                "arn:aws:kinesisvideo:us-east-1:12a:channel/a/1",
+                ValidationError::BadAccount("12a".into()),
+            ),
+            (
+                "arn:aws:kinesisvideo:us-east-1:1:channel/a",
+                ValidationError::BadResource("channel/a".into()),
+            ),
+            (
+                "arn:aws:kinesisvideo:us-east-1:1:Channel/a/1",
+                ValidationError::BadResourceType("Channel".into()),
+            ),
+            (
+                "arn:aws:kinesisvideo:us-east-1:1:channel/a b/1",
+                ValidationError::BadChannelName("a b".into()),
+            ),
+            (
+                "arn:aws:kinesisvideo:us-east-1:1:channel/a/b/1",
+                ValidationError::BadChannelId("b/1".into()),
+            ),
+            (
+                "arn:aws:kinesisvideo:us-east-1:1:channel/a/1\n",
+                ValidationError::BadChannelId("1\n".into()),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(ChannelArn::parse(input), Err(want), "input {input:?}");
@@ -213,8 +257,14 @@ mod tests {
 
     #[test]
     fn refuses_overlong_arn() {
-        let arn = format!("arn:aws:kinesisvideo:us-east-1:1:channel/{}/1", "a".repeat(1000));
-        assert!(matches!(ChannelArn::parse(&arn), Err(ValidationError::TooLong(_, 1024))));
+        let arn = format!(
+            "arn:aws:kinesisvideo:us-east-1:1:channel/{}/1",
+            "a".repeat(1000)
+        );
+        assert!(matches!(
+            ChannelArn::parse(&arn),
+            Err(ValidationError::TooLong(_, 1024))
+        ));
     }
 
     #[test]
@@ -222,9 +272,18 @@ mod tests {
         assert_eq!(validate_client_id("viewer-1_a.b"), Ok(()));
         assert_eq!(validate_client_id(&"x".repeat(256)), Ok(()));
         assert_eq!(validate_client_id(""), Err(ValidationError::Empty));
-        assert_eq!(validate_client_id(&"x".repeat(257)), Err(ValidationError::TooLong(257, 256)));
-        assert_eq!(validate_client_id("a/b"), Err(ValidationError::BadClientIdChar(1)));
-        assert_eq!(validate_client_id("é"), Err(ValidationError::BadClientIdChar(0)));
+        assert_eq!(
+            validate_client_id(&"x".repeat(257)),
+            Err(ValidationError::TooLong(257, 256))
+        );
+        assert_eq!(
+            validate_client_id("a/b"),
+            Err(ValidationError::BadClientIdChar(1))
+        );
+        assert_eq!(
+            validate_client_id("é"),
+            Err(ValidationError::BadClientIdChar(0))
+        );
     }
 
     fn arn_like() -> impl Strategy<Value = String> {

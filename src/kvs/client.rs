@@ -55,7 +55,11 @@ pub struct KvsClient {
 // === impl KvsClient ===
 
 impl KvsClient {
-    pub fn new(upstream: Upstream, endpoints: EndpointCache, control_plane_override: Option<Uri>) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        endpoints: EndpointCache,
+        control_plane_override: Option<Uri>,
+    ) -> Self {
         Self {
             upstream,
             endpoints,
@@ -63,14 +67,21 @@ impl KvsClient {
         }
     }
 
-    pub async fn join_storage_session(&self, call: &Call, arn: &ChannelArn) -> Result<Joined, Error> {
+    pub async fn join_storage_session(
+        &self,
+        call: &Call,
+        arn: &ChannelArn,
+    ) -> Result<Joined, Error> {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Body<'a> {
             channel_arn: &'a str,
         }
-        let body = json(&Body { channel_arn: arn.as_str() });
-        self.join(call, arn, Role::Master, Operation::JoinStorageSession, body).await
+        let body = json(&Body {
+            channel_arn: arn.as_str(),
+        });
+        self.join(call, arn, Role::Master, Operation::JoinStorageSession, body)
+            .await
     }
 
     pub async fn join_storage_session_as_viewer(
@@ -85,8 +96,18 @@ impl KvsClient {
             channel_arn: &'a str,
             client_id: &'a str,
         }
-        let body = json(&Body { channel_arn: arn.as_str(), client_id });
-        self.join(call, arn, Role::Viewer, Operation::JoinStorageSessionAsViewer, body).await
+        let body = json(&Body {
+            channel_arn: arn.as_str(),
+            client_id,
+        });
+        self.join(
+            call,
+            arn,
+            Role::Viewer,
+            Operation::JoinStorageSessionAsViewer,
+            body,
+        )
+        .await
     }
 
     pub fn endpoints(&self) -> &EndpointCache {
@@ -145,7 +166,13 @@ impl KvsClient {
         });
         let control_plane = endpoint::control_plane(arn, self.control_plane_override.as_ref())?;
         let answer = self
-            .send(call, Operation::GetSignalingChannelEndpoint, control_plane, arn, body)
+            .send(
+                call,
+                Operation::GetSignalingChannelEndpoint,
+                control_plane,
+                arn,
+                body,
+            )
             .await?;
         webrtc_endpoint(&answer.body)
     }
@@ -201,7 +228,11 @@ fn webrtc_endpoint(body: &[u8]) -> Result<Uri, Error> {
         .into_iter()
         .find(|e| e.protocol.as_deref() == Some("WEBRTC"))
         .and_then(|e| e.resource_endpoint)
-        .ok_or_else(|| Error::MalformedResponse("GetSignalingChannelEndpoint answered no WEBRTC endpoint".into()))?;
+        .ok_or_else(|| {
+            Error::MalformedResponse(
+                "GetSignalingChannelEndpoint answered no WEBRTC endpoint".into(),
+            )
+        })?;
     let uri: Uri = raw
         .parse()
         .map_err(|e| Error::MalformedResponse(format!("WEBRTC endpoint {raw:?}: {e}")))?;
@@ -242,7 +273,10 @@ mod tests {
             br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"/relative"}]}"#,
             b"not json",
         ] {
-            assert!(matches!(webrtc_endpoint(body), Err(Error::MalformedResponse(_))));
+            assert!(matches!(
+                webrtc_endpoint(body),
+                Err(Error::MalformedResponse(_))
+            ));
         }
     }
 }

@@ -82,7 +82,10 @@ impl CredentialCache {
     }
 
     fn read(&self) -> Option<Credentials> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn expires_within(&self, c: &Credentials, margin: Duration) -> bool {
@@ -106,7 +109,10 @@ impl CredentialCache {
     async fn load(&self) -> Result<Credentials, Error> {
         let _one_at_a_time = self.loading.lock().await;
         // Whoever held the lock before us may have loaded what we need.
-        if let Some(c) = self.read().filter(|c| !self.expires_within(c, REFRESH_AHEAD)) {
+        if let Some(c) = self
+            .read()
+            .filter(|c| !self.expires_within(c, REFRESH_AHEAD))
+        {
             return Ok(c);
         }
         let loaded = tokio::time::timeout(self.load_timeout, self.provider.provide_credentials())
@@ -163,7 +169,13 @@ mod tests {
             let expiry = self.expiry;
             aws_credential_types::provider::future::ProvideCredentials::new(async move {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                Ok(Credentials::new(format!("AKID{n}"), "secret", None, Some(expiry), "test"))
+                Ok(Credentials::new(
+                    format!("AKID{n}"),
+                    "secret",
+                    None,
+                    Some(expiry),
+                    "test",
+                ))
             })
         }
     }
@@ -225,12 +237,16 @@ mod tests {
         #[derive(Debug)]
         struct Failing(String);
         impl ProvideCredentials for Failing {
-            fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+            fn provide_credentials<'a>(
+                &'a self,
+            ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
             where
                 Self: 'a,
             {
                 aws_credential_types::provider::future::ProvideCredentials::ready(Err(
-                    aws_credential_types::provider::error::CredentialsError::not_loaded(self.0.clone()),
+                    aws_credential_types::provider::error::CredentialsError::not_loaded(
+                        self.0.clone(),
+                    ),
                 ))
             }
         }

@@ -167,9 +167,21 @@ mod tests {
     #[test]
     fn control_plane_is_partition_aware() {
         let cases = [
-            ("aws", "eu-central-1", "https://kinesisvideo.eu-central-1.amazonaws.com/"),
-            ("aws-cn", "cn-north-1", "https://kinesisvideo.cn-north-1.amazonaws.com.cn/"),
-            ("aws-us-gov", "us-gov-west-1", "https://kinesisvideo.us-gov-west-1.amazonaws.com/"),
+            (
+                "aws",
+                "eu-central-1",
+                "https://kinesisvideo.eu-central-1.amazonaws.com/",
+            ),
+            (
+                "aws-cn",
+                "cn-north-1",
+                "https://kinesisvideo.cn-north-1.amazonaws.com.cn/",
+            ),
+            (
+                "aws-us-gov",
+                "us-gov-west-1",
+                "https://kinesisvideo.us-gov-west-1.amazonaws.com/",
+            ),
         ];
         for (partition, region, want) in cases {
             let got = control_plane(&arn(region, partition), None).unwrap();
@@ -221,20 +233,30 @@ mod tests {
         assert!(failed.is_err());
 
         let found = |uri: &'static str| move || async move { Ok(uri.parse().unwrap()) };
-        let first = cache.get_or_discover(&a, Role::Viewer, found("https://one")).await;
+        let first = cache
+            .get_or_discover(&a, Role::Viewer, found("https://one"))
+            .await;
         assert_eq!(first.unwrap(), "https://one");
-        let cached = cache.get_or_discover(&a, Role::Viewer, found("https://two")).await;
+        let cached = cache
+            .get_or_discover(&a, Role::Viewer, found("https://two"))
+            .await;
         assert_eq!(cached.unwrap(), "https://one");
         // The master role is a different key.
-        let master = cache.get_or_discover(&a, Role::Master, found("https://three")).await;
+        let master = cache
+            .get_or_discover(&a, Role::Master, found("https://three"))
+            .await;
         assert_eq!(master.unwrap(), "https://three");
 
         tokio::time::advance(Duration::from_secs(61)).await;
-        let renewed = cache.get_or_discover(&a, Role::Viewer, found("https://four")).await;
+        let renewed = cache
+            .get_or_discover(&a, Role::Viewer, found("https://four"))
+            .await;
         assert_eq!(renewed.unwrap(), "https://four");
 
         cache.invalidate(&a, Role::Viewer);
-        let rediscovered = cache.get_or_discover(&a, Role::Viewer, found("https://five")).await;
+        let rediscovered = cache
+            .get_or_discover(&a, Role::Viewer, found("https://five"))
+            .await;
         assert_eq!(rediscovered.unwrap(), "https://five");
     }
 }

@@ -134,14 +134,22 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
         pairs
             .iter()
-            .map(|(k, v)| (http::HeaderName::from_static(k), http::HeaderValue::from_static(v)))
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn reads_header_dialect_and_strips_suffix() {
         let h = headers(&[
-            ("x-amzn-errortype", "ResourceNotFoundException:http://internal.amazon.com/coral/com.amazonaws.kinesisvideo/"),
+            (
+                "x-amzn-errortype",
+                "ResourceNotFoundException:http://internal.amazon.com/coral/com.amazonaws.kinesisvideo/",
+            ),
             ("x-amzn-requestid", "req-1"),
         ]);
         let e = ServiceError::from_response(404, &h, br#"{"message":"no such channel"}"#);

@@ -165,7 +165,13 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         }
         self.attempts += 1;
         metrics::retry(operation, kind);
-        tracing::debug!(operation, reason = kind.as_str(), ?delay, attempt = self.attempts, "retrying");
+        tracing::debug!(
+            operation,
+            reason = kind.as_str(),
+            ?delay,
+            attempt = self.attempts,
+            "retrying"
+        );
         Some(Box::pin(tokio::time::sleep(delay)))
     }
 
@@ -191,19 +197,34 @@ mod tests {
     #[test]
     fn classifies_like_standard_mode() {
         let cases = [
-            (service(400, Some("ClientLimitExceededException")), Some(RetryKind::Throttling)),
+            (
+                service(400, Some("ClientLimitExceededException")),
+                Some(RetryKind::Throttling),
+            ),
             (service(429, None), Some(RetryKind::Throttling)),
             (service(500, None), Some(RetryKind::TransientServer)),
             (service(502, None), Some(RetryKind::TransientServer)),
-            (service(503, Some("ServiceUnavailable")), Some(RetryKind::TransientServer)),
+            (
+                service(503, Some("ServiceUnavailable")),
+                Some(RetryKind::TransientServer),
+            ),
             (service(504, None), Some(RetryKind::TransientServer)),
             (service(501, None), None),
-            (service(403, Some("ExpiredTokenException")), Some(RetryKind::ExpiredCredentials)),
+            (
+                service(403, Some("ExpiredTokenException")),
+                Some(RetryKind::ExpiredCredentials),
+            ),
             (service(400, Some("InvalidArgumentException")), None),
             (service(403, Some("AccessDeniedException")), None),
             (service(404, Some("ResourceNotFoundException")), None),
-            (Error::Transport("connection refused".into()), Some(RetryKind::Transport)),
-            (Error::AttemptTimeout(Duration::from_secs(1)), Some(RetryKind::Timeout)),
+            (
+                Error::Transport("connection refused".into()),
+                Some(RetryKind::Transport),
+            ),
+            (
+                Error::AttemptTimeout(Duration::from_secs(1)),
+                Some(RetryKind::Timeout),
+            ),
             (Error::DeadlineExceeded, None),
             (Error::Credentials("no provider".into()), None),
         ];
@@ -220,13 +241,22 @@ mod tests {
             max: Duration::from_secs(2),
         };
         let full = |kind, n| b.delay(kind, n, 1.0);
-        assert_eq!(full(RetryKind::TransientServer, 1), Duration::from_millis(100));
-        assert_eq!(full(RetryKind::TransientServer, 2), Duration::from_millis(200));
+        assert_eq!(
+            full(RetryKind::TransientServer, 1),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            full(RetryKind::TransientServer, 2),
+            Duration::from_millis(200)
+        );
         assert_eq!(full(RetryKind::Transport, 3), Duration::from_millis(400));
         assert_eq!(full(RetryKind::Throttling, 1), Duration::from_millis(500));
         assert_eq!(full(RetryKind::Throttling, 3), Duration::from_secs(2));
         assert_eq!(full(RetryKind::Timeout, 60), Duration::from_secs(2));
-        assert_eq!(b.delay(RetryKind::TransientServer, 2, 0.5), Duration::from_millis(100));
+        assert_eq!(
+            b.delay(RetryKind::TransientServer, 2, 0.5),
+            Duration::from_millis(100)
+        );
         assert_eq!(b.delay(RetryKind::TransientServer, 2, 0.0), Duration::ZERO);
         assert_eq!(full(RetryKind::ExpiredCredentials, 1), Duration::ZERO);
     }

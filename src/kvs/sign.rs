@@ -155,9 +155,20 @@ mod tests {
 
     fn check(name: &str) {
         let mut v = load(name);
-        sign(&mut v.request, &v.credentials, &v.region, &v.service, v.time).unwrap();
+        sign(
+            &mut v.request,
+            &v.credentials,
+            &v.region,
+            &v.service,
+            v.time,
+        )
+        .unwrap();
         for header in ["authorization", "x-amz-date", "x-amz-security-token"] {
-            let got = v.request.headers().get(header).map(|h| h.to_str().unwrap().to_owned());
+            let got = v
+                .request
+                .headers()
+                .get(header)
+                .map(|h| h.to_str().unwrap().to_owned());
             let want = v
                 .signed
                 .to_ascii_lowercase()
@@ -184,7 +195,14 @@ mod tests {
             .body(Bytes::from_static(br#"{"channelArn":"x"}"#))
             .unwrap();
         let creds = Credentials::new("AKID", "SECRET", None, None, "t");
-        sign(&mut req, &creds, "eu-central-1", SERVICE, UNIX_EPOCH + Duration::from_secs(1_700_000_000)).unwrap();
+        sign(
+            &mut req,
+            &creds,
+            "eu-central-1",
+            SERVICE,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )
+        .unwrap();
         let auth = req.headers()["authorization"].to_str().unwrap();
         assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKID/20231114/eu-central-1/kinesisvideo/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature="), "{auth}");
         assert_eq!(req.headers()["host"], "127.0.0.1:8443");

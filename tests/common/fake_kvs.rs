@@ -99,7 +99,9 @@ impl FakeKvs {
         let server = fake.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let fake = server.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -141,14 +143,30 @@ impl FakeKvs {
     }
 
     pub fn received_on(&self, path: &str) -> Vec<Received> {
-        self.received().into_iter().filter(|r| r.path == path).collect()
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         let (parts, body) = req.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let path = parts.uri.path().to_owned();
-        let signature = sigv4::verify(parts.method.as_str(), &path, &parts.headers, &body, SECRET_KEY);
+        let signature = sigv4::verify(
+            parts.method.as_str(),
+            &path,
+            &parts.headers,
+            &body,
+            SECRET_KEY,
+        );
         let reply = {
             let mut state = self.state.lock().unwrap();
             state.received.push(Received {
@@ -157,7 +175,11 @@ impl FakeKvs {
                 body: body.clone(),
                 signature: signature.clone(),
             });
-            state.script.get_mut(&path).and_then(VecDeque::pop_front).unwrap_or(Reply::Ok)
+            state
+                .script
+                .get_mut(&path)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(Reply::Ok)
         };
         if signature.is_err() {
             return Ok(self.error(403, "InvalidSignatureException", Dialect::Header));
@@ -165,7 +187,11 @@ impl FakeKvs {
         self.answer(&path, reply).await
     }
 
-    async fn answer(&self, path: &str, mut reply: Reply) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    async fn answer(
+        &self,
+        path: &str,
+        mut reply: Reply,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         loop {
             return match reply {
                 Reply::Slow(pause, then) => {
@@ -174,7 +200,11 @@ impl FakeKvs {
                     continue;
                 }
                 Reply::Reset => Err(std::io::Error::other("scripted reset")),
-                Reply::Error { status, code, dialect } => Ok(self.error(status, code, dialect)),
+                Reply::Error {
+                    status,
+                    code,
+                    dialect,
+                } => Ok(self.error(status, code, dialect)),
                 Reply::Ok => Ok(self.ok(path)),
             };
         }
@@ -187,7 +217,13 @@ impl FakeKvs {
     fn ok(&self, path: &str) -> Response<Full<Bytes>> {
         let body = match path {
             "/getSignalingChannelEndpoint" => {
-                let webrtc = self.state.lock().unwrap().webrtc_endpoint.clone().unwrap_or_else(|| self.url());
+                let webrtc = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .webrtc_endpoint
+                    .clone()
+                    .unwrap_or_else(|| self.url());
                 serde_json::json!({"ResourceEndpointList": [
                     {"Protocol": "WSS", "ResourceEndpoint": "wss://m-fake.kinesisvideo.invalid"},
                     {"Protocol": "WEBRTC", "ResourceEndpoint": webrtc},
@@ -223,6 +259,8 @@ impl FakeKvs {
             }),
             Dialect::Code => serde_json::json!({ "code": code, "message": message }),
         };
-        builder.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+        builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
     }
 }

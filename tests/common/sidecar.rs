@@ -14,7 +14,10 @@ use tonic::transport::Channel;
 
 use super::fake_kvs::{ACCESS_KEY, SECRET_KEY, SESSION_TOKEN};
 
-pub type RawH2 = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
+pub type RawH2 = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tonic::body::Body,
+>;
 
 pub struct Sidecar {
     child: Child,
@@ -50,7 +53,10 @@ impl Sidecar {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent/kvs-sidecar-test")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/kvs-sidecar-test")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/kvs-sidecar-test",
+        )
         .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_url)
         .env("KVS_SIDECAR_RETRY_BASE_DELAY", "10ms")
         .env("KVS_SIDECAR_RETRY_THROTTLING_BASE_DELAY", "20ms")
@@ -69,10 +75,13 @@ impl Sidecar {
             let (output, tx) = (output.clone(), tx.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if v["message"] == "serving" {
-                            let _ = tx.send((v["grpc"].as_str().unwrap().parse(), v["admin"].as_str().unwrap().parse()));
-                        }
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                        && v["message"] == "serving"
+                    {
+                        let _ = tx.send((
+                            v["grpc"].as_str().unwrap().parse(),
+                            v["admin"].as_str().unwrap().parse(),
+                        ));
                     }
                     output.lock().unwrap().push(line);
                 }
@@ -86,7 +95,12 @@ impl Sidecar {
                 panic!("sidecar did not start: {:#?}", output.lock().unwrap());
             }
         };
-        Self { child, grpc, admin, output }
+        Self {
+            child,
+            grpc,
+            admin,
+            output,
+        }
     }
 
     pub async fn client(&self) -> WebRtcStorageServiceClient<Channel> {
@@ -99,15 +113,20 @@ impl Sidecar {
     /// status seen is the sidecar's own (tonic's Channel would cancel the
     /// call locally at the same instant).
     pub fn unenforced_client(&self) -> WebRtcStorageServiceClient<RawH2> {
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
         let origin = format!("http://{}", self.grpc).parse().unwrap();
         WebRtcStorageServiceClient::with_origin(http, origin)
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub fn pid(&self) -> u32 {
@@ -148,7 +167,10 @@ impl Sidecar {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < until, "sidecar still running after {within:?}");
+            assert!(
+                Instant::now() < until,
+                "sidecar still running after {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -163,11 +185,20 @@ impl Drop for Sidecar {
 
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect admin");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
-    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }

@@ -96,7 +96,9 @@ pub fn verify(
     }
     let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
     if expected != signature {
-        return Err(format!("signature mismatch; canonical request was:\n{canonical_request}"));
+        return Err(format!(
+            "signature mismatch; canonical request was:\n{canonical_request}"
+        ));
     }
     Ok(Scope {
         access_key: access_key.to_owned(),

@@ -99,11 +99,17 @@ fn outcome(err: Option<&Error>) -> &'static str {
     ];
     match err {
         None => "success",
-        Some(Error::Service(e)) => KNOWN
-            .iter()
-            .find(|k| **k == e.code())
-            .copied()
-            .unwrap_or(if e.http_status >= 500 { "server_error" } else { "client_error" }),
+        Some(Error::Service(e)) => {
+            KNOWN
+                .iter()
+                .find(|k| **k == e.code())
+                .copied()
+                .unwrap_or(if e.http_status >= 500 {
+                    "server_error"
+                } else {
+                    "client_error"
+                })
+        }
         Some(Error::Transport(_)) => "transport_error",
         Some(Error::AttemptTimeout(_)) => "timeout",
         Some(Error::Credentials(_)) => "credentials_error",

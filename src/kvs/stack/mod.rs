@@ -13,9 +13,13 @@ mod sign;
 
 use std::{sync::Arc, time::Duration};
 
-use tower::{ServiceBuilder, limit::ConcurrencyLimitLayer, retry::RetryLayer, util::BoxCloneSyncService};
+use tower::{
+    ServiceBuilder, limit::ConcurrencyLimitLayer, retry::RetryLayer, util::BoxCloneSyncService,
+};
 
-pub use self::{attempt_metrics::AttemptMetricsLayer, attempt_timeout::AttemptTimeoutLayer, sign::SignLayer};
+pub use self::{
+    attempt_metrics::AttemptMetricsLayer, attempt_timeout::AttemptTimeoutLayer, sign::SignLayer,
+};
 use super::{
     Error, UpstreamRequest, UpstreamResponse,
     credentials::CredentialCache,

@@ -72,7 +72,13 @@ where
         Box::pin(async move {
             let credentials = credentials.get().await?;
             let mut http = req.to_http()?;
-            sign::sign(&mut http, &credentials, &req.region, sign::SERVICE, clock.now())?;
+            sign::sign(
+                &mut http,
+                &credentials,
+                &req.region,
+                sign::SERVICE,
+                clock.now(),
+            )?;
             inner.call(http.map(Full::new)).await
         })
     }

@@ -1,0 +1,368 @@
+//! Serving concerns: health, reflection, admin endpoints, metrics, secrets,
+//! graceful shutdown, and a client in another language.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{ARN, FakeKvs, Reply, Sidecar, fake_kvs};
+use kvs_sidecar::pb::JoinStorageSessionRequest;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const JOIN: &str = "/joinStorageSession";
+
+fn join(arn: &str) -> JoinStorageSessionRequest {
+    JoinStorageSessionRequest {
+        channel_arn: arn.to_owned(),
+    }
+}
+
+/// The value of the sample of `name` whose labels include all of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_the_service() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let fake = FakeKvs::start().await;
+    let sidecar = Sidecar::start(&fake.url(), &[]);
+    let mut health = HealthClient::new(sidecar.channel().await);
+    for service in ["", "kvs.webrtcstorage.v1.WebRtcStorageService"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn reflection_lists_and_describes_the_service_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let fake = FakeKvs::start().await;
+    let sidecar = Sidecar::start(&fake.url(), &[]);
+    let channel = sidecar.channel().await;
+
+    let mut v1_client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let requests = tokio_stream::iter([
+        v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        },
+        v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                    "kvs.webrtcstorage.v1.WebRtcStorageService".into(),
+                ),
+            ),
+        },
+    ]);
+    let mut answers = v1_client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "kvs.webrtcstorage.v1.WebRtcStorageService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a file descriptor");
+    };
+    let file = <prost_types::FileDescriptorProto as prost::Message>::decode(
+        &files.file_descriptor_proto[0][..],
+    )
+    .unwrap();
+    assert_eq!(file.package(), "kvs.webrtcstorage.v1");
+    let methods: Vec<_> = file.service[0].method.iter().map(|m| m.name()).collect();
+    assert_eq!(
+        methods,
+        ["JoinStorageSession", "JoinStorageSessionAsViewer"]
+    );
+
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut answers = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "kvs.webrtcstorage.v1.WebRtcStorageService")
+    );
+}
+
+#[tokio::test]
+async fn admin_serves_metrics_readyz_and_livez() {
+    let fake = FakeKvs::start().await;
+    let sidecar = Sidecar::start(&fake.url(), &[]);
+    assert_eq!(sidecar.admin_get("/readyz"), (200, "ready\n".into()));
+    assert_eq!(sidecar.admin_get("/livez"), (200, "ok\n".into()));
+    assert_eq!(sidecar.admin_get("/nope").0, 404);
+
+    let mut client = sidecar.client().await;
+    client.join_storage_session(join(ARN)).await.unwrap();
+    client.join_storage_session(join(ARN)).await.unwrap();
+    client.join_storage_session(join("bad")).await.unwrap_err();
+    let (status, metrics) = sidecar.admin_get("/metrics");
+    assert_eq!(status, 200);
+    let svc = ("grpc_service", "kvs.webrtcstorage.v1.WebRtcStorageService");
+    let method = ("grpc_method", "JoinStorageSession");
+    assert_eq!(
+        sample(&metrics, "grpc_server_started_total", &[svc, method]),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "grpc_server_handled_total",
+            &[svc, method, ("grpc_code", "OK")]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "grpc_server_handled_total",
+            &[svc, method, ("grpc_code", "InvalidArgument")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "grpc_server_handling_seconds_count",
+            &[svc, method]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "grpc_server_handling_seconds_bucket",
+            &[svc, method, ("le", "+Inf")]
+        ),
+        Some(3.0)
+    );
+    let attempts = |op| {
+        sample(
+            &metrics,
+            "kvs_upstream_attempts_total",
+            &[("operation", op), ("outcome", "success")],
+        )
+    };
+    assert_eq!(attempts("GetSignalingChannelEndpoint"), Some(1.0));
+    assert_eq!(attempts("JoinStorageSession"), Some(2.0));
+    assert!(metrics.contains("# HELP grpc_server_handled_total"));
+    assert!(metrics.contains("# TYPE kvs_upstream_attempt_duration_seconds histogram"));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
+    let fake = FakeKvs::start().await;
+    let sidecar = Sidecar::start_with_env(
+        &fake.url(),
+        &["--log-level", "trace"],
+        &[("RUST_LOG", "trace")],
+    );
+    let mut client = sidecar.client().await;
+    client.join_storage_session(join(ARN)).await.unwrap();
+    fake.script(
+        JOIN,
+        [
+            Reply::error(403, "ExpiredTokenException"),
+            Reply::error(403, "AccessDeniedException"),
+        ],
+    );
+    client.join_storage_session(join(ARN)).await.unwrap_err();
+    fake.script(JOIN, [Reply::Reset, Reply::error(500, "")]);
+    client.join_storage_session(join(ARN)).await.unwrap();
+    let (_, metrics) = sidecar.admin_get("/metrics");
+
+    let output = sidecar.output();
+    assert!(
+        output.len() > 50,
+        "trace logging is on: {} lines",
+        output.len()
+    );
+    for secret in [fake_kvs::SECRET_KEY, fake_kvs::SESSION_TOKEN] {
+        for line in output.iter().chain([&metrics]) {
+            assert!(!line.contains(secret), "a secret leaked: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls_and_exits_zero() {
+    let fake = FakeKvs::start().await;
+    let mut sidecar = Sidecar::start(&fake.url(), &[]);
+    let client = sidecar.client().await;
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
+
+    fake.script(
+        JOIN,
+        [Reply::Slow(
+            Duration::from_millis(1500),
+            Box::new(Reply::Ok),
+        )],
+    );
+    let in_flight = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.join_storage_session(join(ARN)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidecar.signal("TERM");
+
+    let until = Instant::now() + Duration::from_secs(1);
+    while sidecar.admin_get("/readyz").0 != 503 {
+        assert!(Instant::now() < until, "readyz did not turn 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // New connections are refused once draining has begun.
+    let grpc = sidecar.grpc;
+    let refused = tokio::time::timeout(Duration::from_secs(2), async move {
+        loop {
+            if tokio::net::TcpStream::connect(grpc).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "the gRPC port still accepts connections while draining"
+    );
+
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert!(answer.into_inner().aws_request_id.starts_with("fake-req-"));
+    let status = sidecar.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(sidecar.output().iter().any(|l| l.contains("\"stopped\"")));
+}
+
+#[tokio::test]
+async fn sigterm_with_calls_past_the_grace_period_still_exits_zero_in_time() {
+    let fake = FakeKvs::start().await;
+    let mut sidecar = Sidecar::start(&fake.url(), &["--shutdown-grace", "500ms"]);
+    let mut client = sidecar.client().await;
+    client.join_storage_session(join(ARN)).await.unwrap();
+    fake.script(
+        JOIN,
+        [Reply::Slow(Duration::from_secs(20), Box::new(Reply::Ok))],
+    );
+    let stuck = tokio::spawn(async move { client.join_storage_session(join(ARN)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    sidecar.signal("INT");
+    assert_eq!(sidecar.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "the cut-off call gets an error, not a hang"
+    );
+}
+
+#[tokio::test]
+async fn a_python_grpcio_backend_can_call_the_sidecar() {
+    let python = std::env::var("KVS_SIDECAR_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+        if std::path::Path::new(venv).exists() {
+            venv.into()
+        } else {
+            "python3".into()
+        }
+    });
+    let fake = FakeKvs::start().await;
+    let sidecar = Sidecar::start(&fake.url(), &[]);
+    // Join 1 (OK), join 2 (slow: the client's 300 ms deadline), join 3 (404).
+    fake.script(
+        JOIN,
+        [
+            Reply::Ok,
+            Reply::Slow(Duration::from_secs(3), Box::new(Reply::Ok)),
+            Reply::error(404, "ResourceNotFoundException"),
+        ],
+    );
+    let grpc = sidecar.grpc.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/client.py"
+            ))
+            .args([grpc.as_str(), ARN])
+            .output()
+            .unwrap_or_else(|e| panic!("run {python}: {e} (run scripts/test, which sets up .venv)"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python client: ok"));
+    assert_eq!(fake.received_on(JOIN).len(), 3);
+    assert_eq!(fake.received_on("/joinStorageSessionAsViewer").len(), 1);
+}
