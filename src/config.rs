@@ -32,6 +32,8 @@ pub struct Config {
     )]
     pub admin_listen: SocketAddr,
 
+    /// Log format: text for a terminal, json (one object a line) for log
+    /// pipelines.
     #[arg(long, env = "KVS_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -561,3 +561,40 @@ fn the_independent_verifier_agrees_with_the_published_vectors() {
         assert!(common::sigv4::verify(&method, "/", &headers, b"", "other").is_err());
     }
 }
+
+#[tokio::test]
+async fn credentials_come_from_the_container_provider_in_the_chain() {
+    let fake = FakeKvs::start().await;
+    let creds_url = format!("{}{}", fake.url(), fake_kvs::CONTAINER_CREDENTIALS_PATH);
+    let sidecar = Sidecar::start_with_env(
+        &fake.url(),
+        &[],
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_SESSION_TOKEN", ""),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &creds_url),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", fake_kvs::CONTAINER_AUTH_TOKEN),
+        ],
+    );
+    let client = sidecar.client().await;
+    for _ in 0..5 {
+        client.clone().join_storage_session(join(ARN)).await.unwrap();
+    }
+    let joins = fake.received_on(JOIN);
+    assert_eq!(joins[0].headers["x-amz-security-token"], fake_kvs::SESSION_TOKEN);
+    assert!(joins.iter().all(|j| j.signature.is_ok()));
+    assert_eq!(fake.credential_loads(), 1, "credentials are cached, not loaded per call");
+}
+
+#[tokio::test]
+async fn aws_endpoint_url_also_sets_the_control_plane() {
+    let fake = FakeKvs::start().await;
+    let sidecar = Sidecar::start_with_env(
+        "unused",
+        &[],
+        &[("AWS_ENDPOINT_URL_KINESIS_VIDEO", ""), ("AWS_ENDPOINT_URL", &fake.url())],
+    );
+    sidecar.client().await.join_storage_session(join(ARN)).await.unwrap();
+    assert_eq!(fake.received_on(DISCOVER).len(), 1);
+}

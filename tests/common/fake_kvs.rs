@@ -23,6 +23,9 @@ use super::sigv4;
 pub const ACCESS_KEY: &str = "AKIAFAKEKVSSIDECAR01";
 pub const SECRET_KEY: &str = "fakeSecretKey+doNotLeak/0123456789abcdefXYZ";
 pub const SESSION_TOKEN: &str = "FakeSessionToken//doNotLeak+0123456789==";
+/// Where the fake also serves ECS/EKS-style container credentials.
+pub const CONTAINER_CREDENTIALS_PATH: &str = "/container-credentials";
+pub const CONTAINER_AUTH_TOKEN: &str = "container-auth-token";
 
 /// How an error names itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +82,7 @@ struct State {
     received: Vec<Received>,
     script: HashMap<String, VecDeque<Reply>>,
     webrtc_endpoint: Option<String>,
+    credential_loads: usize,
 }
 
 #[derive(Clone)]
@@ -160,6 +164,9 @@ impl FakeKvs {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let path = parts.uri.path().to_owned();
+        if path == CONTAINER_CREDENTIALS_PATH {
+            return Ok(self.container_credentials(&parts.headers));
+        }
         let signature = sigv4::verify(
             parts.method.as_str(),
             &path,
@@ -208,6 +215,28 @@ impl FakeKvs {
                 Reply::Ok => Ok(self.ok(path)),
             };
         }
+    }
+
+    /// The container credentials endpoint (the one EKS Pod Identity and ECS
+    /// task roles use), serving the same keys with a one-hour expiry.
+    fn container_credentials(&self, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+        self.state.lock().unwrap().credential_loads += 1;
+        if headers.get("authorization").is_none_or(|v| v != CONTAINER_AUTH_TOKEN) {
+            return Response::builder().status(401).body(Full::default()).unwrap();
+        }
+        let expiry = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let expiry = humantime::format_rfc3339_seconds(expiry).to_string();
+        let body = serde_json::json!({
+            "AccessKeyId": ACCESS_KEY,
+            "SecretAccessKey": SECRET_KEY,
+            "Token": SESSION_TOKEN,
+            "Expiration": expiry,
+        });
+        Response::new(Full::new(Bytes::from(body.to_string())))
+    }
+
+    pub fn credential_loads(&self) -> usize {
+        self.state.lock().unwrap().credential_loads
     }
 
     fn request_id(&self) -> String {

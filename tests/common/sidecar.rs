@@ -34,6 +34,7 @@ impl Sidecar {
         Self::start_with_env(kvs_url, args, &[])
     }
 
+    /// As `start`, with extra environment; an empty value unsets a variable.
     pub fn start_with_env(kvs_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs-sidecar"));
         cmd.args([
@@ -60,10 +61,13 @@ impl Sidecar {
         .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_url)
         .env("KVS_SIDECAR_RETRY_BASE_DELAY", "10ms")
         .env("KVS_SIDECAR_RETRY_THROTTLING_BASE_DELAY", "20ms")
-        .envs(env.iter().copied())
+        .envs(env.iter().filter(|(_, v)| !v.is_empty()).copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+        for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
+            cmd.env_remove(k);
+        }
         let mut child = cmd.spawn().expect("start kvs-sidecar");
 
         let output = Arc::new(Mutex::new(Vec::new()));
