@@ -574,17 +574,31 @@ async fn credentials_come_from_the_container_provider_in_the_chain() {
             ("AWS_SECRET_ACCESS_KEY", ""),
             ("AWS_SESSION_TOKEN", ""),
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &creds_url),
-            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", fake_kvs::CONTAINER_AUTH_TOKEN),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                fake_kvs::CONTAINER_AUTH_TOKEN,
+            ),
         ],
     );
     let client = sidecar.client().await;
     for _ in 0..5 {
-        client.clone().join_storage_session(join(ARN)).await.unwrap();
+        client
+            .clone()
+            .join_storage_session(join(ARN))
+            .await
+            .unwrap();
     }
     let joins = fake.received_on(JOIN);
-    assert_eq!(joins[0].headers["x-amz-security-token"], fake_kvs::SESSION_TOKEN);
+    assert_eq!(
+        joins[0].headers["x-amz-security-token"],
+        fake_kvs::SESSION_TOKEN
+    );
     assert!(joins.iter().all(|j| j.signature.is_ok()));
-    assert_eq!(fake.credential_loads(), 1, "credentials are cached, not loaded per call");
+    assert_eq!(
+        fake.credential_loads(),
+        1,
+        "credentials are cached, not loaded per call"
+    );
 }
 
 #[tokio::test]
@@ -593,8 +607,16 @@ async fn aws_endpoint_url_also_sets_the_control_plane() {
     let sidecar = Sidecar::start_with_env(
         "unused",
         &[],
-        &[("AWS_ENDPOINT_URL_KINESIS_VIDEO", ""), ("AWS_ENDPOINT_URL", &fake.url())],
+        &[
+            ("AWS_ENDPOINT_URL_KINESIS_VIDEO", ""),
+            ("AWS_ENDPOINT_URL", &fake.url()),
+        ],
     );
-    sidecar.client().await.join_storage_session(join(ARN)).await.unwrap();
+    sidecar
+        .client()
+        .await
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
     assert_eq!(fake.received_on(DISCOVER).len(), 1);
 }

@@ -221,8 +221,14 @@ impl FakeKvs {
     /// task roles use), serving the same keys with a one-hour expiry.
     fn container_credentials(&self, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
         self.state.lock().unwrap().credential_loads += 1;
-        if headers.get("authorization").is_none_or(|v| v != CONTAINER_AUTH_TOKEN) {
-            return Response::builder().status(401).body(Full::default()).unwrap();
+        if headers
+            .get("authorization")
+            .is_none_or(|v| v != CONTAINER_AUTH_TOKEN)
+        {
+            return Response::builder()
+                .status(401)
+                .body(Full::default())
+                .unwrap();
         }
         let expiry = std::time::SystemTime::now() + Duration::from_secs(3600);
         let expiry = humantime::format_rfc3339_seconds(expiry).to_string();
