@@ -62,6 +62,7 @@ async fn join_sends_exact_signed_requests_for_the_channels_region() {
     let j = &joins[0];
     assert_eq!(j.body, format!(r#"{{"channelArn":"{ARN}"}}"#));
     assert_eq!(j.headers["content-type"], "application/json");
+    assert!(j.headers["user-agent"].to_str().unwrap().starts_with("kvs-sidecar/"));
     assert_eq!(j.headers["x-amz-security-token"], fake_kvs::SESSION_TOKEN);
 
     for r in discovery.iter().chain(&joins) {

@@ -27,6 +27,9 @@ pub use self::{
     error::{BoxError, Error, ServiceError},
 };
 
+/// Identifies the sidecar to AWS (CloudTrail's userAgent field).
+const USER_AGENT: &str = concat!("kvs-sidecar/", env!("CARGO_PKG_VERSION"));
+
 /// The KVS operations the sidecar calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -87,6 +90,7 @@ impl UpstreamRequest {
             .map_err(|e| Error::Signing(format!("bad endpoint {}: {e}", self.endpoint)))?;
         ::http::Request::post(uri)
             .header(::http::header::CONTENT_TYPE, "application/json")
+            .header(::http::header::USER_AGENT, USER_AGENT)
             .body(self.body.clone())
             .map_err(|e| Error::Signing(e.to_string()))
     }
