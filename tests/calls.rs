@@ -62,7 +62,12 @@ async fn join_sends_exact_signed_requests_for_the_channels_region() {
     let j = &joins[0];
     assert_eq!(j.body, format!(r#"{{"channelArn":"{ARN}"}}"#));
     assert_eq!(j.headers["content-type"], "application/json");
-    assert!(j.headers["user-agent"].to_str().unwrap().starts_with("kvs-sidecar/"));
+    assert!(
+        j.headers["user-agent"]
+            .to_str()
+            .unwrap()
+            .starts_with("kvs-sidecar/")
+    );
     assert_eq!(j.headers["x-amz-security-token"], fake_kvs::SESSION_TOKEN);
 
     for r in discovery.iter().chain(&joins) {
@@ -165,14 +170,7 @@ async fn discovers_once_per_channel_even_for_concurrent_first_calls() {
 
 #[tokio::test]
 async fn maps_every_kvs_error_in_every_dialect_without_retrying_client_faults() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &[]);
-    let client = sidecar.client().await;
-    client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap(); // warm the endpoint cache
+    let (fake, _sidecar, client) = common::warmed(&[]).await;
 
     let cases = [
         (404, "ResourceNotFoundException", Code::NotFound),
@@ -222,14 +220,7 @@ async fn maps_every_kvs_error_in_every_dialect_without_retrying_client_faults() 
 
 #[tokio::test]
 async fn retries_transient_faults_up_to_the_attempt_limit() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &["--attempt-timeout", "300ms"]);
-    let client = sidecar.client().await;
-    client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap();
+    let (fake, sidecar, client) = common::warmed(&["--attempt-timeout", "300ms"]).await;
 
     let slow_ok = || Reply::Slow(Duration::from_secs(3), Box::new(Reply::Ok));
     let cases: Vec<(Vec<Reply>, Result<(), Code>, usize)> = vec![
@@ -289,14 +280,7 @@ async fn retries_transient_faults_up_to_the_attempt_limit() {
 
 #[tokio::test]
 async fn attempt_limit_is_configurable() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &["--max-attempts", "5"]);
-    let client = sidecar.client().await;
-    client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap();
+    let (fake, _sidecar, client) = common::warmed(&["--max-attempts", "5"]).await;
     fake.script(JOIN, vec![Reply::error(503, ""); 6]);
     let err = client
         .clone()
@@ -345,14 +329,7 @@ async fn discovery_faults_are_retried_and_not_cached() {
 
 #[tokio::test]
 async fn expired_token_forces_one_refresh_and_one_retry() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &[]);
-    let client = sidecar.client().await;
-    client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap();
+    let (fake, sidecar, client) = common::warmed(&[]).await;
 
     fake.script(JOIN, [Reply::error(403, "ExpiredTokenException")]);
     client

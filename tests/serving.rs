@@ -246,14 +246,7 @@ async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
-    let fake = FakeKvs::start().await;
-    let mut sidecar = Sidecar::start(&fake.url(), &[]);
-    let client = sidecar.client().await;
-    client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap();
+    let (fake, mut sidecar, client) = common::warmed(&[]).await;
 
     fake.script(
         JOIN,
@@ -302,10 +295,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
 
 #[tokio::test]
 async fn sigterm_with_calls_past_the_grace_period_still_exits_zero_in_time() {
-    let fake = FakeKvs::start().await;
-    let mut sidecar = Sidecar::start(&fake.url(), &["--shutdown-grace", "500ms"]);
-    let mut client = sidecar.client().await;
-    client.join_storage_session(join(ARN)).await.unwrap();
+    let (fake, mut sidecar, mut client) = common::warmed(&["--shutdown-grace", "500ms"]).await;
     fake.script(
         JOIN,
         [Reply::Slow(Duration::from_secs(20), Box::new(Reply::Ok))],

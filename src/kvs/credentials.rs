@@ -18,7 +18,7 @@ use aws_credential_types::{
     provider::{ProvideCredentials, SharedCredentialsProvider},
 };
 
-use super::Error;
+use super::{Error, error::chain};
 use crate::{clock::SharedClock, metrics};
 
 /// How long before expiry credentials are refreshed. The SDKs use 5 minutes;
@@ -123,24 +123,13 @@ impl CredentialCache {
                     self.load_timeout
                 ))
             })
-            .and_then(|r| r.map_err(|e| Error::Credentials(provider_reason(&e))));
+            .and_then(|r| r.map_err(|e| Error::Credentials(chain(&e))));
         metrics::credential_refresh(loaded.is_ok());
         let credentials = loaded?;
         tracing::debug!(expiry = ?credentials.expiry(), "loaded AWS credentials");
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(credentials.clone());
         Ok(credentials)
     }
-}
-
-fn provider_reason(err: &aws_credential_types::provider::error::CredentialsError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

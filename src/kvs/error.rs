@@ -116,7 +116,8 @@ fn sanitize_code(raw: &str) -> String {
     no_prefix.trim().to_owned()
 }
 
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources, joined with ": ".
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {

@@ -6,6 +6,11 @@ pub mod fake_kvs;
 pub mod sidecar;
 pub mod sigv4;
 
+use kvs_sidecar::pb::{
+    JoinStorageSessionRequest, web_rtc_storage_service_client::WebRtcStorageServiceClient,
+};
+use tonic::transport::Channel;
+
 pub use fake_kvs::{Dialect, FakeKvs, Reply};
 pub use sidecar::Sidecar;
 
@@ -14,4 +19,20 @@ pub const ARN: &str =
 
 pub fn arn(name: &str) -> String {
     format!("arn:aws:kinesisvideo:eu-central-1:123456789012:channel/{name}/1700000000000")
+}
+
+/// A fake KVS and a sidecar whose endpoint for [`ARN`] is already
+/// discovered, so faults scripted on the join path meet only the call under
+/// test.
+pub async fn warmed(args: &[&str]) -> (FakeKvs, Sidecar, WebRtcStorageServiceClient<Channel>) {
+    let fake = FakeKvs::start().await;
+    let sidecar = Sidecar::start(&fake.url(), args);
+    let mut client = sidecar.client().await;
+    client
+        .join_storage_session(JoinStorageSessionRequest {
+            channel_arn: ARN.into(),
+        })
+        .await
+        .expect("warm-up join");
+    (fake, sidecar, client)
 }
