@@ -15,6 +15,12 @@ use crate::kvs::{http::HttpConfig, retry::Backoff, stack::StackConfig};
     about = "gRPC sidecar for the Amazon Kinesis Video Streams WebRTC Storage API"
 )]
 pub struct Config {
+    /// Run against a KVS emulator on loopback instead of AWS: no account or
+    /// credentials needed. Channel names starting with `missing-` or
+    /// `denied-` answer NOT_FOUND and PERMISSION_DENIED.
+    #[arg(long, env = "KVS_SIDECAR_EMULATE")]
+    pub emulate: bool,
+
     /// gRPC listen address. Loopback by default: the sidecar acts with the
     /// pod's AWS role, so only its pod should reach it.
     #[arg(

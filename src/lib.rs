@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod emulator;
 pub mod grpc;
 pub mod kvs;
 pub mod metrics;

@@ -3,6 +3,8 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use aws_config::BehaviorVersion;
+use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
+use http::Uri;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{net::TcpListener, sync::watch};
 use tonic_health::server::HealthReporter;
@@ -11,6 +13,7 @@ use crate::{
     admin::{self, Readiness},
     clock::{SharedClock, SystemClock},
     config::Config,
+    emulator::{Emulator, EmulatorCredentials},
     grpc::{WebRtcStorage, metrics::GrpcMetricsLayer},
     kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointCache, stack},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
@@ -28,6 +31,7 @@ pub struct Sidecar {
     ready: Readiness,
     grace: Duration,
     credentials: Arc<CredentialCache>,
+    emulating: bool,
 }
 
 impl Sidecar {
@@ -39,10 +43,11 @@ impl Sidecar {
         config: &Config,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, BoxError> {
-        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        let provider = sdk
-            .credentials_provider()
-            .ok_or("aws-config found no credential provider")?;
+        let (provider, control_plane) = if config.emulate {
+            emulated_kvs().await?
+        } else {
+            aws(config).await?
+        };
         let clock: SharedClock = Arc::new(SystemClock);
         let credentials = Arc::new(CredentialCache::new(
             provider,
@@ -50,10 +55,6 @@ impl Sidecar {
             config.credentials_timeout,
         ));
         let upstream = stack::build(&config.stack(), credentials.clone(), clock)?;
-        let control_plane = match &config.kvs_endpoint_url {
-            Some(url) => Some(url.clone()),
-            None => sdk.endpoint_url().map(str::parse).transpose()?,
-        };
         let client = Arc::new(KvsClient::new(
             upstream,
             EndpointCache::new(config.endpoint_cache_ttl),
@@ -102,6 +103,7 @@ impl Sidecar {
             ready,
             grace: config.shutdown_grace,
             credentials,
+            emulating: config.emulate,
         })
     }
 
@@ -144,6 +146,11 @@ impl Sidecar {
             .await;
         self.ready.set(true);
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "serving");
+        if self.emulating {
+            tracing::info!(
+                "try: grpcurl -plaintext -d '{{\"channel_arn\":\"{DEMO_ARN}\"}}' {grpc_addr} kvs.webrtcstorage.v1.WebRtcStorageService/JoinStorageSession"
+            );
+        }
 
         tokio::select! {
             () = shutdown => {}
@@ -172,6 +179,40 @@ impl Sidecar {
         Ok(())
     }
 }
+
+/// The AWS credential chain and the SDKs' endpoint override.
+async fn aws(config: &Config) -> Result<(SharedCredentialsProvider, Option<Uri>), BoxError> {
+    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let provider = sdk
+        .credentials_provider()
+        .ok_or("aws-config found no credential provider")?;
+    let control_plane = match &config.kvs_endpoint_url {
+        Some(url) => Some(url.clone()),
+        None => sdk.endpoint_url().map(str::parse).transpose()?,
+    };
+    Ok((provider, control_plane))
+}
+
+/// A KVS emulator on loopback and the throwaway keys it accepts.
+async fn emulated_kvs() -> Result<(SharedCredentialsProvider, Option<Uri>), BoxError> {
+    let emulator = Emulator::start(EmulatorCredentials::generate()).await?;
+    let keys = emulator.credentials();
+    let credentials = Credentials::new(
+        &keys.access_key_id,
+        &keys.secret_access_key,
+        keys.session_token.clone(),
+        None,
+        "kvs-sidecar-emulator",
+    );
+    tracing::info!(kvs = %emulator.url(), "emulating KVS on loopback: no AWS account is used");
+    Ok((
+        SharedCredentialsProvider::new(credentials),
+        Some(emulator.url().parse()?),
+    ))
+}
+
+/// A channel ARN for the emulator demo.
+const DEMO_ARN: &str = "arn:aws:kinesisvideo:us-west-2:123456789012:channel/demo/1700000000000";
 
 async fn signalled(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;

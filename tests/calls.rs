@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ARN, Dialect, FakeKvs, Reply, Sidecar, arn, fake_kvs};
+use common::{ARN, Dialect, Emulator, EmulatorCredentials, Reply, Sidecar, arn};
 use kvs_sidecar::pb::{JoinStorageSessionAsViewerRequest, JoinStorageSessionRequest};
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
@@ -28,9 +28,11 @@ fn viewer(arn: &str, client_id: &str) -> JoinStorageSessionAsViewerRequest {
 }
 
 /// Control plane and WEBRTC endpoint on different ports, as in AWS.
-async fn two_fakes() -> (FakeKvs, FakeKvs) {
-    let control = FakeKvs::start().await;
-    let webrtc = FakeKvs::start().await;
+async fn two_fakes() -> (Emulator, Emulator) {
+    let control = common::kvs().await;
+    let webrtc = Emulator::start(control.credentials().clone())
+        .await
+        .unwrap();
     control.set_webrtc_endpoint(&webrtc.url());
     (control, webrtc)
 }
@@ -38,7 +40,7 @@ async fn two_fakes() -> (FakeKvs, FakeKvs) {
 #[tokio::test]
 async fn join_sends_exact_signed_requests_for_the_channels_region() {
     let (control, webrtc) = two_fakes().await;
-    let sidecar = Sidecar::start(&control.url(), &[]);
+    let sidecar = Sidecar::start(&control, &[]);
     let answer = sidecar
         .client()
         .await
@@ -68,7 +70,10 @@ async fn join_sends_exact_signed_requests_for_the_channels_region() {
             .unwrap()
             .starts_with("kvs-sidecar/")
     );
-    assert_eq!(j.headers["x-amz-security-token"], fake_kvs::SESSION_TOKEN);
+    assert_eq!(
+        j.headers["x-amz-security-token"],
+        control.credentials().session_token.as_deref().unwrap()
+    );
 
     for r in discovery.iter().chain(&joins) {
         let scope = r
@@ -78,10 +83,10 @@ async fn join_sends_exact_signed_requests_for_the_channels_region() {
         // The sidecar runs in us-east-1; the channel is in eu-central-1.
         assert_eq!(scope.region, "eu-central-1");
         assert_eq!(scope.service, "kinesisvideo");
-        assert_eq!(scope.access_key, fake_kvs::ACCESS_KEY);
+        assert_eq!(scope.access_key, control.credentials().access_key_id);
     }
     let request_id = answer.aws_request_id;
-    assert!(request_id.starts_with("fake-req-"), "{request_id}");
+    assert!(common::is_request_id(&request_id), "{request_id}");
     let log = sidecar.call_logs().pop().expect("one call log line");
     assert_eq!(log["rpc"], "JoinStorageSession");
     assert_eq!(log["status"], "OK");
@@ -93,7 +98,7 @@ async fn join_sends_exact_signed_requests_for_the_channels_region() {
 #[tokio::test]
 async fn viewer_join_sends_client_id_and_discovers_as_viewer() {
     let (control, webrtc) = two_fakes().await;
-    let sidecar = Sidecar::start(&control.url(), &[]);
+    let sidecar = Sidecar::start(&control, &[]);
     sidecar
         .client()
         .await
@@ -117,7 +122,7 @@ async fn viewer_join_sends_client_id_and_discovers_as_viewer() {
 #[tokio::test]
 async fn discovers_once_per_channel_even_for_concurrent_first_calls() {
     let (control, webrtc) = two_fakes().await;
-    let sidecar = Sidecar::start(&control.url(), &[]);
+    let sidecar = Sidecar::start(&control, &[]);
     let client = sidecar.client().await;
 
     for _ in 0..3 {
@@ -195,7 +200,7 @@ async fn maps_every_kvs_error_in_every_dialect_without_retrying_client_faults() 
                 .unwrap_err();
             assert_eq!(err.code(), want, "{kvs_code} in {dialect:?}: {err:?}");
             assert!(
-                err.message().contains(&format!("fake says {kvs_code}")),
+                err.message().contains(&format!("emulated {kvs_code}")),
                 "{}",
                 err.message()
             );
@@ -293,8 +298,8 @@ async fn attempt_limit_is_configurable() {
 
 #[tokio::test]
 async fn discovery_faults_are_retried_and_not_cached() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &[]);
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &[]);
     let client = sidecar.client().await;
     fake.script(DISCOVER, vec![Reply::error(500, ""); 3]);
     let err = client
@@ -357,8 +362,8 @@ async fn expired_token_forces_one_refresh_and_one_retry() {
 
 #[tokio::test]
 async fn the_callers_deadline_bounds_the_whole_call() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &["--attempt-timeout", "10s"]);
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &["--attempt-timeout", "10s"]);
     let client = sidecar.unenforced_client();
     client
         .clone()
@@ -383,7 +388,7 @@ async fn the_callers_deadline_bounds_the_whole_call() {
     // No attempt starts after the deadline: backoffs of up to 5 s cannot fit
     // in 300 ms, so only the attempts that fit are made.
     let sidecar = Sidecar::start(
-        &fake.url(),
+        &fake,
         &["--retry-base-delay", "5s", "--retry-max-backoff", "5s"],
     );
     let client = sidecar.unenforced_client();
@@ -414,8 +419,8 @@ async fn the_callers_deadline_bounds_the_whole_call() {
 
 #[tokio::test]
 async fn malformed_requests_are_refused_and_nothing_is_sent() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &[]);
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &[]);
     let client = sidecar.client().await;
     let bad_arns = [
         "",
@@ -487,7 +492,12 @@ async fn a_dead_kvs_is_unavailable_after_retries() {
         .local_addr()
         .unwrap()
         .port();
-    let sidecar = Sidecar::start(&format!("http://127.0.0.1:{port}"), &[]);
+    let sidecar = Sidecar::launch(
+        &format!("http://127.0.0.1:{port}"),
+        &EmulatorCredentials::generate(),
+        &[],
+        &[],
+    );
     let err = sidecar
         .client()
         .await
@@ -503,49 +513,16 @@ async fn a_dead_kvs_is_unavailable_after_retries() {
     assert_eq!(sidecar.call_logs().pop().unwrap()["attempts"], 3);
 }
 
-#[test]
-fn the_independent_verifier_agrees_with_the_published_vectors() {
-    for (name, secret) in [
-        ("post-vanilla", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
-        (
-            "get-vanilla-with-session-token",
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-        ),
-    ] {
-        let signed = std::fs::read_to_string(format!(
-            "{}/tests/vectors/{name}/header-signed-request.txt",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let mut lines = signed.lines();
-        let method = lines.next().unwrap().split(' ').next().unwrap().to_owned();
-        let headers: http::HeaderMap = lines
-            .take_while(|l| !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once(':').unwrap();
-                (
-                    k.to_ascii_lowercase().parse::<http::HeaderName>().unwrap(),
-                    v.parse().unwrap(),
-                )
-            })
-            .collect();
-        let scope = common::sigv4::verify(&method, "/", &headers, b"", secret).unwrap();
-        assert_eq!(
-            (scope.region.as_str(), scope.service.as_str()),
-            ("us-east-1", "service")
-        );
-        // A changed body or secret no longer verifies.
-        assert!(common::sigv4::verify(&method, "/", &headers, b"x", secret).is_err());
-        assert!(common::sigv4::verify(&method, "/", &headers, b"", "other").is_err());
-    }
-}
-
 #[tokio::test]
 async fn credentials_come_from_the_container_provider_in_the_chain() {
-    let fake = FakeKvs::start().await;
-    let creds_url = format!("{}{}", fake.url(), fake_kvs::CONTAINER_CREDENTIALS_PATH);
+    let fake = common::kvs().await;
+    let creds_url = format!(
+        "{}{}",
+        fake.url(),
+        kvs_sidecar::emulator::CONTAINER_CREDENTIALS_PATH
+    );
     let sidecar = Sidecar::start_with_env(
-        &fake.url(),
+        &fake,
         &[],
         &[
             ("AWS_ACCESS_KEY_ID", ""),
@@ -554,7 +531,7 @@ async fn credentials_come_from_the_container_provider_in_the_chain() {
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &creds_url),
             (
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-                fake_kvs::CONTAINER_AUTH_TOKEN,
+                &fake.container_authorization_token(),
             ),
         ],
     );
@@ -569,7 +546,7 @@ async fn credentials_come_from_the_container_provider_in_the_chain() {
     let joins = fake.received_on(JOIN);
     assert_eq!(
         joins[0].headers["x-amz-security-token"],
-        fake_kvs::SESSION_TOKEN
+        fake.credentials().session_token.as_deref().unwrap()
     );
     assert!(joins.iter().all(|j| j.signature.is_ok()));
     assert_eq!(
@@ -581,9 +558,10 @@ async fn credentials_come_from_the_container_provider_in_the_chain() {
 
 #[tokio::test]
 async fn aws_endpoint_url_also_sets_the_control_plane() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start_with_env(
-        "unused",
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::launch(
+        "http://unused.invalid",
+        fake.credentials(),
         &[],
         &[
             ("AWS_ENDPOINT_URL_KINESIS_VIDEO", ""),

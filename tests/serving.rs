@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ARN, FakeKvs, Reply, Sidecar, fake_kvs};
+use common::{ARN, Reply, Sidecar};
 use kvs_sidecar::pb::JoinStorageSessionRequest;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -38,8 +38,8 @@ async fn health_reports_serving_for_the_server_and_the_service() {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &[]);
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &[]);
     let mut health = HealthClient::new(sidecar.channel().await);
     for service in ["", "kvs.webrtcstorage.v1.WebRtcStorageService"] {
         let answer = health
@@ -63,8 +63,8 @@ async fn health_reports_serving_for_the_server_and_the_service() {
 #[tokio::test]
 async fn reflection_lists_and_describes_the_service_in_v1_and_v1alpha() {
     use tonic_reflection::pb::{v1, v1alpha};
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &[]);
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &[]);
     let channel = sidecar.channel().await;
 
     let mut v1_client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
@@ -144,8 +144,8 @@ async fn reflection_lists_and_describes_the_service_in_v1_and_v1alpha() {
 
 #[tokio::test]
 async fn admin_serves_metrics_readyz_and_livez() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &[]);
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &[]);
     assert_eq!(sidecar.admin_get("/readyz"), (200, "ready\n".into()));
     assert_eq!(sidecar.admin_get("/livez"), (200, "ok\n".into()));
     assert_eq!(sidecar.admin_get("/nope").0, 404);
@@ -211,12 +211,9 @@ async fn admin_serves_metrics_readyz_and_livez() {
 
 #[tokio::test]
 async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start_with_env(
-        &fake.url(),
-        &["--log-level", "trace"],
-        &[("RUST_LOG", "trace")],
-    );
+    let fake = common::kvs().await;
+    let sidecar =
+        Sidecar::start_with_env(&fake, &["--log-level", "trace"], &[("RUST_LOG", "trace")]);
     let mut client = sidecar.client().await;
     client.join_storage_session(join(ARN)).await.unwrap();
     fake.script(
@@ -237,7 +234,11 @@ async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
         "trace logging is on: {} lines",
         output.len()
     );
-    for secret in [fake_kvs::SECRET_KEY, fake_kvs::SESSION_TOKEN] {
+    let keys = fake.credentials();
+    for secret in [
+        &keys.secret_access_key,
+        keys.session_token.as_ref().unwrap(),
+    ] {
         for line in output.iter().chain([&metrics]) {
             assert!(!line.contains(secret), "a secret leaked: {line}");
         }
@@ -287,7 +288,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
         .await
         .unwrap()
         .expect("the in-flight call completes");
-    assert!(answer.into_inner().aws_request_id.starts_with("fake-req-"));
+    assert!(common::is_request_id(&answer.into_inner().aws_request_id));
     let status = sidecar.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
     assert!(sidecar.output().iter().any(|l| l.contains("\"stopped\"")));
@@ -322,8 +323,8 @@ async fn a_python_grpcio_backend_can_call_the_sidecar() {
             "python3".into()
         }
     });
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), &[]);
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &[]);
     // Join 1 (OK), join 2 (slow: the client's 300 ms deadline), join 3 (404).
     fake.script(
         JOIN,
@@ -355,4 +356,37 @@ async fn a_python_grpcio_backend_can_call_the_sidecar() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("python client: ok"));
     assert_eq!(fake.received_on(JOIN).len(), 3);
     assert_eq!(fake.received_on("/joinStorageSessionAsViewer").len(), 1);
+}
+
+#[tokio::test]
+async fn emulate_mode_needs_no_aws_account_and_shows_the_error_paths() {
+    let sidecar = Sidecar::emulated(&[]);
+    let mut client = sidecar.client().await;
+    let ok = client
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(common::is_request_id(&ok.aws_request_id));
+    let viewer = kvs_sidecar::pb::JoinStorageSessionAsViewerRequest {
+        channel_arn: ARN.into(),
+        client_id: "demo-viewer".into(),
+    };
+    client.join_storage_session_as_viewer(viewer).await.unwrap();
+    let missing = client
+        .join_storage_session(join(&common::arn("missing-cam")))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let denied = client
+        .join_storage_session(join(&common::arn("denied-cam")))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(
+        denied.message().contains("not authorized"),
+        "{}",
+        denied.message()
+    );
+    assert!(sidecar.output().iter().any(|l| l.contains("try: grpcurl")));
 }

@@ -130,6 +130,12 @@ impl ChannelArn {
     pub fn region(&self) -> &str {
         &self.raw[self.region.0..self.region.1]
     }
+
+    /// The channel's name: the middle of `channel/NAME/ID`.
+    pub fn name(&self) -> &str {
+        let resource = self.raw.rsplit(':').next().unwrap_or_default();
+        resource.split('/').nth(1).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for ChannelArn {
@@ -186,6 +192,7 @@ mod tests {
         .unwrap();
         assert_eq!(arn.partition(), "aws-cn");
         assert_eq!(arn.region(), "cn-north-1");
+        assert_eq!(arn.name(), "front_door.1-a");
         assert_eq!(
             arn.as_str(),
             "arn:aws-cn:kinesisvideo:cn-north-1:123456789012:channel/front_door.1-a/1700000000000"

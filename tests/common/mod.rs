@@ -1,17 +1,15 @@
-//! Shared test harness: a fake KVS, an independent SigV4 verifier, and the
-//! sidecar binary under test. Each test binary uses a different part of it.
+//! Shared test harness: the sidecar binary under test, and the project's KVS
+//! emulator as its upstream. Each test binary uses a different part of it.
 #![allow(dead_code, unused_imports)]
 
-pub mod fake_kvs;
 pub mod sidecar;
-pub mod sigv4;
 
 use kvs_sidecar::pb::{
     JoinStorageSessionRequest, web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };
 use tonic::transport::Channel;
 
-pub use fake_kvs::{Dialect, FakeKvs, Reply};
+pub use kvs_sidecar::emulator::{Dialect, Emulator, EmulatorCredentials, Reply};
 pub use sidecar::Sidecar;
 
 pub const ARN: &str =
@@ -24,9 +22,9 @@ pub fn arn(name: &str) -> String {
 /// A fake KVS and a sidecar whose endpoint for [`ARN`] is already
 /// discovered, so faults scripted on the join path meet only the call under
 /// test.
-pub async fn warmed(args: &[&str]) -> (FakeKvs, Sidecar, WebRtcStorageServiceClient<Channel>) {
-    let fake = FakeKvs::start().await;
-    let sidecar = Sidecar::start(&fake.url(), args);
+pub async fn warmed(args: &[&str]) -> (Emulator, Sidecar, WebRtcStorageServiceClient<Channel>) {
+    let fake = kvs().await;
+    let sidecar = Sidecar::start(&fake, args);
     let mut client = sidecar.client().await;
     client
         .join_storage_session(JoinStorageSessionRequest {
@@ -35,4 +33,16 @@ pub async fn warmed(args: &[&str]) -> (FakeKvs, Sidecar, WebRtcStorageServiceCli
         .await
         .expect("warm-up join");
     (fake, sidecar, client)
+}
+
+/// A KVS emulator with fresh keys.
+pub async fn kvs() -> Emulator {
+    Emulator::start(EmulatorCredentials::generate())
+        .await
+        .expect("start the KVS emulator")
+}
+
+/// Whether `id` looks like a KVS request id (a UUID), as the emulator sends.
+pub fn is_request_id(id: &str) -> bool {
+    id.len() == 36 && id.split('-').map(str::len).eq([8, 4, 4, 4, 12])
 }

@@ -12,7 +12,7 @@ use std::{
 use kvs_sidecar::pb::web_rtc_storage_service_client::WebRtcStorageServiceClient;
 use tonic::transport::Channel;
 
-use super::fake_kvs::{ACCESS_KEY, SECRET_KEY, SESSION_TOKEN};
+use kvs_sidecar::emulator::{Emulator, EmulatorCredentials};
 
 pub type RawH2 = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -27,15 +27,38 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts the sidecar with its control plane at `kvs_url` and `args`
+    /// Starts the sidecar with `kvs` as its control plane and `args`
     /// on top of the defaults. Backoffs are short (set through the environment,
     /// so a flag can override them) so retry tests are quick.
-    pub fn start(kvs_url: &str, args: &[&str]) -> Self {
-        Self::start_with_env(kvs_url, args, &[])
+    pub fn start(kvs: &Emulator, args: &[&str]) -> Self {
+        Self::start_with_env(kvs, args, &[])
     }
 
     /// As `start`, with extra environment; an empty value unsets a variable.
-    pub fn start_with_env(kvs_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start_with_env(kvs: &Emulator, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(&kvs.url(), kvs.credentials(), args, env)
+    }
+
+    /// Starts `kvs-sidecar --emulate`, with no AWS settings at all.
+    pub fn emulated(args: &[&str]) -> Self {
+        let mut all = vec!["--emulate"];
+        all.extend_from_slice(args);
+        let unset = [
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_SESSION_TOKEN", ""),
+            ("AWS_ENDPOINT_URL_KINESIS_VIDEO", ""),
+        ];
+        Self::launch("", &EmulatorCredentials::generate(), &all, &unset)
+    }
+
+    /// Starts the sidecar with its control plane at `kvs_url`, holding `keys`.
+    pub fn launch(
+        kvs_url: &str,
+        keys: &EmulatorCredentials,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs-sidecar"));
         cmd.args([
             "--grpc-listen",
@@ -48,9 +71,12 @@ impl Sidecar {
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_SESSION_TOKEN", SESSION_TOKEN)
+        .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+        .env(
+            "AWS_SESSION_TOKEN",
+            keys.session_token.as_deref().unwrap_or_default(),
+        )
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent/kvs-sidecar-test")

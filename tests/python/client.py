@@ -50,7 +50,7 @@ def main(addr: str, arn: str) -> None:
             stub = rpc.WebRtcStorageServiceStub(channel)
 
             joined = stub.JoinStorageSession(pb.JoinStorageSessionRequest(channel_arn=arn), timeout=10)
-            assert joined.aws_request_id.startswith("fake-req-"), joined
+            assert len(joined.aws_request_id) == 36, joined
 
             viewer = stub.JoinStorageSessionAsViewer(
                 pb.JoinStorageSessionAsViewerRequest(channel_arn=arn, client_id="py-viewer"), timeout=10)
@@ -70,7 +70,7 @@ def main(addr: str, arn: str) -> None:
                 lambda: stub.JoinStorageSession(pb.JoinStorageSessionRequest(channel_arn=arn), timeout=10),
                 grpc.StatusCode.NOT_FOUND, "ResourceNotFoundException")
             trailers = dict(err.trailing_metadata())
-            assert trailers["x-amzn-requestid"].startswith("fake-req-"), trailers
+            assert len(trailers["x-amzn-requestid"]) == 36, trailers
             status = rpc_status.from_call(err)
             assert status is not None and len(status.details) == 2, status
     print("python client: ok")

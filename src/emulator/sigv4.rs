@@ -1,6 +1,7 @@
-//! An independent SigV4 verifier, written from the AWS specification with
-//! hmac and sha2 only, so the sidecar's signatures (made with aws-sigv4) are
-//! checked by code that shares nothing with the signer. It is itself checked
+//! SigV4 verification for the emulator, written from the AWS specification
+//! with hmac and sha2 only. It shares nothing with `aws-sigv4`, which signs,
+//! so every test that goes through the emulator checks the sidecar's
+//! signatures against an independent implementation; it is itself checked
 //! against AWS's published test vectors.
 
 use hmac::{Hmac, Mac};
@@ -116,4 +117,51 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 
 fn collapse(v: &str) -> String {
     v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+    #[test]
+    fn agrees_with_the_published_vectors() {
+        for name in ["post-vanilla", "get-vanilla-with-session-token"] {
+            let signed = std::fs::read_to_string(format!(
+                "{}/tests/vectors/{name}/header-signed-request.txt",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            let mut lines = signed.lines();
+            let method = lines.next().unwrap().split(' ').next().unwrap().to_owned();
+            let headers: http::HeaderMap = lines
+                .take_while(|l| !l.is_empty())
+                .map(|l| {
+                    let (k, v) = l.split_once(':').unwrap();
+                    (
+                        k.to_ascii_lowercase().parse::<http::HeaderName>().unwrap(),
+                        v.parse().unwrap(),
+                    )
+                })
+                .collect();
+            let scope = verify(&method, "/", &headers, b"", SECRET).unwrap();
+            assert_eq!(
+                (scope.region.as_str(), scope.service.as_str()),
+                ("us-east-1", "service")
+            );
+            assert!(
+                verify(&method, "/", &headers, b"x", SECRET).is_err(),
+                "{name}: body"
+            );
+            assert!(
+                verify(&method, "/", &headers, b"", "other").is_err(),
+                "{name}: secret"
+            );
+            assert!(
+                verify("PUT", "/", &headers, b"", SECRET).is_err(),
+                "{name}: method"
+            );
+        }
+    }
 }

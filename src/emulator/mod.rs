@@ -1,0 +1,233 @@
+//! A local KVS emulator: `kvs-sidecar --emulate` runs the sidecar against it,
+//! and the project's tests use it as their one fake KVS.
+//!
+//! It listens on 127.0.0.1 only and answers the way KVS does:
+//! `GetSignalingChannelEndpoint` with a WEBRTC endpoint (itself, unless told
+//! otherwise), both joins with an empty 200 and an `x-amzn-RequestId`, and
+//! errors in KVS's restJson form. It verifies every SigV4 signature against
+//! the credentials it was given, with its own verifier ([`sigv4`]).
+//!
+//! Any well-formed channel ARN exists, except channel names that begin with
+//! `missing-` (ResourceNotFoundException) or `denied-`
+//! (AccessDeniedException), so clients can see the error paths.
+//!
+//! Tests and demos can also script faults per path ([`Emulator::script`])
+//! and read back what was received ([`Emulator::received`]).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use kvs_sidecar::emulator::{Emulator, EmulatorCredentials, Reply};
+//!
+//! let kvs = Emulator::start(EmulatorCredentials::generate()).await?;
+//! kvs.script("/joinStorageSession", [Reply::error(503, "ServiceUnavailable")]);
+//! println!("KVS control plane at {}", kvs.url());
+//! # Ok(()) }
+//! ```
+
+mod handler;
+pub mod sigv4;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The keys the emulator accepts. Debug never shows the secret or token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EmulatorCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl EmulatorCredentials {
+    /// Fresh random keys, shaped like AWS's.
+    pub fn generate() -> Self {
+        const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let pick = |set: &[u8], n: usize| -> String {
+            (0..n)
+                .map(|_| set[fastrand::usize(..set.len())] as char)
+                .collect()
+        };
+        Self {
+            access_key_id: format!("ASIAEMU{}", pick(UPPER, 13)),
+            secret_access_key: pick(SECRET, 40),
+            session_token: Some(pick(SECRET, 64)),
+        }
+    }
+}
+
+impl fmt::Debug for EmulatorCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmulatorCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"** redacted **")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "** redacted **"),
+            )
+            .finish()
+    }
+}
+
+/// How a scripted error names itself; KVS itself uses [`Dialect::Header`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `x-amzn-ErrorType: Code:http://internal.amazon.com/...` and a JSON
+    /// `message`.
+    Header,
+    /// `{"__type": "namespace#Code", "Message": ...}`
+    Type,
+    /// `{"code": "Code", "message": ...}`
+    Code,
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Answer as KVS would.
+    Ok,
+    Error {
+        status: u16,
+        code: &'static str,
+        dialect: Dialect,
+    },
+    /// Answer after a pause.
+    Slow(Duration, Box<Reply>),
+    /// Drop the connection without answering.
+    Reset,
+}
+
+impl Reply {
+    pub fn error(status: u16, code: &'static str) -> Self {
+        Reply::Error {
+            status,
+            code,
+            dialect: Dialect::Header,
+        }
+    }
+}
+
+/// A request the emulator received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// The verified credential scope, or why the signature failed.
+    pub signature: Result<sigv4::Scope, String>,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+}
+
+/// Where the emulator also serves container credentials, the way the EKS
+/// Pod Identity agent and ECS do (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+pub const CONTAINER_CREDENTIALS_PATH: &str = "/container-credentials";
+
+#[derive(Default)]
+struct State {
+    received: Vec<Received>,
+    script: HashMap<String, VecDeque<Reply>>,
+    webrtc_endpoint: Option<String>,
+    credential_loads: usize,
+}
+
+#[derive(Clone)]
+pub struct Emulator {
+    addr: SocketAddr,
+    credentials: Arc<EmulatorCredentials>,
+    state: Arc<Mutex<State>>,
+}
+
+// === impl Emulator ===
+
+impl Emulator {
+    /// Starts on an ephemeral port of 127.0.0.1. The server runs until the
+    /// runtime stops.
+    pub async fn start(credentials: EmulatorCredentials) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let emulator = Self {
+            addr: listener.local_addr()?,
+            credentials: Arc::new(credentials),
+            state: Arc::default(),
+        };
+        let server = emulator.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let emulator = server.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let emulator = emulator.clone();
+                        async move { emulator.handle(req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(emulator)
+    }
+
+    /// The control-plane URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn credentials(&self) -> &EmulatorCredentials {
+        &self.credentials
+    }
+
+    /// The WEBRTC endpoint discovery answers; this emulator unless set.
+    pub fn set_webrtc_endpoint(&self, url: &str) {
+        self.lock().webrtc_endpoint = Some(url.to_owned());
+    }
+
+    /// Queues answers for a path (`/joinStorageSession`, ...), used in order
+    /// by the next requests to it; then the path answers normally again.
+    pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.lock()
+            .script
+            .entry(path.to_owned())
+            .or_default()
+            .extend(replies);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.lock()
+            .received
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// How often the container credentials endpoint was asked.
+    pub fn credential_loads(&self) -> usize {
+        self.lock().credential_loads
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
