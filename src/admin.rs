@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics` for Prometheus, `/readyz` and `/livez`
-//! for Kubernetes.
+//! for Kubernetes (the server also mounts `grpc.health.v1` here, for
+//! kubelet's native gRPC probes).
 
 use std::sync::{
     Arc,

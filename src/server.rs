@@ -72,6 +72,9 @@ impl Sidecar {
             .build_v1alpha()?;
         let storage =
             WebRtcStorageServiceServer::new(WebRtcStorage::new(client, config.max_call_duration));
+        // The admin port answers grpc.health.v1 too, so kubelet's native gRPC
+        // probes work while the main gRPC port stays on loopback.
+        let admin_health = tonic::service::Routes::new(health_service.clone()).into_axum_router();
         let grpc_router = tonic::service::Routes::new(health_service)
             .add_service(storage)
             .add_service(reflection_v1)
@@ -81,7 +84,7 @@ impl Sidecar {
             .layer(GrpcMetricsLayer);
 
         let ready = Readiness::default();
-        let admin_router = admin::router(ready.clone(), metrics.clone());
+        let admin_router = admin::router(ready.clone(), metrics.clone()).merge(admin_health);
         if let Some(handle) = metrics {
             // Histograms and summaries need periodic upkeep when no exporter
             // HTTP listener does it for us.

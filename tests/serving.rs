@@ -51,6 +51,20 @@ async fn health_reports_serving_for_the_server_and_the_service() {
             .into_inner();
         assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
     }
+    // The admin port answers the same health service, for kubelet's probes.
+    let admin = tonic::transport::Channel::from_shared(format!("http://{}", sidecar.admin))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let on_admin = HealthClient::new(admin)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(on_admin.status(), ServingStatus::Serving);
     let unknown = health
         .check(HealthCheckRequest {
             service: "nope".into(),
