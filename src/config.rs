@@ -6,7 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Parser, ValueEnum};
 use http::Uri;
 
-use crate::kvs::{http::HttpConfig, retry::Backoff, stack::StackConfig};
+use crate::{
+    kvs::{http::HttpConfig, retry::Backoff, stack::StackConfig},
+    policy::ArnPattern,
+};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -105,6 +108,13 @@ pub struct Config {
     /// Longest wait for the credential provider chain.
     #[arg(long, env = "KVS_SIDECAR_CREDENTIALS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub credentials_timeout: Duration,
+
+    /// Channels this sidecar may act on: comma-separated ARN patterns with
+    /// `*` globs per field, e.g.
+    /// `arn:aws:kinesisvideo:*:123456789012:channel/recorder-*/*`. Empty
+    /// allows every channel the AWS role can reach.
+    #[arg(long, env = "KVS_SIDECAR_ALLOWED_CHANNELS", value_delimiter = ',')]
+    pub allowed_channels: Vec<ArnPattern>,
 
     /// After SIGTERM/SIGINT, how long in-flight calls may take to finish.
     /// Keep it below the pod's terminationGracePeriodSeconds.

@@ -9,6 +9,7 @@ pub mod emulator;
 pub mod grpc;
 pub mod kvs;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 pub mod telemetry;
 

@@ -17,6 +17,7 @@ use crate::{
     grpc::{WebRtcStorage, metrics::GrpcMetricsLayer},
     kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointCache, stack},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
+    policy::ChannelPolicy,
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,8 +71,11 @@ impl Sidecar {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let storage =
-            WebRtcStorageServiceServer::new(WebRtcStorage::new(client, config.max_call_duration));
+        let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
+            client,
+            ChannelPolicy::new(config.allowed_channels.clone()),
+            config.max_call_duration,
+        ));
         // The admin port answers grpc.health.v1 too, so kubelet's native gRPC
         // probes work while the main gRPC port stays on loopback.
         let admin_health = tonic::service::Routes::new(health_service.clone()).into_axum_router();

@@ -576,3 +576,60 @@ async fn aws_endpoint_url_also_sets_the_control_plane() {
         .unwrap();
     assert_eq!(fake.received_on(DISCOVER).len(), 1);
 }
+
+#[tokio::test]
+async fn channels_outside_the_allow_list_are_refused_before_anything_is_sent() {
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(
+        &fake,
+        &[
+            "--allowed-channels",
+            "arn:aws:kinesisvideo:*:999999999999:channel/*/*,arn:aws:kinesisvideo:eu-*:123456789012:channel/front-*/*",
+        ],
+    );
+    let client = sidecar.client().await;
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
+    let sent = fake.received().len();
+    for outside in [
+        arn("lobby"),
+        ARN.replace("eu-central-1", "us-east-1"),
+        ARN.replace("123456789012", "123456789013"),
+    ] {
+        let err = client
+            .clone()
+            .join_storage_session(join(&outside))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{outside}");
+        assert!(
+            err.message().starts_with("channel_arn: "),
+            "{}",
+            err.message()
+        );
+        let err = client
+            .clone()
+            .join_storage_session_as_viewer(viewer(&outside, "v"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{outside}");
+    }
+    assert_eq!(
+        fake.received().len(),
+        sent,
+        "nothing is sent for a refused channel"
+    );
+}
+
+#[test]
+fn a_malformed_allow_list_stops_the_sidecar_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvs-sidecar"))
+        .args(["--emulate", "--allowed-channels", "arn:aws:s3:::bucket"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not arn:PARTITION:kinesisvideo"));
+}

@@ -16,19 +16,34 @@ use crate::{
         JoinStorageSessionRequest, JoinStorageSessionResponse,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
+    policy::ChannelPolicy,
 };
 
 pub struct WebRtcStorage {
     client: Arc<KvsClient>,
+    policy: ChannelPolicy,
     max_call_duration: Duration,
 }
 
 impl WebRtcStorage {
-    pub fn new(client: Arc<KvsClient>, max_call_duration: Duration) -> Self {
+    pub fn new(client: Arc<KvsClient>, policy: ChannelPolicy, max_call_duration: Duration) -> Self {
         Self {
             client,
+            policy,
             max_call_duration,
         }
+    }
+
+    /// A valid ARN of a channel this sidecar may act on.
+    fn channel(&self, raw: &str) -> Result<ChannelArn, Error> {
+        let arn = ChannelArn::parse(raw).map_err(|reason| Error::InvalidRequest {
+            field: "channel_arn",
+            reason,
+        })?;
+        if !self.policy.allows(&arn) {
+            return Err(Error::ChannelNotAllowed(arn.to_string()));
+        }
+        Ok(arn)
     }
 
     fn call<T>(&self, req: &Request<T>) -> Call {
@@ -50,7 +65,7 @@ impl WebRtcStorageService for WebRtcStorage {
         let msg = req.into_inner();
         let started = Instant::now();
         let result = async {
-            let arn = parse_arn(&msg.channel_arn)?;
+            let arn = self.channel(&msg.channel_arn)?;
             self.client.join_storage_session(&call, &arn).await
         }
         .await;
@@ -75,7 +90,7 @@ impl WebRtcStorageService for WebRtcStorage {
         let msg = req.into_inner();
         let started = Instant::now();
         let result = async {
-            let arn = parse_arn(&msg.channel_arn)?;
+            let arn = self.channel(&msg.channel_arn)?;
             validate_client_id(&msg.client_id).map_err(|reason| Error::InvalidRequest {
                 field: "client_id",
                 reason,
@@ -97,13 +112,6 @@ impl WebRtcStorageService for WebRtcStorage {
             aws_request_id: request_id,
         }))
     }
-}
-
-fn parse_arn(raw: &str) -> Result<ChannelArn, Error> {
-    ChannelArn::parse(raw).map_err(|reason| Error::InvalidRequest {
-        field: "channel_arn",
-        reason,
-    })
 }
 
 /// The one log line of a call. A rejected ARN is logged only by its length:

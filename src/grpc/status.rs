@@ -16,6 +16,7 @@ use crate::kvs::{Error, ServiceError};
 pub fn code(err: &Error) -> Code {
     match err {
         Error::InvalidRequest { .. } | Error::UnknownPartition(_) => Code::InvalidArgument,
+        Error::ChannelNotAllowed(_) => Code::PermissionDenied,
         Error::Service(e) => service_code(e),
         Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
@@ -96,6 +97,10 @@ mod tests {
             (Error::Transport("reset".into()), Code::Unavailable),
             (Error::DeadlineExceeded, Code::DeadlineExceeded),
             (Error::Credentials("none".into()), Code::Unavailable),
+            (
+                Error::ChannelNotAllowed("arn".into()),
+                Code::PermissionDenied,
+            ),
             (
                 Error::InvalidRequest {
                     field: "channel_arn",

@@ -17,6 +17,9 @@ pub enum Error {
         field: &'static str,
         reason: ValidationError,
     },
+    /// The channel is outside the sidecar's allow-list; nothing was sent.
+    #[error("channel_arn: this sidecar is not allowed to act on {0}")]
+    ChannelNotAllowed(String),
     /// The ARN is well formed but names a partition we have no endpoint for.
     #[error("channel_arn: partition {0:?} is not one the sidecar knows an endpoint for")]
     UnknownPartition(String),
