@@ -134,8 +134,7 @@ async fn a_real_prometheus_scrapes_the_sidecar_and_counts_the_calls() {
     let (mut up, mut counted) = (false, None);
     while Instant::now() < until && (!up || counted != Some(CALLS as f64)) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok((200, targets)) = std::panic::catch_unwind(|| http_get(web, "/api/v1/targets"))
-        else {
+        let Ok((200, targets)) = try_http_get(web, "/api/v1/targets") else {
             continue;
         };
         up = targets.contains("\"health\":\"up\"");
