@@ -1,7 +1,7 @@
 //! Every setting, as one clap struct: a flag and an environment variable
 //! each, with defaults that are safe for a sidecar.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use http::Uri;
@@ -32,6 +32,19 @@ pub struct Config {
         default_value = "127.0.0.1:50051"
     )]
     pub grpc_listen: SocketAddr,
+
+    /// PEM certificate chain: serve the gRPC port over TLS (with --tls-key).
+    #[arg(long, env = "KVS_SIDECAR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KVS_SIDECAR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: require client certificates signed by them
+    /// (mutual TLS). Needs --tls-cert.
+    #[arg(long, env = "KVS_SIDECAR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Admin HTTP listen address (/metrics, /readyz, /livez).
     #[arg(

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 /// The generated contract, and its descriptor set for server reflection.
 pub mod pb {

@@ -6,7 +6,7 @@ use aws_config::BehaviorVersion;
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
 use http::Uri;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic_health::server::HealthReporter;
 
 use crate::{
@@ -18,13 +18,14 @@ use crate::{
     kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointCache, stack},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
+    tls::{self, TlsListener},
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A sidecar bound to its ports, ready to serve.
 pub struct Sidecar {
-    grpc: TcpListener,
+    grpc: GrpcListener,
     admin: TcpListener,
     grpc_router: axum::Router,
     admin_router: axum::Router,
@@ -102,7 +103,7 @@ impl Sidecar {
         }
 
         Ok(Self {
-            grpc: TcpListener::bind(config.grpc_listen).await?,
+            grpc: GrpcListener::bind(config).await?,
             admin: TcpListener::bind(config.admin_listen).await?,
             grpc_router,
             admin_router,
@@ -115,7 +116,10 @@ impl Sidecar {
     }
 
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc.local_addr()
+        match &self.grpc {
+            GrpcListener::Plain(l) => l.local_addr(),
+            GrpcListener::Tls(l) => axum::serve::Listener::local_addr(l),
+        }
     }
 
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
@@ -131,16 +135,11 @@ impl Sidecar {
         let (drain_tx, drain_rx) = watch::channel(false);
         let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
 
-        let mut grpc = tokio::spawn(
-            axum::serve(self.grpc, self.grpc_router)
-                .with_graceful_shutdown(signalled(drain_rx))
-                .into_future(),
-        );
-        let admin = tokio::spawn(
-            axum::serve(self.admin, self.admin_router)
-                .with_graceful_shutdown(signalled(stop_admin_rx))
-                .into_future(),
-        );
+        let mut grpc = match self.grpc {
+            GrpcListener::Plain(l) => spawn_server(l, self.grpc_router, drain_rx),
+            GrpcListener::Tls(l) => spawn_server(l, self.grpc_router, drain_rx),
+        };
+        let admin = spawn_server(self.admin, self.admin_router, stop_admin_rx);
 
         let credentials = self.credentials.clone();
         tokio::spawn(async move {
@@ -220,6 +219,41 @@ async fn emulated_kvs() -> Result<(SharedCredentialsProvider, Option<Uri>), BoxE
 
 /// A channel ARN for the emulator demo.
 const DEMO_ARN: &str = "arn:aws:kinesisvideo:us-west-2:123456789012:channel/demo/1700000000000";
+
+/// The gRPC port: plain h2c, or TLS / mutual TLS when configured.
+enum GrpcListener {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+impl GrpcListener {
+    async fn bind(config: &Config) -> Result<Self, BoxError> {
+        let tcp = TcpListener::bind(config.grpc_listen).await?;
+        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+            return Ok(Self::Plain(tcp));
+        };
+        let tls = tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
+        Ok(Self::Tls(TlsListener::new(tcp, Arc::new(tls))?))
+    }
+}
+
+/// Serves `router` on `listener` until `stop` turns true, then finishes the
+/// calls in flight.
+fn spawn_server<L>(
+    listener: L,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(signalled(stop))
+            .into_future(),
+    )
+}
 
 async fn signalled(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
