@@ -79,7 +79,8 @@ impl Sidecar {
         ));
         // The admin port answers grpc.health.v1 too, so kubelet's native gRPC
         // probes work while the main gRPC port stays on loopback.
-        let admin_health = tonic::service::Routes::new(health_service.clone()).into_axum_router();
+        let admin_health = axum::Router::new()
+            .route_service("/grpc.health.v1.Health/{*method}", health_service.clone());
         let grpc_router = tonic::service::Routes::new(health_service)
             .add_service(storage)
             .add_service(reflection_v1)
