@@ -329,14 +329,7 @@ async fn sigterm_with_calls_past_the_grace_period_still_exits_zero_in_time() {
 
 #[tokio::test]
 async fn a_python_grpcio_backend_can_call_the_sidecar() {
-    let python = std::env::var("KVS_SIDECAR_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-        if std::path::Path::new(venv).exists() {
-            venv.into()
-        } else {
-            "python3".into()
-        }
-    });
+    let python = common::python();
     let fake = common::kvs().await;
     let sidecar = Sidecar::start(&fake, &[]);
     // Join 1 (OK), join 2 (slow: the client's 300 ms deadline), join 3 (404).

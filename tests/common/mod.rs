@@ -46,3 +46,16 @@ pub async fn kvs() -> Emulator {
 pub fn is_request_id(id: &str) -> bool {
     id.len() == 36 && id.split('-').map(str::len).eq([8, 4, 4, 4, 12])
 }
+
+/// The Python with grpcio that scripts/test prepares (`.venv`), or
+/// `$KVS_SIDECAR_PYTHON`.
+pub fn python() -> String {
+    std::env::var("KVS_SIDECAR_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+        if std::path::Path::new(venv).exists() {
+            venv.into()
+        } else {
+            "python3".into()
+        }
+    })
+}

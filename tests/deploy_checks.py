@@ -1,0 +1,79 @@
+"""What the rendered manifests must say, beyond schema validity.
+
+Usage: deploy_checks.py SIDECAR.yaml GATEWAY.yaml IAM_POLICY.json
+"""
+
+import json
+import re
+import sys
+
+import yaml
+
+
+def docs(path):
+    with open(path) as f:
+        return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(f) if d}
+
+
+def seconds(duration: str) -> int:
+    m = re.fullmatch(r"(\d+)s", duration)
+    assert m, f"grace {duration!r} is not whole seconds"
+    return int(m.group(1))
+
+
+def env(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def check_hardened(container):
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"], container["name"]
+    assert sc["allowPrivilegeEscalation"] is False, container["name"]
+    assert sc["capabilities"]["drop"] == ["ALL"], container["name"]
+    assert "limits" in container["resources"] and "requests" in container["resources"], container["name"]
+
+
+def check_pod(pod, sidecar):
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    grace = seconds(env(sidecar)["KVS_SIDECAR_SHUTDOWN_GRACE"])
+    assert pod["terminationGracePeriodSeconds"] > grace, "kubelet would kill the sidecar mid-drain"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert sidecar[probe]["grpc"]["port"] == 9901, probe
+    check_hardened(sidecar)
+
+
+def main(sidecar_yaml, gateway_yaml, policy_json):
+    sidecar = docs(sidecar_yaml)
+    pod = sidecar[("Deployment", "recorder")]["spec"]["template"]["spec"]
+    (native,) = [c for c in pod["initContainers"] if c["name"] == "kvs-sidecar"]
+    assert native["restartPolicy"] == "Always", "a native sidecar"
+    assert env(native)["KVS_SIDECAR_GRPC_LISTEN"].startswith("127.0.0.1:"), "gRPC stays on loopback"
+    check_pod(pod, native)
+    assert ("PodMonitor", "kvs-sidecar") in sidecar and ("NetworkPolicy", "recorder-kvs-sidecar") in sidecar
+
+    gateway = docs(gateway_yaml)
+    pod = gateway[("Deployment", "kvs-gateway")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    settings = env(container)
+    assert settings["KVS_SIDECAR_TLS_CLIENT_CA"] and settings["KVS_SIDECAR_TLS_CERT"], "mutual TLS is on"
+    assert settings["KVS_SIDECAR_ALLOWED_CHANNELS"], "the channel allow-list is on"
+    check_pod(pod, container)
+    for kind in ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"):
+        assert (kind, "kvs-gateway") in gateway, kind
+    for manifests in (sidecar, gateway):
+        sa = manifests[("ServiceAccount", "kvs-sidecar")]
+        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+    with open(policy_json) as f:
+        (statement,) = json.load(f)["Statement"]
+    assert sorted(statement["Action"]) == [
+        "kinesisvideo:GetSignalingChannelEndpoint",
+        "kinesisvideo:JoinStorageSession",
+        "kinesisvideo:JoinStorageSessionAsViewer",
+    ], statement["Action"]
+    assert statement["Resource"].startswith("arn:aws:kinesisvideo:") and ":channel/" in statement["Resource"]
+    print("deploy checks: ok")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
