@@ -129,6 +129,11 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_ALLOWED_CHANNELS", value_delimiter = ',')]
     pub allowed_channels: Vec<ArnPattern>,
 
+    /// Largest request message accepted, in bytes. A valid request is at
+    /// most ~1.3 KiB (a 1024-character ARN and a 256-character client id).
+    #[arg(long, env = "KVS_SIDECAR_MAX_REQUEST_BYTES", default_value_t = 4096)]
+    pub max_request_bytes: usize,
+
     /// After SIGTERM/SIGINT, how long in-flight calls may take to finish.
     /// Keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "KVS_SIDECAR_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]

@@ -76,7 +76,10 @@ impl Sidecar {
             client,
             ChannelPolicy::new(config.allowed_channels.clone()),
             config.max_call_duration,
-        ));
+        ))
+        // The largest valid request is ~1.3 KiB; tonic's 4 MiB default
+        // would let one caller make us buffer megabytes.
+        .max_decoding_message_size(config.max_request_bytes);
         // The admin port answers grpc.health.v1 too, so kubelet's native gRPC
         // probes work while the main gRPC port stays on loopback.
         let admin_health = axum::Router::new()

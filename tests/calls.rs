@@ -633,3 +633,29 @@ fn a_malformed_allow_list_stops_the_sidecar_at_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not arn:PARTITION:kinesisvideo"));
 }
+
+#[tokio::test]
+async fn oversized_requests_are_refused_without_reaching_kvs() {
+    let (fake, _sidecar, client) = common::warmed(&["--max-request-bytes", "2048"]).await;
+    let sent = fake.received().len();
+    let huge = format!(
+        "arn:aws:kinesisvideo:eu-central-1:1:channel/{}/1",
+        "a".repeat(64 * 1024)
+    );
+    let err = client
+        .clone()
+        .join_storage_session(join(&huge))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{err:?}"
+    );
+    assert_eq!(fake.received().len(), sent);
+    // The connection and the server are fine afterwards.
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
+}

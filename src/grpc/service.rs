@@ -162,3 +162,52 @@ fn log_call(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvs::{KvsClient, endpoint::EndpointCache};
+    use proptest::prelude::*;
+
+    /// A service whose upstream would fail if reached: these tests only
+    /// exercise what happens before anything is sent.
+    fn service() -> WebRtcStorage {
+        let upstream = tower::util::BoxCloneSyncService::new(tower::service_fn(
+            |_: crate::kvs::UpstreamRequest| async {
+                Err(Error::Transport("unreachable in this test".into()))
+            },
+        ));
+        let client = KvsClient::new(upstream, EndpointCache::new(Duration::from_secs(60)), None);
+        WebRtcStorage::new(
+            Arc::new(client),
+            ChannelPolicy::default(),
+            Duration::from_secs(1),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes, decoded as each request message the way tonic
+        /// decodes them, never panic validation: they decode to an error or
+        /// to a message that validation accepts or refuses with
+        /// INVALID_ARGUMENT naming the field.
+        #[test]
+        fn arbitrary_request_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            use prost::Message;
+            let svc = service();
+            if let Ok(msg) = JoinStorageSessionAsViewerRequest::decode(&bytes[..]) {
+                match svc.channel(&msg.channel_arn) {
+                    Ok(_) => {}
+                    Err(e) => prop_assert!(e.to_string().starts_with("channel_arn: ")),
+                }
+                if let Err(reason) = validate_client_id(&msg.client_id) {
+                    prop_assert!(!reason.to_string().is_empty());
+                }
+            }
+            if let Ok(msg) = JoinStorageSessionRequest::decode(&bytes[..]) {
+                let _ = svc.channel(&msg.channel_arn);
+            }
+        }
+    }
+}
