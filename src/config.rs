@@ -129,6 +129,11 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_ALLOWED_CHANNELS", value_delimiter = ',')]
     pub allowed_channels: Vec<ArnPattern>,
 
+    /// Calls in flight at once; past it, calls are refused at once with
+    /// RESOURCE_EXHAUSTED rather than queued.
+    #[arg(long, env = "KVS_SIDECAR_MAX_CONCURRENT_CALLS", default_value_t = 1024)]
+    pub max_concurrent_calls: usize,
+
     /// Largest request message accepted, in bytes. A valid request is at
     /// most ~1.3 KiB (a 1024-character ARN and a 256-character client id).
     #[arg(long, env = "KVS_SIDECAR_MAX_REQUEST_BYTES", default_value_t = 4096)]

@@ -15,6 +15,7 @@ use crate::kvs::retry::RetryKind;
 pub const GRPC_STARTED: &str = "grpc_server_started_total";
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
 pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+pub const CALLS_SHED: &str = "kvs_sidecar_calls_shed_total";
 pub const UPSTREAM_ATTEMPTS: &str = "kvs_upstream_attempts_total";
 pub const UPSTREAM_ATTEMPT_SECONDS: &str = "kvs_upstream_attempt_duration_seconds";
 pub const UPSTREAM_RETRIES: &str = "kvs_upstream_retries_total";

@@ -14,7 +14,7 @@ use crate::{
     clock::{SharedClock, SystemClock},
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
-    grpc::{WebRtcStorage, metrics::GrpcMetricsLayer},
+    grpc::{WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
     kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointCache, stack},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
@@ -90,6 +90,7 @@ impl Sidecar {
             .add_service(reflection_v1alpha)
             .prepare()
             .into_axum_router()
+            .layer(LoadShedLayer::new(config.max_concurrent_calls.max(1)))
             .layer(GrpcMetricsLayer);
 
         let ready = Readiness::default();

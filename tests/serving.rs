@@ -397,3 +397,64 @@ async fn emulate_mode_needs_no_aws_account_and_shows_the_error_paths() {
     );
     assert!(sidecar.output().iter().any(|l| l.contains("try: grpcurl")));
 }
+
+#[tokio::test]
+async fn calls_past_the_in_flight_limit_are_shed_at_once_and_health_still_answers() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let (fake, sidecar, client) = common::warmed(&["--max-concurrent-calls", "2"]).await;
+    fake.script(
+        JOIN,
+        vec![Reply::Slow(Duration::from_millis(1500), Box::new(Reply::Ok)); 2],
+    );
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.join_storage_session(join(ARN)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    for _ in 0..20 {
+        let err = client
+            .clone()
+            .join_storage_session(join(ARN))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert!(
+            err.message().contains("limit of 2 calls"),
+            "{}",
+            err.message()
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "shedding is immediate: {:?}",
+        started.elapsed()
+    );
+    let health = HealthClient::new(sidecar.channel().await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    for call in slow {
+        call.await.unwrap().expect("admitted calls complete");
+    }
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .expect("slots free up again");
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert!(
+        metrics.contains("kvs_sidecar_calls_shed_total 20"),
+        "{metrics}"
+    );
+}
