@@ -72,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub max_attempts: u32,
 
+    /// Tokens in the process-wide retry quota (AWS standard mode: 500; a
+    /// retry costs 5, a retry after a timeout 10, a success pays back).
+    #[arg(long, env = "KVS_SIDECAR_RETRY_QUOTA", default_value_t = 500)]
+    pub retry_quota: u32,
+
     /// Backoff base for retries of server errors, resets and timeouts.
     #[arg(long, env = "KVS_SIDECAR_RETRY_BASE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub retry_base_delay: Duration,
@@ -160,6 +165,7 @@ impl Config {
                 throttling_base: self.retry_throttling_base_delay,
                 max: self.retry_max_backoff,
             },
+            retry_quota: self.retry_quota,
             attempt_timeout: self.attempt_timeout,
             max_concurrency: self.max_upstream_concurrency.max(1),
             http: HttpConfig {

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::kvs::retry::RetryKind;
@@ -19,6 +21,8 @@ pub const CALLS_SHED: &str = "kvs_sidecar_calls_shed_total";
 pub const UPSTREAM_ATTEMPTS: &str = "kvs_upstream_attempts_total";
 pub const UPSTREAM_ATTEMPT_SECONDS: &str = "kvs_upstream_attempt_duration_seconds";
 pub const UPSTREAM_RETRIES: &str = "kvs_upstream_retries_total";
+pub const RETRY_QUOTA: &str = "kvs_retry_quota_tokens";
+pub const RETRY_QUOTA_EXHAUSTED: &str = "kvs_retry_quota_exhausted_total";
 pub const ENDPOINT_CACHE: &str = "kvs_endpoint_cache_lookups_total";
 pub const CREDENTIAL_REFRESHES: &str = "kvs_credential_refreshes_total";
 
@@ -61,6 +65,11 @@ fn describe() {
         UPSTREAM_RETRIES,
         "Retries of KVS requests, by operation and reason."
     );
+    describe_gauge!(RETRY_QUOTA, "Tokens left in the process-wide retry quota.");
+    describe_counter!(
+        RETRY_QUOTA_EXHAUSTED,
+        "Retries not made because the retry quota was empty, by operation."
+    );
     describe_counter!(
         ENDPOINT_CACHE,
         "WEBRTC endpoint cache lookups, by result (hit or miss)."
@@ -101,6 +110,14 @@ pub fn upstream_attempt(operation: &'static str, outcome: &'static str, elapsed:
 
 pub fn retry(operation: &'static str, kind: RetryKind) {
     counter!(UPSTREAM_RETRIES, "operation" => operation, "reason" => kind.as_str()).increment(1);
+}
+
+pub fn retry_quota(tokens: u32) {
+    gauge!(RETRY_QUOTA).set(tokens);
+}
+
+pub fn retry_quota_exhausted(operation: &'static str) {
+    counter!(RETRY_QUOTA_EXHAUSTED, "operation" => operation).increment(1);
 }
 
 pub fn endpoint_cache(hit: bool) {

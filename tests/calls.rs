@@ -659,3 +659,64 @@ async fn oversized_requests_are_refused_without_reaching_kvs() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
+    // 12 tokens: two retries (5 each), then the quota is dry.
+    let (fake, sidecar, client) = common::warmed(&["--retry-quota", "12"]).await;
+    fake.script(JOIN, vec![Reply::error(503, ""); 3]);
+    let err = client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        !err.message().contains("retry quota"),
+        "the first call may still retry"
+    );
+
+    let before = fake.received_on(JOIN).len();
+    fake.script(JOIN, vec![Reply::error(503, ""); 3]);
+    let err = client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().starts_with("retry quota exhausted"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        fake.received_on(JOIN).len() - before,
+        1,
+        "no retry without quota"
+    );
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert!(metrics.contains("kvs_retry_quota_tokens 2"), "{metrics}");
+    assert!(
+        metrics.contains(r#"kvs_retry_quota_exhausted_total{operation="JoinStorageSession"} 1"#),
+        "{metrics}"
+    );
+    // The two scripted 503s left fail fast too; then each success pays one
+    // token back.
+    for _ in 0..2 {
+        let err = client
+            .clone()
+            .join_storage_session(join(ARN))
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with("retry quota exhausted"));
+    }
+    for _ in 0..3 {
+        client
+            .clone()
+            .join_storage_session(join(ARN))
+            .await
+            .unwrap();
+    }
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert!(metrics.contains("kvs_retry_quota_tokens 5"), "{metrics}");
+}

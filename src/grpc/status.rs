@@ -20,6 +20,7 @@ pub fn code(err: &Error) -> Code {
         Error::Service(e) => service_code(e),
         Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
+        Error::RetryQuotaExhausted(_) => Code::Unavailable,
         Error::Signing(_) | Error::MalformedResponse(_) => Code::Internal,
     }
 }

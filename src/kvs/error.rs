@@ -32,6 +32,12 @@ pub enum Error {
     AttemptTimeout(Duration),
     #[error("the call's deadline passed")]
     DeadlineExceeded,
+    /// The process-wide retry quota is empty (KVS is failing broadly), so
+    /// the sidecar stopped retrying; the attempt's own error is kept.
+    #[error(
+        "retry quota exhausted: KVS has been failing, so the sidecar stopped retrying to spare it; last error: {0}"
+    )]
+    RetryQuotaExhausted(Box<Error>),
     /// The credential provider failed; the text is the provider's reason,
     /// which never holds secret material.
     #[error("could not load AWS credentials: {0}")]

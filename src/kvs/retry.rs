@@ -104,26 +104,95 @@ impl Backoff {
     }
 }
 
+/// Tokens a successful call without retries returns to the quota.
+const NO_RETRY_INCREMENT: u32 = 1;
+const RETRY_COST: u32 = 5;
+const TIMEOUT_RETRY_COST: u32 = 10;
+
+/// The retry quota shared by the whole process: the SDKs' token bucket
+/// (500 tokens; a retry costs 5, a retry after a timeout 10; a success pays
+/// back). During an outage the bucket empties and calls fail fast instead
+/// of multiplying the load on KVS by the attempt limit.
+#[derive(Debug)]
+pub struct RetryQuota {
+    tokens: std::sync::atomic::AtomicU32,
+    capacity: u32,
+}
+
+impl RetryQuota {
+    pub fn new(capacity: u32) -> Self {
+        metrics::retry_quota(capacity);
+        Self {
+            tokens: capacity.into(),
+            capacity,
+        }
+    }
+
+    /// Takes the cost of a retry of `kind`, or `None` if too few tokens are
+    /// left.
+    pub fn try_acquire(&self, kind: RetryKind) -> Option<u32> {
+        use std::sync::atomic::Ordering;
+        let cost = match kind {
+            RetryKind::Timeout => TIMEOUT_RETRY_COST,
+            _ => RETRY_COST,
+        };
+        let left = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(cost))
+            .ok()?
+            - cost;
+        metrics::retry_quota(left);
+        Some(cost)
+    }
+
+    pub fn refund(&self, tokens: u32) {
+        use std::sync::atomic::Ordering;
+        let capacity = self.capacity;
+        let before = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some((t + tokens).min(capacity))
+            })
+            .unwrap_or(capacity);
+        if before < capacity {
+            metrics::retry_quota((before + tokens).min(capacity));
+        }
+    }
+
+    pub fn available(&self) -> u32 {
+        self.tokens.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// The per-call retry state. tower clones the policy for every call, so the
-/// counters here belong to one call.
+/// counters here belong to one call; the quota is shared.
 #[derive(Clone)]
 pub struct RetryPolicy {
     max_attempts: u32,
     backoff: Backoff,
     credentials: Arc<CredentialCache>,
+    quota: Arc<RetryQuota>,
     attempts: u32,
+    last_cost: Option<u32>,
     refreshed_credentials: bool,
 }
 
 // === impl RetryPolicy ===
 
 impl RetryPolicy {
-    pub fn new(max_attempts: u32, backoff: Backoff, credentials: Arc<CredentialCache>) -> Self {
+    pub fn new(
+        max_attempts: u32,
+        backoff: Backoff,
+        credentials: Arc<CredentialCache>,
+        quota: Arc<RetryQuota>,
+    ) -> Self {
         Self {
             max_attempts: max_attempts.max(1),
             backoff,
             credentials,
+            quota,
             attempts: 1,
+            last_cost: None,
             refreshed_credentials: false,
         }
     }
@@ -139,7 +208,17 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         req: &mut UpstreamRequest,
         result: &mut Result<UpstreamResponse, Error>,
     ) -> Option<Wait> {
-        let kind = classify(result.as_ref().err()?)?;
+        let err = match result {
+            Ok(_) => {
+                // A success pays back what its retry cost (or a token for a
+                // first-time success), so the quota refills as KVS recovers.
+                self.quota
+                    .refund(self.last_cost.take().unwrap_or(NO_RETRY_INCREMENT));
+                return None;
+            }
+            Err(err) => err,
+        };
+        let kind = classify(err)?;
         let operation = req.operation.name();
 
         if kind == RetryKind::ExpiredCredentials {
@@ -163,6 +242,13 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         if Instant::now() + delay >= req.deadline {
             return None;
         }
+        let Some(cost) = self.quota.try_acquire(kind) else {
+            metrics::retry_quota_exhausted(operation);
+            let last = std::mem::replace(err, Error::DeadlineExceeded);
+            *err = Error::RetryQuotaExhausted(Box::new(last));
+            return None;
+        };
+        self.last_cost = Some(cost);
         self.attempts += 1;
         metrics::retry(operation, kind);
         tracing::debug!(
@@ -231,6 +317,26 @@ mod tests {
         for (err, want) in cases {
             assert_eq!(classify(&err), want, "{err:?}");
         }
+    }
+
+    #[test]
+    fn quota_charges_retries_refunds_successes_and_runs_dry() {
+        let q = RetryQuota::new(20);
+        assert_eq!(q.try_acquire(RetryKind::TransientServer), Some(5));
+        assert_eq!(q.try_acquire(RetryKind::Timeout), Some(10));
+        assert_eq!(q.available(), 5);
+        assert_eq!(
+            q.try_acquire(RetryKind::Timeout),
+            None,
+            "not enough for a timeout retry"
+        );
+        assert_eq!(q.try_acquire(RetryKind::Throttling), Some(5));
+        assert_eq!(q.try_acquire(RetryKind::Throttling), None, "empty");
+        q.refund(5);
+        q.refund(1);
+        assert_eq!(q.available(), 6);
+        q.refund(100);
+        assert_eq!(q.available(), 20, "never above capacity");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The tower stack every KVS request goes through, outermost first:
 //!
-//! 1. retry: standard-mode retries, never past the call's deadline;
+//! 1. retry: standard-mode retries within a process-wide quota, never past
+//!    the call's deadline;
 //! 2. attempt metrics: per-attempt count, outcome and latency;
 //! 3. attempt timeout: one stalled attempt becomes a retryable timeout;
 //! 4. sign: cached credentials, SigV4 for the channel's region;
@@ -24,7 +25,7 @@ use super::{
     Error, UpstreamRequest, UpstreamResponse,
     credentials::CredentialCache,
     http::{HttpClient, HttpConfig},
-    retry::{Backoff, RetryPolicy},
+    retry::{Backoff, RetryPolicy, RetryQuota},
 };
 use crate::clock::SharedClock;
 
@@ -35,6 +36,8 @@ pub type Upstream = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, Error
 pub struct StackConfig {
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// Tokens in the process-wide retry quota.
+    pub retry_quota: u32,
     pub attempt_timeout: Duration,
     pub max_concurrency: usize,
     pub http: HttpConfig,
@@ -45,7 +48,13 @@ pub fn build(
     credentials: Arc<CredentialCache>,
     clock: SharedClock,
 ) -> Result<Upstream, Error> {
-    let retry = RetryPolicy::new(config.max_attempts, config.backoff, credentials.clone());
+    let quota = Arc::new(RetryQuota::new(config.retry_quota));
+    let retry = RetryPolicy::new(
+        config.max_attempts,
+        config.backoff,
+        credentials.clone(),
+        quota,
+    );
     let stack = ServiceBuilder::new()
         .layer(RetryLayer::new(retry))
         .layer(AttemptMetricsLayer)
