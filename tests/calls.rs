@@ -720,3 +720,25 @@ async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
     let (_, metrics) = sidecar.admin_get("/metrics");
     assert!(metrics.contains("kvs_retry_quota_tokens 5"), "{metrics}");
 }
+
+#[tokio::test]
+async fn the_emulator_rejects_bad_signatures_and_unknown_keys() {
+    let kvs = common::kvs().await;
+    let mut wrong_secret = kvs.credentials().clone();
+    wrong_secret.secret_access_key.push('x');
+    let unknown_key = EmulatorCredentials::generate();
+    for (keys, code) in [
+        (wrong_secret, "InvalidSignatureException"),
+        (unknown_key, "UnrecognizedClientException"),
+    ] {
+        let sidecar = Sidecar::launch(&kvs.url(), &keys, &[], &[]);
+        let err = sidecar
+            .client()
+            .await
+            .join_storage_session(join(ARN))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{code}");
+        assert!(err.message().contains(code), "{}", err.message());
+    }
+}

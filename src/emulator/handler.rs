@@ -34,7 +34,10 @@ impl Emulator {
         );
         let scripted = {
             let mut state = self.lock();
-            state.received.push(Received {
+            if state.received.len() == super::RECEIVED_KEPT {
+                state.received.pop_front();
+            }
+            state.received.push_back(Received {
                 path: path.clone(),
                 headers: parts.headers.clone(),
                 body: body.clone(),

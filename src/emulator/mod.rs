@@ -137,9 +137,13 @@ impl Received {
 /// Pod Identity agent and ECS do (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
 pub const CONTAINER_CREDENTIALS_PATH: &str = "/container-credentials";
 
+/// How many received requests are kept: enough for any test, and a bound on
+/// memory when `--emulate` serves a long demo or a load test.
+const RECEIVED_KEPT: usize = 1024;
+
 #[derive(Default)]
 struct State {
-    received: Vec<Received>,
+    received: VecDeque<Received>,
     script: HashMap<String, VecDeque<Reply>>,
     webrtc_endpoint: Option<String>,
     credential_loads: usize,
@@ -209,8 +213,9 @@ impl Emulator {
             .extend(replies);
     }
 
+    /// The most recent requests received (up to 1024), oldest first.
     pub fn received(&self) -> Vec<Received> {
-        self.lock().received.clone()
+        self.lock().received.iter().cloned().collect()
     }
 
     pub fn received_on(&self, path: &str) -> Vec<Received> {
