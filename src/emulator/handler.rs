@@ -82,18 +82,25 @@ impl Emulator {
                 "Missing Authentication Token",
             );
         }
+        // As in AWS: who is calling (access key and token) is checked
+        // before the signature.
+        let access_key = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split("Credential=").nth(1))
+            .and_then(|v| v.split('/').next());
         let token = headers
             .get("x-amz-security-token")
             .and_then(|v| v.to_str().ok());
+        if access_key != Some(self.credentials.access_key_id.as_str())
+            || token != self.credentials.session_token.as_deref()
+        {
+            return deny(
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            );
+        }
         match signature {
-            Ok(scope) if scope.access_key != self.credentials.access_key_id => deny(
-                "UnrecognizedClientException",
-                "The security token included in the request is invalid.",
-            ),
-            Ok(_) if token != self.credentials.session_token.as_deref() => deny(
-                "UnrecognizedClientException",
-                "The security token included in the request is invalid.",
-            ),
             Ok(scope) if scope.service != "kinesisvideo" => deny(
                 "InvalidSignatureException",
                 "Credential should be scoped to correct service: 'kinesisvideo'.",
