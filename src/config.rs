@@ -33,6 +33,11 @@ pub struct Config {
     )]
     pub grpc_listen: SocketAddr,
 
+    /// Also serve gRPC on this Unix socket (mode 0600), e.g. on an emptyDir
+    /// volume shared with the app container.
+    #[arg(long, env = "KVS_SIDECAR_GRPC_LISTEN_UNIX")]
+    pub grpc_listen_unix: Option<PathBuf>,
+
     /// PEM certificate chain: serve the gRPC port over TLS (with --tls-key).
     #[arg(long, env = "KVS_SIDECAR_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

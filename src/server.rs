@@ -1,12 +1,22 @@
 //! Assembles the sidecar from its configuration, serves it, and drains it.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use aws_config::BehaviorVersion;
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
 use http::Uri;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::watch,
+    task::JoinHandle,
+};
 use tonic_health::server::HealthReporter;
 
 use crate::{
@@ -26,6 +36,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A sidecar bound to its ports, ready to serve.
 pub struct Sidecar {
     grpc: GrpcListener,
+    /// The optional Unix socket beside the TCP port, and its path.
+    unix: Option<(UnixListener, PathBuf)>,
     admin: TcpListener,
     grpc_router: axum::Router,
     admin_router: axum::Router,
@@ -109,6 +121,11 @@ impl Sidecar {
 
         Ok(Self {
             grpc: GrpcListener::bind(config).await?,
+            unix: config
+                .grpc_listen_unix
+                .as_deref()
+                .map(bind_unix)
+                .transpose()?,
             admin: TcpListener::bind(config.admin_listen).await?,
             grpc_router,
             admin_router,
@@ -140,6 +157,10 @@ impl Sidecar {
         let (drain_tx, drain_rx) = watch::channel(false);
         let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
 
+        let mut unix = self.unix.map(|(listener, path)| {
+            let server = spawn_server(listener, self.grpc_router.clone(), drain_rx.clone());
+            (server, path)
+        });
         let mut grpc = match self.grpc {
             GrpcListener::Plain(l) => spawn_server(l, self.grpc_router, drain_rx),
             GrpcListener::Tls(l) => spawn_server(l, self.grpc_router, drain_rx),
@@ -180,9 +201,19 @@ impl Sidecar {
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let _ = drain_tx.send(true);
-        match tokio::time::timeout(self.grace, grpc).await {
-            Ok(ended) => ended??,
+        let drained = async {
+            grpc.await??;
+            if let Some((server, _)) = &mut unix {
+                server.await??;
+            }
+            Ok::<_, BoxError>(())
+        };
+        match tokio::time::timeout(self.grace, drained).await {
+            Ok(ended) => ended?,
             Err(_) => tracing::warn!("grace period over; ending calls still in flight"),
+        }
+        if let Some((_, path)) = unix {
+            let _ = std::fs::remove_file(path);
         }
         let _ = stop_admin_tx.send(true);
         admin.await??;
@@ -240,6 +271,21 @@ impl GrpcListener {
         let tls = tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
         Ok(Self::Tls(TlsListener::new(tcp, Arc::new(tls))?))
     }
+}
+
+/// Binds the Unix socket at `path`, readable and writable by this user only
+/// (mode 0600), so in a pod only containers running as the same user, with
+/// the socket's volume mounted, can call.
+fn bind_unix(path: &Path) -> Result<(UnixListener, PathBuf), BoxError> {
+    use std::os::unix::fs::PermissionsExt;
+    // A socket left by a previous run would make bind fail.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((listener, path.to_owned()))
 }
 
 /// Serves `router` on `listener` until `stop` turns true, then finishes the

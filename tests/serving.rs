@@ -303,7 +303,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
         .unwrap()
         .expect("the in-flight call completes");
     assert!(common::is_request_id(&answer.into_inner().aws_request_id));
-    let status = sidecar.wait_exit(Duration::from_secs(10));
+    let status = sidecar.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));
     assert!(sidecar.output().iter().any(|l| l.contains("\"stopped\"")));
 }
@@ -319,7 +319,10 @@ async fn sigterm_with_calls_past_the_grace_period_still_exits_zero_in_time() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     sidecar.signal("INT");
-    assert_eq!(sidecar.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert_eq!(
+        sidecar.wait_exit(Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(
         stuck.await.unwrap().is_err(),
@@ -457,4 +460,43 @@ async fn calls_past_the_in_flight_limit_are_shed_at_once_and_health_still_answer
         metrics.contains("kvs_sidecar_calls_shed_total 20"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn serves_grpc_on_a_private_unix_socket_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("kvs-sidecar-uds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kvs.sock");
+    let path_arg = path.display().to_string();
+    let mut sidecar = Sidecar::emulated(&["--grpc-listen-unix", &path_arg]);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only the sidecar's user may connect");
+
+    let socket = path.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://unix.socket")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let answer =
+        kvs_sidecar::pb::web_rtc_storage_service_client::WebRtcStorageServiceClient::new(channel)
+            .join_storage_session(join(ARN))
+            .await
+            .unwrap();
+    assert!(common::is_request_id(&answer.into_inner().aws_request_id));
+
+    sidecar.signal("TERM");
+    assert_eq!(
+        sidecar.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+    assert!(!path.exists(), "the socket is removed on exit");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -191,7 +191,9 @@ impl Sidecar {
         assert!(ok, "kill -{name} failed");
     }
 
-    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+    /// Waits for the process to exit. Async, so the test's own connections
+    /// keep running and can answer the server's GOAWAY while it drains.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let until = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -201,7 +203,7 @@ impl Sidecar {
                 Instant::now() < until,
                 "sidecar still running after {within:?}"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
