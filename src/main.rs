@@ -13,9 +13,12 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let run = async {
+        // Listen for signals before binding, so a SIGTERM that arrives as
+        // soon as the sidecar reports ready drains it instead of killing it.
+        let shutdown = shutdown_signal()?;
         let metrics = metrics::install()?;
         let sidecar = Sidecar::bind(&config, Some(metrics)).await?;
-        sidecar.serve(shutdown_signal()).await
+        sidecar.serve(shutdown).await
     };
     match run.await {
         Ok(()) => ExitCode::SUCCESS,
@@ -26,19 +29,15 @@ async fn main() -> ExitCode {
     }
 }
 
-/// SIGTERM (Kubernetes) or SIGINT (a terminal).
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (a terminal).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the sidecar");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

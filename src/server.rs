@@ -24,7 +24,7 @@ use crate::{
     clock::{SharedClock, SystemClock},
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
-    grpc::{WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
+    grpc::{self, WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
     kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointCache, stack},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
@@ -102,6 +102,7 @@ impl Sidecar {
             .add_service(reflection_v1alpha)
             .prepare()
             .into_axum_router()
+            .layer(axum::middleware::from_fn(grpc::require_http2))
             .layer(LoadShedLayer::new(config.max_concurrent_calls.max(1)))
             .layer(GrpcMetricsLayer);
 

@@ -60,37 +60,33 @@ impl Sidecar {
         env: &[(&str, &str)],
     ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs-sidecar"));
-        cmd.args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
-        .env(
-            "AWS_SESSION_TOKEN",
-            keys.session_token.as_deref().unwrap_or_default(),
-        )
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/kvs-sidecar-test")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/kvs-sidecar-test",
-        )
-        .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_url)
-        .env("KVS_SIDECAR_RETRY_BASE_DELAY", "10ms")
-        .env("KVS_SIDECAR_RETRY_THROTTLING_BASE_DELAY", "20ms")
-        .envs(env.iter().filter(|(_, v)| !v.is_empty()).copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        // Defaults through the environment, so a test's flags override them.
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KVS_SIDECAR_GRPC_LISTEN", "127.0.0.1:0")
+            .env("KVS_SIDECAR_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("KVS_SIDECAR_LOG_FORMAT", "json")
+            .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+            .env(
+                "AWS_SESSION_TOKEN",
+                keys.session_token.as_deref().unwrap_or_default(),
+            )
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent/kvs-sidecar-test")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/kvs-sidecar-test",
+            )
+            .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_url)
+            .env("KVS_SIDECAR_RETRY_BASE_DELAY", "10ms")
+            .env("KVS_SIDECAR_RETRY_THROTTLING_BASE_DELAY", "20ms")
+            .envs(env.iter().filter(|(_, v)| !v.is_empty()).copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
             cmd.env_remove(k);
         }
