@@ -23,6 +23,7 @@ pub const UPSTREAM_ATTEMPT_SECONDS: &str = "kvs_upstream_attempt_duration_second
 pub const UPSTREAM_RETRIES: &str = "kvs_upstream_retries_total";
 pub const RETRY_QUOTA: &str = "kvs_retry_quota_tokens";
 pub const RETRY_QUOTA_EXHAUSTED: &str = "kvs_retry_quota_exhausted_total";
+pub const CLOCK_SKEW: &str = "kvs_clock_skew_seconds";
 pub const ENDPOINT_CACHE: &str = "kvs_endpoint_cache_lookups_total";
 pub const CREDENTIAL_REFRESHES: &str = "kvs_credential_refreshes_total";
 
@@ -64,6 +65,11 @@ fn describe() {
     describe_counter!(
         UPSTREAM_RETRIES,
         "Retries of KVS requests, by operation and reason."
+    );
+    describe_gauge!(
+        CLOCK_SKEW,
+        Unit::Seconds,
+        "Offset from our clock to KVS's, learned from a skew rejection."
     );
     describe_gauge!(RETRY_QUOTA, "Tokens left in the process-wide retry quota.");
     describe_counter!(
@@ -118,6 +124,10 @@ pub fn retry_quota(tokens: u32) {
 
 pub fn retry_quota_exhausted(operation: &'static str) {
     counter!(RETRY_QUOTA_EXHAUSTED, "operation" => operation).increment(1);
+}
+
+pub fn clock_skew(seconds: f64) {
+    gauge!(CLOCK_SKEW).set(seconds);
 }
 
 pub fn endpoint_cache(hit: bool) {

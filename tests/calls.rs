@@ -742,3 +742,60 @@ async fn the_emulator_rejects_bad_signatures_and_unknown_keys() {
         assert!(err.message().contains(code), "{}", err.message());
     }
 }
+
+#[tokio::test]
+async fn a_skewed_clock_is_corrected_from_the_servers_date_and_remembered() {
+    for offset in [3600, -900] {
+        let fake = common::kvs().await;
+        fake.set_clock_offset_secs(offset);
+        let sidecar = Sidecar::start(&fake, &[]);
+        let client = sidecar.client().await;
+        client
+            .clone()
+            .join_storage_session(join(ARN))
+            .await
+            .expect("retried with the corrected clock");
+        // The discovery was refused once and re-signed; the join that
+        // followed already used the corrected clock.
+        assert_eq!(fake.received_on(DISCOVER).len(), 2, "offset {offset}");
+        assert_eq!(fake.received_on(JOIN).len(), 1, "offset {offset}");
+        client
+            .clone()
+            .join_storage_session(join(ARN))
+            .await
+            .unwrap();
+        assert_eq!(
+            fake.received_on(JOIN).len(),
+            2,
+            "later calls need no correction"
+        );
+        let (_, metrics) = sidecar.admin_get("/metrics");
+        let skew: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kvs_clock_skew_seconds "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(
+            (skew - offset as f64).abs() < 5.0,
+            "skew {skew} for offset {offset}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_skew_that_persists_after_correction_is_not_retried_forever() {
+    let (fake, _sidecar, client) = common::warmed(&[]).await;
+    // Every answer says the time is off, even after correction.
+    fake.script(JOIN, vec![Reply::error(403, "RequestTimeTooSkewed"); 3]);
+    let err = client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        fake.received_on(JOIN).len(),
+        1 + 2,
+        "one corrected retry only"
+    );
+}

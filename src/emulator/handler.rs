@@ -45,11 +45,27 @@ impl Emulator {
             });
             state.script.get_mut(&path).and_then(|q| q.pop_front())
         };
-        let scope = match self.authenticate(&parts.headers, signature) {
-            Ok(scope) => scope,
-            Err((code, message)) => return Ok(error(403, code, message, Dialect::Header)),
+        let mut answer = match self.authenticate(&parts.headers, signature) {
+            Ok(scope) => {
+                self.answer(scripted.unwrap_or(Reply::Ok), &path, &body, &scope)
+                    .await?
+            }
+            Err((code, message)) => error(403, code, &message, Dialect::Header),
         };
-        let mut reply = scripted.unwrap_or(Reply::Ok);
+        // Like AWS, every answer says what time the server thinks it is.
+        if let Ok(date) = http::HeaderValue::from_str(&httpdate::fmt_http_date(self.now())) {
+            answer.headers_mut().insert(http::header::DATE, date);
+        }
+        Ok(answer)
+    }
+
+    async fn answer(
+        &self,
+        mut reply: Reply,
+        path: &str,
+        body: &[u8],
+        scope: &sigv4::Scope,
+    ) -> Result<Answer, std::io::Error> {
         loop {
             return match reply {
                 Reply::Slow(pause, then) => {
@@ -63,7 +79,7 @@ impl Emulator {
                     code,
                     dialect,
                 } => Ok(error(status, code, &format!("emulated {code}"), dialect)),
-                Reply::Ok => Ok(self.operation(&path, &body, &scope)),
+                Reply::Ok => Ok(self.operation(path, body, scope)),
             };
         }
     }
@@ -74,8 +90,8 @@ impl Emulator {
         &self,
         headers: &http::HeaderMap,
         signature: Result<sigv4::Scope, String>,
-    ) -> Result<sigv4::Scope, (&'static str, &'static str)> {
-        let deny = |code, message| Err((code, message));
+    ) -> Result<sigv4::Scope, (&'static str, String)> {
+        let deny = |code, message: &str| Err((code, message.to_owned()));
         if !headers.contains_key("authorization") {
             return deny(
                 "MissingAuthenticationTokenException",
@@ -100,6 +116,9 @@ impl Emulator {
                 "The security token included in the request is invalid.",
             );
         }
+        if let Some(refusal) = self.check_time(headers) {
+            return Err(("InvalidSignatureException", refusal));
+        }
         match signature {
             Ok(scope) if scope.service != "kinesisvideo" => deny(
                 "InvalidSignatureException",
@@ -110,6 +129,29 @@ impl Emulator {
                 "InvalidSignatureException",
                 "The request signature we calculated does not match the signature you provided.",
             ),
+        }
+    }
+
+    /// AWS refuses a signature dated more than 5 minutes from its own time.
+    fn check_time(&self, headers: &http::HeaderMap) -> Option<String> {
+        const WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+        let amz = headers.get("x-amz-date")?.to_str().ok()?;
+        let signed = parse_amz_date(amz)?;
+        let now = self.now();
+        if signed + WINDOW < now {
+            let limit = amz_date(now - WINDOW);
+            Some(format!(
+                "Signature expired: {amz} is now earlier than {limit} ({} - 5 min.)",
+                amz_date(now)
+            ))
+        } else if signed > now + WINDOW {
+            let limit = amz_date(now + WINDOW);
+            Some(format!(
+                "Signature not yet current: {amz} is still later than {limit} ({} + 5 min.)",
+                amz_date(now)
+            ))
+        } else {
+            None
         }
     }
 
@@ -247,6 +289,31 @@ impl Emulator {
     pub fn container_authorization_token(&self) -> String {
         format!("emulator-{}", self.credentials.access_key_id)
     }
+}
+
+/// `20261125T113800Z` → a time.
+fn parse_amz_date(amz: &str) -> Option<std::time::SystemTime> {
+    let b = amz.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &amz[0..4],
+        &amz[4..6],
+        &amz[6..8],
+        &amz[9..11],
+        &amz[11..13],
+        &amz[13..15]
+    );
+    humantime::parse_rfc3339(&rfc3339).ok()
+}
+
+/// A time as SigV4 writes it: `20261125T113800Z`.
+fn amz_date(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace(['-', ':'], "")
 }
 
 fn respond(status: u16) -> http::response::Builder {

@@ -147,6 +147,8 @@ struct State {
     script: HashMap<String, VecDeque<Reply>>,
     webrtc_endpoint: Option<String>,
     credential_loads: usize,
+    /// How far the emulated AWS clock is ahead of ours (negative: behind).
+    clock_offset_secs: i64,
 }
 
 #[derive(Clone)]
@@ -225,6 +227,19 @@ impl Emulator {
             .filter(|r| r.path == path)
             .cloned()
             .collect()
+    }
+
+    /// Moves the emulator's clock, to emulate a host whose clock is off
+    /// (requests signed more than 5 minutes from it are refused).
+    pub fn set_clock_offset_secs(&self, offset: i64) {
+        self.lock().clock_offset_secs = offset;
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        let offset = self.lock().clock_offset_secs;
+        let now = std::time::SystemTime::now();
+        let by = Duration::from_secs(offset.unsigned_abs());
+        if offset >= 0 { now + by } else { now - by }
     }
 
     /// How often the container credentials endpoint was asked.

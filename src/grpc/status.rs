@@ -37,7 +37,10 @@ fn service_code(e: &ServiceError) -> Code {
         | "InvalidSignatureException"
         | "IncompleteSignature"
         | "MissingAuthenticationTokenException"
-        | "UnrecognizedClientException" => Code::Unavailable,
+        | "UnrecognizedClientException"
+        | "RequestTimeTooSkewed"
+        | "RequestExpired"
+        | "RequestInTheFuture" => Code::Unavailable,
         _ if e.http_status == 429 => Code::ResourceExhausted,
         _ if e.http_status >= 500 => Code::Unavailable,
         _ => Code::Unknown,
@@ -78,6 +81,7 @@ mod tests {
             code: (!code.is_empty()).then(|| code.to_owned()),
             message: "m".into(),
             request_id: Some("rid-7".into()),
+            server_date: None,
         })
     }
 

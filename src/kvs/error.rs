@@ -58,6 +58,8 @@ pub struct ServiceError {
     pub code: Option<String>,
     pub message: String,
     pub request_id: Option<String>,
+    /// The server's `Date` header: its notion of now, for skew correction.
+    pub server_date: Option<std::time::SystemTime>,
 }
 
 impl std::fmt::Display for ServiceError {
@@ -101,6 +103,9 @@ impl ServiceError {
             code,
             message: parsed.message.unwrap_or_default(),
             request_id: request_id(headers),
+            server_date: headers
+                .get(http::header::DATE)
+                .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok()),
         }
     }
 

@@ -9,8 +9,8 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{Error, UpstreamRequest, UpstreamResponse, credentials::CredentialCache};
-use crate::metrics;
+use super::{Error, ServiceError, UpstreamRequest, UpstreamResponse, credentials::CredentialCache};
+use crate::{clock::SkewCorrectedClock, metrics};
 
 /// Why a failed attempt may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub enum RetryKind {
     Timeout,
     /// KVS rejected the credentials as expired: refresh them, then retry once.
     ExpiredCredentials,
+    /// KVS rejected the request time as too skewed: correct the clock by the
+    /// server's `Date`, re-sign, retry once.
+    ClockSkew,
 }
 
 impl RetryKind {
@@ -35,6 +38,7 @@ impl RetryKind {
             RetryKind::Transport => "transport",
             RetryKind::Timeout => "timeout",
             RetryKind::ExpiredCredentials => "expired_credentials",
+            RetryKind::ClockSkew => "clock_skew",
         }
     }
 }
@@ -59,6 +63,7 @@ pub fn classify(err: &Error) -> Option<RetryKind> {
         Error::Service(e) if THROTTLING_CODES.contains(&e.code()) || e.http_status == 429 => {
             Some(RetryKind::Throttling)
         }
+        Error::Service(e) if is_clock_skew(e) => Some(RetryKind::ClockSkew),
         Error::Service(e) if EXPIRED_CREDENTIAL_CODES.contains(&e.code()) => {
             Some(RetryKind::ExpiredCredentials)
         }
@@ -69,6 +74,20 @@ pub fn classify(err: &Error) -> Option<RetryKind> {
         Error::AttemptTimeout(_) => Some(RetryKind::Timeout),
         _ => None,
     }
+}
+
+/// Whether KVS refused the request for its time: the dedicated codes, or
+/// the signature errors whose message says the time is off.
+fn is_clock_skew(e: &ServiceError) -> bool {
+    const CODES: &[&str] = &[
+        "RequestTimeTooSkewed",
+        "RequestExpired",
+        "RequestInTheFuture",
+    ];
+    CODES.contains(&e.code())
+        || (e.code() == "InvalidSignatureException"
+            && (e.message.contains("Signature expired")
+                || e.message.contains("Signature not yet current")))
 }
 
 /// Exponential backoff with full jitter: before retry `n` (1-based), wait
@@ -96,7 +115,7 @@ impl Backoff {
         let base = match kind {
             RetryKind::Throttling => self.throttling_base,
             // A refreshed credential is a new situation, not a busy server.
-            RetryKind::ExpiredCredentials => return Duration::ZERO,
+            RetryKind::ExpiredCredentials | RetryKind::ClockSkew => return Duration::ZERO,
             _ => self.base,
         };
         let exp = base.saturating_mul(1u32 << retry.saturating_sub(1).min(30));
@@ -172,9 +191,11 @@ pub struct RetryPolicy {
     backoff: Backoff,
     credentials: Arc<CredentialCache>,
     quota: Arc<RetryQuota>,
+    clock: Arc<SkewCorrectedClock>,
     attempts: u32,
     last_cost: Option<u32>,
     refreshed_credentials: bool,
+    corrected_clock: bool,
 }
 
 // === impl RetryPolicy ===
@@ -185,15 +206,18 @@ impl RetryPolicy {
         backoff: Backoff,
         credentials: Arc<CredentialCache>,
         quota: Arc<RetryQuota>,
+        clock: Arc<SkewCorrectedClock>,
     ) -> Self {
         Self {
             max_attempts: max_attempts.max(1),
             backoff,
             credentials,
             quota,
+            clock,
             attempts: 1,
             last_cost: None,
             refreshed_credentials: false,
+            corrected_clock: false,
         }
     }
 }
@@ -233,6 +257,30 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
             return Some(Box::pin(async move { credentials.invalidate() }));
         }
 
+        if kind == RetryKind::ClockSkew {
+            // Once per call: if the corrected time is refused too, the
+            // problem is not our clock.
+            let Error::Service(ServiceError {
+                server_date: Some(server_now),
+                ..
+            }) = err
+            else {
+                return None;
+            };
+            if self.corrected_clock {
+                return None;
+            }
+            self.corrected_clock = true;
+            let skew = self.clock.correct(*server_now);
+            tracing::warn!(
+                skew_seconds = skew,
+                "KVS says our clock is off; correcting by its Date header"
+            );
+            metrics::clock_skew(skew);
+            metrics::retry(operation, kind);
+            return Some(Box::pin(std::future::ready(())));
+        }
+
         if self.attempts >= self.max_attempts {
             return None;
         }
@@ -269,7 +317,6 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::ServiceError;
 
     fn service(status: u16, code: Option<&str>) -> Error {
         Error::Service(ServiceError {
@@ -277,6 +324,7 @@ mod tests {
             code: code.map(str::to_owned),
             message: String::new(),
             request_id: None,
+            server_date: None,
         })
     }
 
@@ -312,11 +360,34 @@ mod tests {
                 Some(RetryKind::Timeout),
             ),
             (Error::DeadlineExceeded, None),
+            (
+                service(403, Some("RequestTimeTooSkewed")),
+                Some(RetryKind::ClockSkew),
+            ),
+            (service(403, Some("InvalidSignatureException")), None),
             (Error::Credentials("no provider".into()), None),
         ];
         for (err, want) in cases {
             assert_eq!(classify(&err), want, "{err:?}");
         }
+    }
+
+    #[test]
+    fn signature_errors_about_time_are_clock_skew() {
+        let mut e = ServiceError {
+            http_status: 403,
+            code: Some("InvalidSignatureException".into()),
+            message: "Signature expired: 20250101T000000Z is now earlier than 20250101T010000Z"
+                .into(),
+            request_id: None,
+            server_date: None,
+        };
+        assert_eq!(
+            classify(&Error::Service(e.clone())),
+            Some(RetryKind::ClockSkew)
+        );
+        e.message = "The request signature we calculated does not match".into();
+        assert_eq!(classify(&Error::Service(e)), None);
     }
 
     #[test]

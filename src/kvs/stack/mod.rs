@@ -4,7 +4,8 @@
 //!    the call's deadline;
 //! 2. attempt metrics: per-attempt count, outcome and latency;
 //! 3. attempt timeout: one stalled attempt becomes a retryable timeout;
-//! 4. sign: cached credentials, SigV4 for the channel's region;
+//! 4. sign: cached credentials, SigV4 for the channel's region, with the
+//!    clock corrected by KVS's `Date` when KVS reported skew;
 //! 5. concurrency limit: bounds requests (and so connections) in flight;
 //! 6. the pooled hyper client.
 
@@ -27,7 +28,7 @@ use super::{
     http::{HttpClient, HttpConfig},
     retry::{Backoff, RetryPolicy, RetryQuota},
 };
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, SkewCorrectedClock};
 
 /// The assembled stack, cheap to clone for each call.
 pub type Upstream = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, Error>;
@@ -49,11 +50,13 @@ pub fn build(
     clock: SharedClock,
 ) -> Result<Upstream, Error> {
     let quota = Arc::new(RetryQuota::new(config.retry_quota));
+    let clock = Arc::new(SkewCorrectedClock::new(clock));
     let retry = RetryPolicy::new(
         config.max_attempts,
         config.backoff,
         credentials.clone(),
         quota,
+        clock.clone(),
     );
     let stack = ServiceBuilder::new()
         .layer(RetryLayer::new(retry))
