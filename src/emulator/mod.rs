@@ -215,6 +215,11 @@ impl Emulator {
             .extend(replies);
     }
 
+    /// Scripted answers for `path` not used yet.
+    pub fn scripted_left(&self, path: &str) -> usize {
+        self.lock().script.get(path).map_or(0, VecDeque::len)
+    }
+
     /// The most recent requests received (up to 1024), oldest first.
     pub fn received(&self) -> Vec<Received> {
         self.lock().received.iter().cloned().collect()
