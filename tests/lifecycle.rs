@@ -147,3 +147,54 @@ async fn protocol_abuse_gets_errors_and_the_server_keeps_serving() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_10000_concurrent_calls_is_answered_with_bounded_memory() {
+    let (fake, sidecar, client) = common::warmed(&["--max-concurrent-calls", "256"]).await;
+    fake.script(
+        "/joinStorageSession",
+        vec![Reply::Slow(Duration::from_millis(200), Box::new(Reply::Ok)); 512],
+    );
+    let pid = sidecar.pid();
+    let rss = move || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before = rss();
+    // Several connections, as many callers would open.
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        channels.push(sidecar.client().await);
+    }
+    let calls: Vec<_> = (0..10_000)
+        .map(|i| {
+            let mut client = channels[i % channels.len()].clone();
+            tokio::spawn(async move {
+                client
+                    .join_storage_session(join(ARN))
+                    .await
+                    .map_err(|s| s.code())
+            })
+        })
+        .collect();
+    let mut peak = before;
+    let (mut ok, mut shed) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(Code::ResourceExhausted) => shed += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        peak = peak.max(rss());
+    }
+    drop(client);
+    println!("flood: {ok} served, {shed} shed, RSS {before} KiB before, peak {peak} KiB");
+    assert_eq!(ok + shed, 10_000, "every call is answered");
+    assert!(ok >= 256, "the admitted calls are served");
+    assert!(peak < 128 * 1024, "RSS stays bounded: peak {peak} KiB");
+    assert_eq!(sidecar.admin_get("/readyz").0, 200);
+}

@@ -64,7 +64,7 @@ pub fn classify(err: &Error) -> Option<RetryKind> {
             Some(RetryKind::Throttling)
         }
         Error::Service(e) if is_clock_skew(e) => Some(RetryKind::ClockSkew),
-        Error::Service(e) if EXPIRED_CREDENTIAL_CODES.contains(&e.code()) => {
+        Error::Service(e) if EXPIRED_CREDENTIAL_CODES.contains(&e.code()) || names_the_token(e) => {
             Some(RetryKind::ExpiredCredentials)
         }
         Error::Service(e) if TRANSIENT_STATUSES.contains(&e.http_status) => {
@@ -74,6 +74,13 @@ pub fn classify(err: &Error) -> Option<RetryKind> {
         Error::AttemptTimeout(_) => Some(RetryKind::Timeout),
         _ => None,
     }
+}
+
+/// A 403 whose message blames the security token (STS answers
+/// `UnrecognizedClientException: The security token included in the request
+/// is expired` for a token revoked early): worth one reload of credentials.
+fn names_the_token(e: &ServiceError) -> bool {
+    e.http_status == 403 && e.message.contains("security token") && e.message.contains("expired")
 }
 
 /// Whether KVS refused the request for its time: the dedicated codes, or
@@ -387,7 +394,13 @@ mod tests {
             Some(RetryKind::ClockSkew)
         );
         e.message = "The request signature we calculated does not match".into();
-        assert_eq!(classify(&Error::Service(e)), None);
+        assert_eq!(classify(&Error::Service(e.clone())), None);
+        e.code = Some("UnrecognizedClientException".into());
+        e.message = "The security token included in the request is expired".into();
+        assert_eq!(
+            classify(&Error::Service(e)),
+            Some(RetryKind::ExpiredCredentials)
+        );
     }
 
     #[test]
