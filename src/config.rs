@@ -7,7 +7,11 @@ use clap::{Parser, ValueEnum};
 use http::Uri;
 
 use crate::{
-    kvs::{http::HttpConfig, retry::Backoff, stack::StackConfig},
+    kvs::{
+        http::HttpConfig,
+        retry::Backoff,
+        stack::{RateLimits, StackConfig},
+    },
     policy::ArnPattern,
 };
 
@@ -81,6 +85,17 @@ pub struct Config {
     /// retry costs 5, a retry after a timeout 10, a success pays back).
     #[arg(long, env = "KVS_SIDECAR_RETRY_QUOTA", default_value_t = 500)]
     pub retry_quota: u32,
+
+    /// Client-side limit on GetSignalingChannelEndpoint requests per second
+    /// (KVS allows 300 per account; lower it when several pods share one).
+    /// Adapts down when KVS throttles. 0 turns it off.
+    #[arg(long, env = "KVS_SIDECAR_DISCOVERY_RATE", default_value_t = 300.0)]
+    pub discovery_rate: f64,
+
+    /// Client-side limit on join requests per second; 0 (the default) turns
+    /// it off. Adapts down when KVS throttles.
+    #[arg(long, env = "KVS_SIDECAR_JOIN_RATE", default_value_t = 0.0)]
+    pub join_rate: f64,
 
     /// Backoff base for retries of server errors, resets and timeouts.
     #[arg(long, env = "KVS_SIDECAR_RETRY_BASE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -171,6 +186,10 @@ impl Config {
                 max: self.retry_max_backoff,
             },
             retry_quota: self.retry_quota,
+            rate_limits: RateLimits {
+                discovery: (self.discovery_rate > 0.0).then_some(self.discovery_rate),
+                join: (self.join_rate > 0.0).then_some(self.join_rate),
+            },
             attempt_timeout: self.attempt_timeout,
             max_concurrency: self.max_upstream_concurrency.max(1),
             http: HttpConfig {

@@ -23,6 +23,8 @@ pub const UPSTREAM_ATTEMPT_SECONDS: &str = "kvs_upstream_attempt_duration_second
 pub const UPSTREAM_RETRIES: &str = "kvs_upstream_retries_total";
 pub const RETRY_QUOTA: &str = "kvs_retry_quota_tokens";
 pub const RETRY_QUOTA_EXHAUSTED: &str = "kvs_retry_quota_exhausted_total";
+pub const RATE_LIMITED: &str = "kvs_rate_limited_total";
+pub const RATE_LIMIT: &str = "kvs_rate_limit_per_second";
 pub const CLOCK_SKEW: &str = "kvs_clock_skew_seconds";
 pub const ENDPOINT_CACHE: &str = "kvs_endpoint_cache_lookups_total";
 pub const CREDENTIAL_REFRESHES: &str = "kvs_credential_refreshes_total";
@@ -70,6 +72,14 @@ fn describe() {
         CLOCK_SKEW,
         Unit::Seconds,
         "Offset from our clock to KVS's, learned from a skew rejection."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "KVS requests delayed locally by the client-side rate limit, by operation."
+    );
+    describe_gauge!(
+        RATE_LIMIT,
+        "Current client-side rate limit, by operation; drops when KVS throttles."
     );
     describe_gauge!(RETRY_QUOTA, "Tokens left in the process-wide retry quota.");
     describe_counter!(
@@ -124,6 +134,14 @@ pub fn retry_quota(tokens: u32) {
 
 pub fn retry_quota_exhausted(operation: &'static str) {
     counter!(RETRY_QUOTA_EXHAUSTED, "operation" => operation).increment(1);
+}
+
+pub fn rate_limited(operation: &'static str) {
+    counter!(RATE_LIMITED, "operation" => operation).increment(1);
+}
+
+pub fn rate_limit(operation: &'static str, per_second: f64) {
+    gauge!(RATE_LIMIT, "operation" => operation).set(per_second);
 }
 
 pub fn clock_skew(seconds: f64) {

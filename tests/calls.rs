@@ -330,6 +330,19 @@ async fn discovery_faults_are_retried_and_not_cached() {
         .await
         .unwrap();
     assert_eq!(fake.received_on(DISCOVER).len(), 5);
+    // So is one whose endpoint kept failing through every retry.
+    fake.script(JOIN, vec![Reply::error(503, ""); 3]);
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap_err();
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
+    assert_eq!(fake.received_on(DISCOVER).len(), 6);
 }
 
 #[tokio::test]
@@ -798,4 +811,49 @@ async fn a_skew_that_persists_after_correction_is_not_retried_forever() {
         1 + 2,
         "one corrected retry only"
     );
+}
+
+#[tokio::test]
+async fn the_client_side_rate_limit_spreads_bursts_and_slows_down_on_throttling() {
+    let (fake, sidecar, client) = common::warmed(&["--join-rate", "5"]).await;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..15)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.join_storage_session(join(ARN)).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // A burst of 5 (less the warm-up join's token), then 5 a second: the
+    // last of 15 cannot go before ~2 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    let delayed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"kvs_rate_limited_total{operation="JoinStorageSession"} "#))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(delayed >= 9.0, "{delayed} calls delayed locally");
+
+    fake.script(JOIN, [Reply::error(400, "ClientLimitExceededException")]);
+    client
+        .clone()
+        .join_storage_session(join(ARN))
+        .await
+        .unwrap();
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    let rate: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"kvs_rate_limit_per_second{operation="JoinStorageSession"} "#)
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rate < 4.0, "the rate adapted down after throttling: {rate}");
 }

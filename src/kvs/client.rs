@@ -198,10 +198,11 @@ impl KvsClient {
 }
 
 /// Whether a failed join means the cached endpoint should be rediscovered:
-/// KVS no longer knows the channel there, or the endpoint stopped answering.
+/// KVS no longer knows the channel there, or the endpoint stopped answering
+/// (connection failures or 5xx through every retry).
 fn endpoint_is_stale(err: &Error) -> bool {
     match err {
-        Error::Service(e) => e.code() == "ResourceNotFoundException",
+        Error::Service(e) => e.code() == "ResourceNotFoundException" || e.http_status >= 500,
         Error::Transport(_) => true,
         _ => false,
     }

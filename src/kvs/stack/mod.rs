@@ -2,15 +2,17 @@
 //!
 //! 1. retry: standard-mode retries within a process-wide quota, never past
 //!    the call's deadline;
-//! 2. attempt metrics: per-attempt count, outcome and latency;
-//! 3. attempt timeout: one stalled attempt becomes a retryable timeout;
-//! 4. sign: cached credentials, SigV4 for the channel's region, with the
+//! 2. rate limit: per-operation token buckets, slowing down on throttling;
+//! 3. attempt metrics: per-attempt count, outcome and latency;
+//! 4. attempt timeout: one stalled attempt becomes a retryable timeout;
+//! 5. sign: cached credentials, SigV4 for the channel's region, with the
 //!    clock corrected by KVS's `Date` when KVS reported skew;
-//! 5. concurrency limit: bounds requests (and so connections) in flight;
-//! 6. the pooled hyper client.
+//! 6. concurrency limit: bounds requests (and so connections) in flight;
+//! 7. the pooled hyper client.
 
 mod attempt_metrics;
 mod attempt_timeout;
+pub mod rate_limit;
 mod sign;
 
 use std::{sync::Arc, time::Duration};
@@ -20,7 +22,10 @@ use tower::{
 };
 
 pub use self::{
-    attempt_metrics::AttemptMetricsLayer, attempt_timeout::AttemptTimeoutLayer, sign::SignLayer,
+    attempt_metrics::AttemptMetricsLayer,
+    attempt_timeout::AttemptTimeoutLayer,
+    rate_limit::{RateLimitLayer, RateLimits},
+    sign::SignLayer,
 };
 use super::{
     Error, UpstreamRequest, UpstreamResponse,
@@ -39,6 +44,7 @@ pub struct StackConfig {
     pub backoff: Backoff,
     /// Tokens in the process-wide retry quota.
     pub retry_quota: u32,
+    pub rate_limits: RateLimits,
     pub attempt_timeout: Duration,
     pub max_concurrency: usize,
     pub http: HttpConfig,
@@ -60,6 +66,7 @@ pub fn build(
     );
     let stack = ServiceBuilder::new()
         .layer(RetryLayer::new(retry))
+        .layer(RateLimitLayer::new(config.rate_limits))
         .layer(AttemptMetricsLayer)
         .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
         .layer(SignLayer::new(credentials, clock))
