@@ -74,3 +74,11 @@ pub fn build(
         .service(HttpClient::new(config.http)?);
     Ok(BoxCloneSyncService::new(stack))
 }
+
+/// Takes the service that `poll_ready` made ready (it may hold a
+/// concurrency permit) for a call that outlives `&mut self`, leaving a fresh
+/// clone behind for the next `poll_ready`.
+fn take_ready<S: Clone>(service: &mut S) -> S {
+    let fresh = service.clone();
+    std::mem::replace(service, fresh)
+}

@@ -157,8 +157,7 @@ where
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let Some(bucket) = self.limits.bucket(req.operation) else {
             return Box::pin(inner.call(req));
         };

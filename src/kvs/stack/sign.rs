@@ -63,10 +63,7 @@ where
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
-        // The ready service (holding e.g. a concurrency permit) goes into the
-        // future; a fresh clone stays behind for the next poll_ready.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let credentials = self.credentials.clone();
         let clock = self.clock.clone();
         Box::pin(async move {
