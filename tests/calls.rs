@@ -675,7 +675,7 @@ async fn oversized_requests_are_refused_without_reaching_kvs() {
 
 #[tokio::test]
 async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
-    // 12 tokens: two retries (5 each), then the quota is dry.
+    // 12 tokens: two retries (5 each) drain it below the cost of a third.
     let (fake, sidecar, client) = common::warmed(&["--retry-quota", "12"]).await;
     fake.script(JOIN, vec![Reply::error(503, ""); 3]);
     let err = client
@@ -690,7 +690,7 @@ async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
     );
 
     let before = fake.received_on(JOIN).len();
-    fake.script(JOIN, vec![Reply::error(503, ""); 3]);
+    fake.script(JOIN, [Reply::error(503, "")]);
     let err = client
         .clone()
         .join_storage_session(join(ARN))
@@ -707,22 +707,22 @@ async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
         1,
         "no retry without quota"
     );
+    let tokens = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kvs_retry_quota_tokens "))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
     let (_, metrics) = sidecar.admin_get("/metrics");
-    assert!(metrics.contains("kvs_retry_quota_tokens 2"), "{metrics}");
+    let drained = tokens(&metrics);
+    assert!(drained < 5.0, "{drained} tokens left");
     assert!(
         metrics.contains(r#"kvs_retry_quota_exhausted_total{operation="JoinStorageSession"} 1"#),
         "{metrics}"
     );
-    // The two scripted 503s left fail fast too; then each success pays one
-    // token back.
-    for _ in 0..2 {
-        let err = client
-            .clone()
-            .join_storage_session(join(ARN))
-            .await
-            .unwrap_err();
-        assert!(err.message().starts_with("retry quota exhausted"));
-    }
+
+    // Successes pay tokens back.
     for _ in 0..3 {
         client
             .clone()
@@ -731,7 +731,7 @@ async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
             .unwrap();
     }
     let (_, metrics) = sidecar.admin_get("/metrics");
-    assert!(metrics.contains("kvs_retry_quota_tokens 5"), "{metrics}");
+    assert!(tokens(&metrics) >= drained + 3.0, "{metrics}");
 }
 
 #[tokio::test]
