@@ -707,13 +707,7 @@ async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
         1,
         "no retry without quota"
     );
-    let tokens = |metrics: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("kvs_retry_quota_tokens "))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
+    let tokens = |metrics: &str| common::metric(metrics, "kvs_retry_quota_tokens").unwrap();
     let (_, metrics) = sidecar.admin_get("/metrics");
     let drained = tokens(&metrics);
     assert!(drained < 5.0, "{drained} tokens left");
@@ -783,11 +777,7 @@ async fn a_skewed_clock_is_corrected_from_the_servers_date_and_remembered() {
             "later calls need no correction"
         );
         let (_, metrics) = sidecar.admin_get("/metrics");
-        let skew: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("kvs_clock_skew_seconds "))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
+        let skew = common::metric(&metrics, "kvs_clock_skew_seconds").unwrap();
         assert!(
             (skew - offset as f64).abs() < 5.0,
             "skew {skew} for offset {offset}"
@@ -834,11 +824,11 @@ async fn the_client_side_rate_limit_spreads_bursts_and_slows_down_on_throttling(
         started.elapsed()
     );
     let (_, metrics) = sidecar.admin_get("/metrics");
-    let delayed: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"kvs_rate_limited_total{operation="JoinStorageSession"} "#))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let delayed = common::metric(
+        &metrics,
+        r#"kvs_rate_limited_total{operation="JoinStorageSession"}"#,
+    )
+    .unwrap();
     assert!(delayed >= 9.0, "{delayed} calls delayed locally");
 
     fake.script(JOIN, [Reply::error(400, "ClientLimitExceededException")]);
@@ -848,12 +838,10 @@ async fn the_client_side_rate_limit_spreads_bursts_and_slows_down_on_throttling(
         .await
         .unwrap();
     let (_, metrics) = sidecar.admin_get("/metrics");
-    let rate: f64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(r#"kvs_rate_limit_per_second{operation="JoinStorageSession"} "#)
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let rate = common::metric(
+        &metrics,
+        r#"kvs_rate_limit_per_second{operation="JoinStorageSession"}"#,
+    )
+    .unwrap();
     assert!(rate < 4.0, "the rate adapted down after throttling: {rate}");
 }

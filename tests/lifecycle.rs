@@ -156,14 +156,7 @@ async fn a_flood_of_10000_concurrent_calls_is_answered_with_bounded_memory() {
         vec![Reply::Slow(Duration::from_millis(200), Box::new(Reply::Ok)); 512],
     );
     let pid = sidecar.pid();
-    let rss = move || -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    };
+    let rss = move || common::rss_kib(pid);
     let before = rss();
     // Several connections, as many callers would open.
     let mut channels = Vec::new();

@@ -22,17 +22,6 @@ const CALLERS: usize = 32;
 /// Peak RSS allowed for the (debug-built) sidecar under this load.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn random_fault(rng: &mut fastrand::Rng) -> Reply {
     match rng.u8(..8) {
         0 => Reply::error(503, "ServiceUnavailable"),
@@ -106,7 +95,7 @@ async fn a_minute_of_mixed_faults_loses_no_call_and_stays_healthy() {
                 if !ok {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
-                peak.fetch_max(rss_kib(pid) as usize, Ordering::Relaxed);
+                peak.fetch_max(common::rss_kib(pid) as usize, Ordering::Relaxed);
                 checks += 1;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
