@@ -499,12 +499,8 @@ async fn malformed_requests_are_refused_and_nothing_is_sent() {
 
 #[tokio::test]
 async fn a_dead_kvs_is_unavailable_after_retries() {
-    // Bind and drop: nothing listens on this port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens on this port.
+    let port = common::unused_port();
     let sidecar = Sidecar::launch(
         &format!("http://127.0.0.1:{port}"),
         &EmulatorCredentials::generate(),

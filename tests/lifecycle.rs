@@ -49,13 +49,9 @@ async fn sigterm_with_100_calls_in_flight_completes_them_all_and_exits_zero() {
 
 #[tokio::test]
 async fn fifty_starts_and_stops_reuse_the_same_ports() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (grpc, admin) = (free().to_string(), free().to_string());
+    let free = || format!("127.0.0.1:{}", common::unused_port());
+    let grpc = free();
+    let admin = std::iter::repeat_with(free).find(|a| *a != grpc).unwrap();
     for round in 0..50 {
         let mut sidecar = Sidecar::emulated(&["--grpc-listen", &grpc, "--admin-listen", &admin]);
         assert_eq!(sidecar.grpc.to_string(), grpc);

@@ -107,11 +107,7 @@ async fn a_real_prometheus_scrapes_the_sidecar_and_counts_the_calls() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::unused_port();
     let web = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let _prometheus = Prometheus(
         Command::new("prometheus")

@@ -80,3 +80,24 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A loopback port that nothing listens on and that the kernel will not hand
+/// out on its own: it lies below the ephemeral range, so a parallel test's
+/// `bind(":0")` or outgoing connection cannot take it between our check and
+/// its use (a port merely bound and released can be).
+pub fn unused_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_else(|_| "32768 60999".into());
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32768);
+    let floor = 10_000.min(low / 2);
+    loop {
+        let port = fastrand::u16(floor..low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
