@@ -21,11 +21,11 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     admin::{self, Readiness},
-    clock::{SharedClock, SystemClock},
+    clock::SystemClock,
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{self, WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
-    kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointCache, stack},
+    kvs::{KvsClient, credentials::CredentialCache},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     tls::{self, TlsListener},
@@ -62,18 +62,9 @@ impl Sidecar {
         } else {
             aws(config).await?
         };
-        let clock: SharedClock = Arc::new(SystemClock);
-        let credentials = Arc::new(CredentialCache::new(
-            provider,
-            clock.clone(),
-            config.credentials_timeout,
-        ));
-        let upstream = stack::build(&config.stack(), credentials.clone(), clock)?;
-        let client = Arc::new(KvsClient::new(
-            upstream,
-            EndpointCache::new(config.endpoint_cache_ttl),
-            control_plane,
-        ));
+        let (client, credentials) =
+            KvsClient::from_config(config, provider, control_plane, Arc::new(SystemClock))?;
+        let client = Arc::new(client);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()

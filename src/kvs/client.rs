@@ -6,6 +6,7 @@ use std::sync::{
     atomic::{AtomicU32, Ordering},
 };
 
+use aws_credential_types::provider::SharedCredentialsProvider;
 use bytes::Bytes;
 use http::Uri;
 use serde::{Deserialize, Serialize};
@@ -15,9 +16,11 @@ use tower::ServiceExt;
 use super::{
     Error, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
+    credentials::CredentialCache,
     endpoint::{self, EndpointCache, Role},
-    stack::Upstream,
+    stack::{self, Upstream},
 };
+use crate::{clock::SharedClock, config::Config};
 
 /// One gRPC call's budget and bookkeeping, shared by its discovery and join.
 #[derive(Debug, Clone)]
@@ -65,6 +68,25 @@ impl KvsClient {
             endpoints,
             control_plane_override,
         }
+    }
+
+    /// The client `config` describes: its tower stack signing with what
+    /// `provider` gives (through the returned cache, which the caller may
+    /// warm), and an empty endpoint cache.
+    pub fn from_config(
+        config: &Config,
+        provider: SharedCredentialsProvider,
+        control_plane: Option<Uri>,
+        clock: SharedClock,
+    ) -> Result<(Self, Arc<CredentialCache>), Error> {
+        let credentials = Arc::new(CredentialCache::new(
+            provider,
+            clock.clone(),
+            config.credentials_timeout,
+        ));
+        let upstream = stack::build(&config.stack(), credentials.clone(), clock)?;
+        let endpoints = EndpointCache::new(config.endpoint_cache_ttl);
+        Ok((Self::new(upstream, endpoints, control_plane), credentials))
     }
 
     pub async fn join_storage_session(

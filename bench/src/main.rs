@@ -1,0 +1,305 @@
+//! kvs-bench: measures kvs-sidecar against the official AWS SDK, both
+//! calling the same fast fake KVS on loopback, and writes the result as JSON
+//! and Markdown. `scripts/bench` builds and runs it; see the README.
+
+mod fake;
+mod load;
+mod process;
+mod procfs;
+mod report;
+mod targets;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use load::{Target, Window};
+use procfs::Probe;
+use report::{ChannelMemory, Load, Phase, Report, Route, Spread, Startup};
+use targets::Workload;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The sidecar binary to measure (build it with --release).
+    #[arg(long, default_value = "target/release/kvs-sidecar")]
+    sidecar: PathBuf,
+    /// Measured time of each phase.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before each phase.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_value = "1,100,10000")]
+    channels: Vec<usize>,
+    /// Where the JSON and Markdown results go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Criterion's output, folded into the report when present.
+    #[arg(long, default_value = "target/criterion")]
+    criterion: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the fake KVS (run by the benchmark as its own process, so its
+    /// CPU is charged to no one measured).
+    Fake,
+}
+
+/// Retries as the SDK's standard mode has them, for every path.
+const MAX_ATTEMPTS: u32 = 3;
+
+fn main() {
+    let args = Args::parse();
+    if let Some(Command::Fake) = args.command {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind the fake on loopback");
+            println!("listening http://{}", listener.local_addr().unwrap());
+            fake::serve(listener).await.expect("the fake serves");
+        });
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let report = runtime.block_on(run(&args));
+    report.write(&args.out).expect("write the results");
+    println!("\n{}", report.markdown());
+    println!("results: {}", args.out.join("kvs-bench.json").display());
+}
+
+async fn run(args: &Args) -> Report {
+    // The in-process stack records its metrics as the sidecar does.
+    let _metrics = kvs_sidecar::metrics::install().expect("a metrics recorder");
+    let window = Window {
+        warmup: args.warmup,
+        measure: args.duration,
+    };
+    let (_fake, fake) = process::fake();
+    let startup = startup(args, &fake).await;
+    let one = Workload::new(vec![arn("front-door")], None);
+
+    let sidecar = process::sidecar(&args.sidecar, &fake, &[]);
+    let probe_sidecar = Probe::Pid(sidecar.process.pid());
+    let sdk = Arc::new(targets::Sdk::new(&fake, MAX_ATTEMPTS, one.clone()));
+    let stack = Arc::new(targets::Stack::new(&fake, MAX_ATTEMPTS, one.clone()));
+
+    let mut closed_loop = Vec::new();
+    for &c in &args.concurrency {
+        let through = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, c, one.clone()).await);
+        let load = Load::Concurrency(c);
+        closed_loop.push(phase(
+            Route::Sdk,
+            load,
+            load::closed(sdk.clone(), c, window, Probe::Me).await,
+        ));
+        closed_loop.push(phase(
+            Route::Stack,
+            load,
+            load::closed(stack.clone(), c, window, Probe::Me).await,
+        ));
+        closed_loop.push(phase(
+            Route::Sidecar,
+            load,
+            load::closed(through, c, window, probe_sidecar).await,
+        ));
+    }
+
+    let mut open_loop = Vec::new();
+    let direct = Arc::new(targets::Direct::new(&fake, &one));
+    let through = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 1, one.clone()).await);
+    for &r in &args.rates {
+        let load = Load::Rate(r);
+        open_loop.push(phase(
+            Route::Direct,
+            load,
+            load::open(direct.clone(), r, window, Probe::Me).await,
+        ));
+        open_loop.push(phase(
+            Route::Sdk,
+            load,
+            load::open(sdk.clone(), r, window, Probe::Me).await,
+        ));
+        open_loop.push(phase(
+            Route::Stack,
+            load,
+            load::open(stack.clone(), r, window, Probe::Me).await,
+        ));
+        open_loop.push(phase(
+            Route::Sidecar,
+            load,
+            load::open(through.clone(), r, window, probe_sidecar).await,
+        ));
+    }
+    drop(sidecar);
+
+    let mut channels = Vec::new();
+    for &n in &args.channels {
+        let work = Workload::new((0..n).map(|i| arn(&format!("camera-{i}"))).collect(), None);
+        channels.push(spread(args, &fake, n, "typical", work, window).await);
+    }
+    channels.push(spread(args, &fake, 1, "longest", longest(), window).await);
+
+    let mut report = Report {
+        machine: report::Machine::this(),
+        measure_seconds: args.duration.as_secs_f64(),
+        warmup_seconds: args.warmup.as_secs_f64(),
+        startup,
+        closed_loop,
+        open_loop,
+        channels,
+        memory: channel_memory(args, &fake).await,
+        micro: report::read_criterion(&args.criterion),
+        targets: Vec::new(),
+    };
+    report.check_targets();
+    report
+}
+
+fn phase(route: Route, load: Load, sample: load::Sample) -> Phase {
+    let phase = Phase {
+        path: route,
+        load,
+        sample,
+    };
+    let s = &phase.sample;
+    eprintln!(
+        "{route:?} {load:?}: {:.0} calls/s, p50 {} µs, p99 {} µs, {:.1} µs CPU/call, {:.1} MiB, {} errors{}",
+        s.calls_per_second,
+        s.p50_us,
+        s.p99_us,
+        s.cpu_us_per_call,
+        s.peak_rss_mib,
+        s.errors,
+        s.first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    phase
+}
+
+fn arn(name: &str) -> String {
+    format!("arn:aws:kinesisvideo:us-west-2:123456789012:channel/{name}/1700000000000")
+}
+
+/// The largest request the contract allows: a 1,024-character ARN and a
+/// 256-character client id, as a viewer join.
+fn longest() -> Workload {
+    let frame = arn("").len();
+    let name = "n".repeat(kvs_sidecar::kvs::arn::MAX_ARN_LEN - frame);
+    let arn = arn(&name);
+    assert_eq!(arn.len(), kvs_sidecar::kvs::arn::MAX_ARN_LEN);
+    Workload::new(
+        vec![arn],
+        Some("c".repeat(kvs_sidecar::kvs::arn::MAX_CLIENT_ID_LEN)),
+    )
+}
+
+/// Five cold starts with credentials from the environment, then the idle
+/// RSS of one that has served nothing.
+async fn startup(args: &Args, fake: &str) -> Startup {
+    let mut to_serving_ms = Vec::new();
+    for _ in 0..5 {
+        let sidecar = process::sidecar(&args.sidecar, fake, &[]);
+        assert!(
+            process::serving(&sidecar.grpc_url).await,
+            "health reports SERVING"
+        );
+        to_serving_ms.push(sidecar.started_in.as_secs_f64() * 1000.0);
+    }
+    let sidecar = process::sidecar(&args.sidecar, fake, &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss_mib = Probe::Pid(sidecar.process.pid()).rss_kib() as f64 / 1024.0;
+    let mut sorted = to_serving_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    Startup {
+        median_ms: sorted[sorted.len() / 2],
+        to_serving_ms,
+        idle_rss_mib,
+    }
+}
+
+/// A fresh sidecar whose cache is warmed with every channel of `work`,
+/// then 64 callers spread over them. Discovery is not rate limited, so the
+/// warm-up is quick.
+async fn spread(
+    args: &Args,
+    fake: &str,
+    channels: usize,
+    payload: &'static str,
+    work: Workload,
+    window: Window,
+) -> Spread {
+    let sidecar = process::sidecar(&args.sidecar, fake, &["--discovery-rate", "0"]);
+    let probe = Probe::Pid(sidecar.process.pid());
+    let target = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, work).await);
+    warm(&target, channels as u64, 0).await;
+    let rss_after_warmup_mib = probe.rss_kib() as f64 / 1024.0;
+    let sample = load::closed(target, 64, window, probe).await;
+    eprintln!(
+        "{channels} channels, {payload}: {:.0} calls/s, p99 {} µs, RSS {rss_after_warmup_mib:.1} → {:.1} MiB, {} errors",
+        sample.calls_per_second, sample.p99_us, sample.peak_rss_mib, sample.errors
+    );
+    Spread {
+        channels,
+        payload,
+        rss_after_warmup_mib,
+        sample,
+    }
+}
+
+/// Calls `target` once for each n in `from..from + count`, 64 at a time.
+async fn warm<T: Target>(target: &Arc<T>, count: u64, from: u64) {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(from));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (target, next) = (target.clone(), next.clone());
+        callers.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= from + count {
+                    break;
+                }
+                target.call(n).await.expect("a warm-up call");
+            }
+        });
+    }
+    while callers.join_next().await.is_some() {}
+}
+
+/// RSS of one sidecar as its endpoint cache grows to 1, 10,000 and 20,000
+/// channels.
+async fn channel_memory(args: &Args, fake: &str) -> ChannelMemory {
+    const STEPS: [u64; 3] = [1, 10_000, 20_000];
+    let sidecar = process::sidecar(&args.sidecar, fake, &["--discovery-rate", "0"]);
+    let probe = Probe::Pid(sidecar.process.pid());
+    let work = Workload::new(
+        (0..STEPS[2]).map(|i| arn(&format!("cache-{i}"))).collect(),
+        None,
+    );
+    let target = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, work).await);
+    let mut rss_mib_at = Vec::new();
+    let mut done = 0;
+    for step in STEPS {
+        warm(&target, step - done, done).await;
+        done = step;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rss_mib_at.push((step as usize, probe.rss_kib() as f64 / 1024.0));
+    }
+    let per_channel = |a: (usize, f64), b: (usize, f64)| (b.1 - a.1) * 1024.0 / (b.0 - a.0) as f64;
+    ChannelMemory {
+        kib_per_channel_first_10k: per_channel(rss_mib_at[0], rss_mib_at[1]),
+        kib_per_channel_next_10k: per_channel(rss_mib_at[1], rss_mib_at[2]),
+        rss_mib_at,
+    }
+}
