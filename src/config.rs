@@ -1,7 +1,7 @@
 //! Every setting, as one clap struct: a flag and an environment variable
 //! each, with defaults that are safe for a sidecar.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use http::Uri;
@@ -168,6 +168,12 @@ pub struct Config {
     /// Keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "KVS_SIDECAR_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Tokio worker threads. By default one per CPU the process may use,
+    /// which follows the container's CPU limit (cgroup quota) rather than
+    /// the node's core count.
+    #[arg(long, env = "KVS_SIDECAR_WORKER_THREADS")]
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -10,6 +10,7 @@ use std::{
 
 use aws_config::BehaviorVersion;
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
+use axum::serve::ListenerExt;
 use http::Uri;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{
@@ -154,7 +155,7 @@ impl Sidecar {
             (server, path)
         });
         let mut grpc = match self.grpc {
-            GrpcListener::Plain(l) => spawn_server(l, self.grpc_router, drain_rx),
+            GrpcListener::Plain(l) => spawn_server(l.tap_io(no_delay), self.grpc_router, drain_rx),
             GrpcListener::Tls(l) => spawn_server(l, self.grpc_router, drain_rx),
         };
         let admin = spawn_server(self.admin, self.admin_router, stop_admin_rx);
@@ -296,6 +297,15 @@ where
             .with_graceful_shutdown(signalled(stop))
             .into_future(),
     )
+}
+
+/// gRPC answers are small writes a caller waits on: without TCP_NODELAY,
+/// Nagle holds one back until the caller's delayed ACK, 40 ms later (seen as
+/// the benchmark's p99 before this was set).
+pub(crate) fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
 }
 
 async fn signalled(mut rx: watch::Receiver<bool>) {

@@ -88,7 +88,7 @@ impl TlsListener {
         let tls = TlsAcceptor::from(config);
         let acceptor = tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
+                let (mut stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off
@@ -98,6 +98,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                crate::server::no_delay(&mut stream);
                 let (tls, tx) = (tls.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {

@@ -40,7 +40,8 @@ async fn two_fakes() -> (Emulator, Emulator) {
 #[tokio::test]
 async fn join_sends_exact_signed_requests_for_the_channels_region() {
     let (control, webrtc) = two_fakes().await;
-    let sidecar = Sidecar::start(&control, &[]);
+    // Successful calls are logged at DEBUG.
+    let sidecar = Sidecar::start(&control, &["--log-level", "debug"]);
     let answer = sidecar
         .client()
         .await
@@ -105,6 +106,18 @@ async fn viewer_join_sends_client_id_and_discovers_as_viewer() {
         .join_storage_session_as_viewer(viewer(ARN, "viewer-7.a_b"))
         .await
         .unwrap();
+    // A rejected request logs at INFO; once its line is out, the success
+    // before it would have been too, had it logged at INFO.
+    let mut client = sidecar.client().await;
+    let rejected = client.join_storage_session(join("arn:nope")).await;
+    assert_eq!(rejected.unwrap_err().code(), Code::InvalidArgument);
+    let logs = common::wait_for(|| Some(sidecar.call_logs()).filter(|l| !l.is_empty())).await;
+    assert_eq!(
+        logs.len(),
+        1,
+        "at the default level a successful call writes no log line: {logs:?}"
+    );
+    assert_eq!(logs[0]["status"], "InvalidArgument");
     let discovery = control.received_on(DISCOVER);
     assert_eq!(
         discovery[0].json()["SingleMasterChannelEndpointConfiguration"]["Role"],

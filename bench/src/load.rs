@@ -175,43 +175,58 @@ pub async fn closed<T: Target>(
 /// Calls started on a fixed schedule, `rate` per second, whether or not
 /// earlier ones have finished. Latency runs from each call's scheduled
 /// start, so a stall in the caller counts against the callee instead of
-/// hiding (no coordinated omission).
+/// hiding (no coordinated omission). The schedule runs on its own thread:
+/// tokio's timer wheel has millisecond ticks, which would add up to a
+/// millisecond of lateness to every call.
 pub async fn open<T: Target>(target: Arc<T>, rate: f64, window: Window, probe: Probe) -> Sample {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let begin = start + window.warmup;
     let end = begin + window.measure;
     let shared = Arc::new(Mutex::new((histogram(), Tally::default())));
-    let mut calls = JoinSet::new();
-    let mut meter = None;
-    for n in 0u64.. {
-        let scheduled = start + interval.mul_f64(n as f64);
-        if scheduled >= end {
-            break;
-        }
-        if meter.is_none() && scheduled >= begin {
-            meter = Some(Meter::start(probe));
-        }
-        tokio::time::sleep_until(scheduled).await;
-        let (target, shared) = (target.clone(), shared.clone());
-        calls.spawn(async move {
-            let result = target.call(n).await;
-            let latency = Instant::now() - scheduled;
-            if scheduled >= begin {
-                let mut guard = shared.lock().unwrap();
-                guard.0.saturating_record(micros(latency));
-                guard.1.add(result);
+    let runtime = tokio::runtime::Handle::current();
+    let scheduler = std::thread::spawn({
+        let shared = shared.clone();
+        move || {
+            let mut calls = Vec::new();
+            for n in 0u64.. {
+                let scheduled = start + interval.mul_f64(n as f64);
+                if scheduled >= end {
+                    break;
+                }
+                let now = Instant::now();
+                if scheduled > now {
+                    std::thread::sleep(scheduled - now);
+                }
+                let (target, shared) = (target.clone(), shared.clone());
+                calls.push(runtime.spawn(async move {
+                    let result = target.call(n).await;
+                    let latency = Instant::now() - scheduled;
+                    if scheduled >= begin {
+                        let mut guard = shared.lock().unwrap();
+                        guard.0.saturating_record(micros(latency));
+                        guard.1.add(result);
+                    }
+                }));
+                // Forget finished calls as we go so the list stays short.
+                if calls.len() >= 1024 {
+                    calls.retain(|c| !c.is_finished());
+                }
             }
-        });
-        // Reap finished calls as we go so the set stays small.
-        while calls.try_join_next().is_some() {}
-    }
+            calls
+        }
+    });
+    tokio::time::sleep_until(begin).await;
+    let meter = Meter::start(probe);
     tokio::time::sleep_until(end).await;
-    let usage = meter
-        .expect("the window holds scheduled calls")
-        .stop()
-        .await;
-    while calls.join_next().await.is_some() {}
+    let usage = meter.stop().await;
+    let calls = tokio::task::spawn_blocking(move || scheduler.join())
+        .await
+        .expect("the scheduler thread is joined")
+        .expect("the scheduler ran");
+    for call in calls {
+        call.await.expect("a call panicked");
+    }
     let (hist, tally) = Arc::into_inner(shared)
         .expect("every call finished")
         .into_inner()

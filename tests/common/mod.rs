@@ -101,3 +101,18 @@ pub fn unused_port() -> u16 {
         }
     }
 }
+
+/// Polls `check` every 10 ms until it yields, for at most 10 s.
+pub async fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
