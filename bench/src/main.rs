@@ -24,6 +24,10 @@ struct Args {
     /// The sidecar binary to measure (build it with --release).
     #[arg(long, default_value = "target/release/kvs-sidecar")]
     sidecar: PathBuf,
+    /// Extra flags for every sidecar the benchmark starts, e.g.
+    /// `--sidecar-arg=--worker-threads=1`.
+    #[arg(long = "sidecar-arg", allow_hyphen_values = true)]
+    sidecar_args: Vec<String>,
     /// Measured time of each phase.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -49,6 +53,16 @@ enum Command {
     /// Serve the fake KVS (run by the benchmark as its own process, so its
     /// CPU is charged to no one measured).
     Fake,
+}
+
+impl Args {
+    /// `own` flags and then the user's, for one sidecar.
+    fn flags<'a>(&'a self, own: &[&'a str]) -> Vec<&'a str> {
+        own.iter()
+            .copied()
+            .chain(self.sidecar_args.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 /// Retries as the SDK's standard mode has them, for every path.
@@ -88,7 +102,7 @@ async fn run(args: &Args) -> Report {
     let startup = startup(args, &fake).await;
     let one = Workload::new(vec![arn("front-door")], None);
 
-    let sidecar = process::sidecar(&args.sidecar, &fake, &[]);
+    let sidecar = process::sidecar(&args.sidecar, &fake, &args.flags(&[]));
     let probe_sidecar = Probe::Pid(sidecar.process.pid());
     let sdk = Arc::new(targets::Sdk::new(&fake, MAX_ATTEMPTS, one.clone()));
     let stack = Arc::new(targets::Stack::new(&fake, MAX_ATTEMPTS, one.clone()));
@@ -210,14 +224,14 @@ fn longest() -> Workload {
 async fn startup(args: &Args, fake: &str) -> Startup {
     let mut to_serving_ms = Vec::new();
     for _ in 0..5 {
-        let sidecar = process::sidecar(&args.sidecar, fake, &[]);
+        let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&[]));
         assert!(
             process::serving(&sidecar.grpc_url).await,
             "health reports SERVING"
         );
         to_serving_ms.push(sidecar.started_in.as_secs_f64() * 1000.0);
     }
-    let sidecar = process::sidecar(&args.sidecar, fake, &[]);
+    let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&[]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss_mib = Probe::Pid(sidecar.process.pid()).rss_kib() as f64 / 1024.0;
     let mut sorted = to_serving_ms.clone();
@@ -240,7 +254,7 @@ async fn spread(
     work: Workload,
     window: Window,
 ) -> Spread {
-    let sidecar = process::sidecar(&args.sidecar, fake, &["--discovery-rate", "0"]);
+    let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&["--discovery-rate", "0"]));
     let probe = Probe::Pid(sidecar.process.pid());
     let target = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, work).await);
     warm(&target, channels as u64, 0).await;
@@ -281,7 +295,7 @@ async fn warm<T: Target>(target: &Arc<T>, count: u64, from: u64) {
 /// channels.
 async fn channel_memory(args: &Args, fake: &str) -> ChannelMemory {
     const STEPS: [u64; 3] = [1, 10_000, 20_000];
-    let sidecar = process::sidecar(&args.sidecar, fake, &["--discovery-rate", "0"]);
+    let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&["--discovery-rate", "0"]));
     let probe = Probe::Pid(sidecar.process.pid());
     let work = Workload::new(
         (0..STEPS[2]).map(|i| arn(&format!("cache-{i}"))).collect(),
