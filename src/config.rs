@@ -134,9 +134,11 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub pool_idle_timeout: Duration,
 
-    /// Idle pooled connections kept per KVS host.
-    #[arg(long, env = "KVS_SIDECAR_POOL_MAX_IDLE_PER_HOST", default_value_t = 64)]
-    pub pool_max_idle_per_host: usize,
+    /// Idle pooled connections kept per KVS host; by default as many as
+    /// --max-upstream-concurrency lets be busy, so a burst's connections
+    /// are reused rather than closed and reopened (a TLS handshake each).
+    #[arg(long, env = "KVS_SIDECAR_POOL_MAX_IDLE_PER_HOST")]
+    pub pool_max_idle_per_host: Option<usize>,
 
     /// How long a discovered WEBRTC endpoint is reused (the KVS WebRTC C SDK
     /// keeps them 10 hours).
@@ -201,7 +203,9 @@ impl Config {
             http: HttpConfig {
                 connect_timeout: self.connect_timeout,
                 pool_idle_timeout: self.pool_idle_timeout,
-                pool_max_idle_per_host: self.pool_max_idle_per_host,
+                pool_max_idle_per_host: self
+                    .pool_max_idle_per_host
+                    .unwrap_or(self.max_upstream_concurrency.max(1)),
             },
         }
     }

@@ -854,3 +854,40 @@ async fn the_client_side_rate_limit_spreads_bursts_and_slows_down_on_throttling(
     .unwrap();
     assert!(rate < 4.0, "the rate adapted down after throttling: {rate}");
 }
+
+#[tokio::test]
+async fn a_burst_reuses_its_connections_to_kvs() {
+    // 150 calls in flight at once need 150 connections; the next burst of
+    // the same size finds them all pooled instead of reconnecting (which
+    // against AWS is a TLS handshake each).
+    let (fake, _sidecar, client) = common::warmed(&[]).await;
+    let burst = || {
+        fake.script(
+            "/joinStorageSession",
+            vec![Reply::Slow(Duration::from_millis(300), Box::new(Reply::Ok)); 150],
+        );
+        let calls: Vec<_> = (0..150)
+            .map(|_| {
+                let mut client = client.clone();
+                tokio::spawn(async move { client.join_storage_session(join(ARN)).await })
+            })
+            .collect();
+        async move {
+            for call in calls {
+                call.await.unwrap().expect("a join in the burst");
+            }
+        }
+    };
+    burst().await;
+    let after_first = fake.connections();
+    assert!(
+        after_first >= 150,
+        "{after_first} connections for 150 calls in flight"
+    );
+    burst().await;
+    let opened = fake.connections() - after_first;
+    assert!(
+        opened <= 5,
+        "the second burst opened {opened} new connections"
+    );
+}

@@ -147,6 +147,8 @@ struct State {
     script: HashMap<String, VecDeque<Reply>>,
     webrtc_endpoint: Option<String>,
     credential_loads: usize,
+    /// TCP connections accepted, to see whether callers reuse them.
+    connections: usize,
     /// How far the emulated AWS clock is ahead of ours (negative: behind).
     clock_offset_secs: i64,
 }
@@ -176,6 +178,7 @@ impl Emulator {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                server.lock().connections += 1;
                 let emulator = server.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -248,6 +251,11 @@ impl Emulator {
     }
 
     /// How often the container credentials endpoint was asked.
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.lock().connections
+    }
+
     pub fn credential_loads(&self) -> usize {
         self.lock().credential_loads
     }
