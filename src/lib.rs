@@ -3,6 +3,7 @@
 //! backends in any language.
 
 pub mod admin;
+pub mod alloc;
 pub mod clock;
 pub mod config;
 pub mod emulator;

@@ -82,7 +82,6 @@ fn micros(d: Duration) -> u64 {
 struct Meter {
     probe: Probe,
     cpu: f64,
-    rss: crate::procfs::RssWatch,
 }
 
 /// The probed process's CPU seconds and peak RSS over a window.
@@ -93,18 +92,17 @@ struct Usage {
 
 impl Meter {
     fn start(probe: Probe) -> Self {
+        probe.reset_peak();
         Self {
             probe,
             cpu: probe.cpu_seconds(),
-            rss: probe.watch_rss(),
         }
     }
 
-    async fn stop(self) -> Usage {
-        let cpu_seconds = self.probe.cpu_seconds() - self.cpu;
+    fn stop(self) -> Usage {
         Usage {
-            cpu_seconds,
-            peak_rss_kib: self.rss.finish().await,
+            cpu_seconds: self.probe.cpu_seconds() - self.cpu,
+            peak_rss_kib: self.probe.peak_rss_kib(),
         }
     }
 }
@@ -162,7 +160,7 @@ pub async fn closed<T: Target>(
     tokio::time::sleep_until(begin).await;
     let meter = Meter::start(probe);
     tokio::time::sleep_until(end).await;
-    let usage = meter.stop().await;
+    let usage = meter.stop();
     let (mut hist, mut tally) = (histogram(), Tally::default());
     while let Some(done) = callers.join_next().await {
         let (h, t) = done.expect("a caller panicked");
@@ -219,7 +217,7 @@ pub async fn open<T: Target>(target: Arc<T>, rate: f64, window: Window, probe: P
     tokio::time::sleep_until(begin).await;
     let meter = Meter::start(probe);
     tokio::time::sleep_until(end).await;
-    let usage = meter.stop().await;
+    let usage = meter.stop();
     let calls = tokio::task::spawn_blocking(move || scheduler.join())
         .await
         .expect("the scheduler thread is joined")

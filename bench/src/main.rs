@@ -292,20 +292,23 @@ async fn warm<T: Target>(target: &Arc<T>, count: u64, from: u64) {
 }
 
 /// RSS of one sidecar as its endpoint cache grows to 1, 10,000 and 20,000
-/// channels.
+/// channels. The first reading follows 20,000 calls on one channel, so the
+/// connections, buffers and allocator pools that load alone brings are
+/// already in it and the steps after it are the cache.
 async fn channel_memory(args: &Args, fake: &str) -> ChannelMemory {
     const STEPS: [u64; 3] = [1, 10_000, 20_000];
     let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&["--discovery-rate", "0"]));
     let probe = Probe::Pid(sidecar.process.pid());
-    let work = Workload::new(
-        (0..STEPS[2]).map(|i| arn(&format!("cache-{i}"))).collect(),
-        None,
-    );
-    let target = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, work).await);
+    let arns: Vec<String> = (0..STEPS[2]).map(|i| arn(&format!("cache-{i}"))).collect();
+    let hot = Workload::new(arns[..1].to_vec(), None);
+    let hot = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, hot).await);
+    warm(&hot, 20_000, 0).await;
+    let spread =
+        Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, Workload::new(arns, None)).await);
     let mut rss_mib_at = Vec::new();
     let mut done = 0;
     for step in STEPS {
-        warm(&target, step - done, done).await;
+        warm(&spread, step - done, done).await;
         done = step;
         tokio::time::sleep(Duration::from_millis(200)).await;
         rss_mib_at.push((step as usize, probe.rss_kib() as f64 / 1024.0));

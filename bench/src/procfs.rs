@@ -1,13 +1,5 @@
 //! CPU time and resident memory of a process, from `/proc`.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
-
 /// Which process a phase charges its CPU and memory to.
 #[derive(Debug, Clone, Copy)]
 pub enum Probe {
@@ -44,43 +36,29 @@ impl Probe {
         total as f64 / per_second
     }
 
+    /// Starts a window for [`Probe::peak_rss_kib`]: resets the kernel's
+    /// high-water mark (`/proc/PID/clear_refs`, Linux 4.0+), which is exact
+    /// where sampling would miss spikes and would itself disturb the process.
+    pub fn reset_peak(self) {
+        // Without permission the mark keeps the lifetime peak, an upper bound.
+        let _ = std::fs::write(self.path("clear_refs"), "5");
+    }
+
+    /// The highest RSS since the last [`Probe::reset_peak`], in KiB.
+    pub fn peak_rss_kib(self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
     pub fn rss_kib(self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(self, field: &str) -> u64 {
         let status = std::fs::read_to_string(self.path("status")).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
-    }
-
-    /// Samples RSS every 10 ms until the returned guard is finished.
-    pub fn watch_rss(self) -> RssWatch {
-        let peak = Arc::new(AtomicU64::new(self.rss_kib()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
-            let (peak, stop) = (peak.clone(), stop.clone());
-            async move {
-                while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(self.rss_kib(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        });
-        RssWatch { peak, stop, task }
-    }
-}
-
-pub struct RssWatch {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RssWatch {
-    /// The highest RSS seen, in KiB.
-    pub async fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.peak.load(Ordering::Relaxed)
     }
 }
