@@ -348,38 +348,36 @@ impl Report {
     }
 }
 
-/// Criterion's mean for each benchmark under `dir` (its `target/criterion`).
+/// Criterion's mean for each benchmark under `dir` (its `target/criterion`),
+/// named by the id criterion records beside it.
 pub fn read_criterion(dir: &Path) -> Vec<Micro> {
     let mut found = Vec::new();
-    let Ok(groups) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for group in groups.flatten() {
-        let Ok(benches) = std::fs::read_dir(group.path()) else {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        for bench in benches.flatten() {
-            let estimates = bench.path().join("new/estimates.json");
-            let Ok(text) = std::fs::read_to_string(estimates) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            if let Some(mean) = v["mean"]["point_estimate"].as_f64() {
-                found.push(Micro {
-                    name: format!(
-                        "{}/{}",
-                        group.file_name().to_string_lossy(),
-                        bench.file_name().to_string_lossy()
-                    ),
-                    mean_ns: mean,
-                });
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == "new") {
+                found.extend(read_estimate(&path));
+            } else if path.is_dir() && path.file_name().is_some_and(|n| n != "base") {
+                pending.push(path);
             }
         }
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
     found
+}
+
+fn read_estimate(dir: &Path) -> Option<Micro> {
+    let json = |file: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(file)).ok()?).ok()
+    };
+    Some(Micro {
+        name: json("benchmark.json")?["full_id"].as_str()?.to_owned(),
+        mean_ns: json("estimates.json")?["mean"]["point_estimate"].as_f64()?,
+    })
 }
 
 fn ms(us: u64) -> String {
