@@ -291,32 +291,29 @@ async fn warm<T: Target>(target: &Arc<T>, count: u64, from: u64) {
     while callers.join_next().await.is_some() {}
 }
 
-/// RSS of one sidecar as its endpoint cache grows to 1, 10,000 and 20,000
-/// channels. The first reading follows 20,000 calls on one channel, so the
-/// connections, buffers and allocator pools that load alone brings are
-/// already in it and the steps after it are the cache.
+/// RSS of one sidecar as its endpoint cache grows from 0 to 20,000
+/// channels in steps of 4,000. The first reading follows 20,000 calls on
+/// one channel, so the connections, buffers and allocator pools that load
+/// alone brings are already in it and the growth after it is the cache.
 async fn channel_memory(args: &Args, fake: &str) -> ChannelMemory {
-    const STEPS: [u64; 3] = [1, 10_000, 20_000];
+    const STEP: u64 = 4_000;
+    const CHANNELS: u64 = 20_000;
     let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&["--discovery-rate", "0"]));
     let probe = Probe::Pid(sidecar.process.pid());
-    let arns: Vec<String> = (0..STEPS[2]).map(|i| arn(&format!("cache-{i}"))).collect();
+    // Channel 0 is the hot one; the cache grows with channels 1 and up.
+    let arns: Vec<String> = (0..=CHANNELS).map(|i| arn(&format!("cache-{i}"))).collect();
     let hot = Workload::new(arns[..1].to_vec(), None);
     let hot = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, hot).await);
     warm(&hot, 20_000, 0).await;
     let spread =
         Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, Workload::new(arns, None)).await);
     let mut rss_mib_at = Vec::new();
-    let mut done = 0;
-    for step in STEPS {
-        warm(&spread, step - done, done).await;
-        done = step;
+    for step in (0..=CHANNELS).step_by(STEP as usize) {
+        if step > 0 {
+            warm(&spread, STEP, step - STEP + 1).await;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         rss_mib_at.push((step as usize, probe.rss_kib() as f64 / 1024.0));
     }
-    let per_channel = |a: (usize, f64), b: (usize, f64)| (b.1 - a.1) * 1024.0 / (b.0 - a.0) as f64;
-    ChannelMemory {
-        kib_per_channel_first_10k: per_channel(rss_mib_at[0], rss_mib_at[1]),
-        kib_per_channel_next_10k: per_channel(rss_mib_at[1], rss_mib_at[2]),
-        rss_mib_at,
-    }
+    ChannelMemory::fit(rss_mib_at)
 }
