@@ -862,16 +862,7 @@ async fn a_burst_reuses_its_connections_to_kvs() {
     // against AWS is a TLS handshake each).
     let (fake, _sidecar, client) = common::warmed(&[]).await;
     let burst = || {
-        fake.script(
-            "/joinStorageSession",
-            vec![Reply::Slow(Duration::from_millis(300), Box::new(Reply::Ok)); 150],
-        );
-        let calls: Vec<_> = (0..150)
-            .map(|_| {
-                let mut client = client.clone();
-                tokio::spawn(async move { client.join_storage_session(join(ARN)).await })
-            })
-            .collect();
+        let calls = common::slow_joins(&fake, &client, 150, Duration::from_millis(300));
         async move {
             for call in calls {
                 call.await.unwrap().expect("a join in the burst");

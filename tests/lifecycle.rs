@@ -20,16 +20,7 @@ fn join(arn: &str) -> JoinStorageSessionRequest {
 #[tokio::test]
 async fn sigterm_with_100_calls_in_flight_completes_them_all_and_exits_zero() {
     let (fake, mut sidecar, client) = common::warmed(&[]).await;
-    fake.script(
-        "/joinStorageSession",
-        vec![Reply::Slow(Duration::from_millis(800), Box::new(Reply::Ok)); 100],
-    );
-    let calls: Vec<_> = (0..100)
-        .map(|_| {
-            let mut client = client.clone();
-            tokio::spawn(async move { client.join_storage_session(join(ARN)).await })
-        })
-        .collect();
+    let calls = common::slow_joins(&fake, &client, 100, Duration::from_millis(800));
     tokio::time::sleep(Duration::from_millis(300)).await;
     sidecar.signal("TERM");
     let mut ok = 0;

@@ -407,16 +407,7 @@ async fn calls_past_the_in_flight_limit_are_shed_at_once_and_health_still_answer
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let (fake, sidecar, client) = common::warmed(&["--max-concurrent-calls", "2"]).await;
-    fake.script(
-        JOIN,
-        vec![Reply::Slow(Duration::from_millis(1500), Box::new(Reply::Ok)); 2],
-    );
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let mut client = client.clone();
-            tokio::spawn(async move { client.join_storage_session(join(ARN)).await })
-        })
-        .collect();
+    let slow = common::slow_joins(&fake, &client, 2, Duration::from_millis(1500));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = Instant::now();

@@ -111,21 +111,9 @@ async fn run(args: &Args) -> Report {
     for &c in &args.concurrency {
         let through = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, c, one.clone()).await);
         let load = Load::Concurrency(c);
-        closed_loop.push(phase(
-            Route::Sdk,
-            load,
-            load::closed(sdk.clone(), c, window, Probe::Me).await,
-        ));
-        closed_loop.push(phase(
-            Route::Stack,
-            load,
-            load::closed(stack.clone(), c, window, Probe::Me).await,
-        ));
-        closed_loop.push(phase(
-            Route::Sidecar,
-            load,
-            load::closed(through, c, window, probe_sidecar).await,
-        ));
+        closed_loop.push(measure(Route::Sdk, load, sdk.clone(), Probe::Me, window).await);
+        closed_loop.push(measure(Route::Stack, load, stack.clone(), Probe::Me, window).await);
+        closed_loop.push(measure(Route::Sidecar, load, through, probe_sidecar, window).await);
     }
 
     let mut open_loop = Vec::new();
@@ -133,26 +121,10 @@ async fn run(args: &Args) -> Report {
     let through = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 1, one.clone()).await);
     for &r in &args.rates {
         let load = Load::Rate(r);
-        open_loop.push(phase(
-            Route::Direct,
-            load,
-            load::open(direct.clone(), r, window, Probe::Me).await,
-        ));
-        open_loop.push(phase(
-            Route::Sdk,
-            load,
-            load::open(sdk.clone(), r, window, Probe::Me).await,
-        ));
-        open_loop.push(phase(
-            Route::Stack,
-            load,
-            load::open(stack.clone(), r, window, Probe::Me).await,
-        ));
-        open_loop.push(phase(
-            Route::Sidecar,
-            load,
-            load::open(through.clone(), r, window, probe_sidecar).await,
-        ));
+        open_loop.push(measure(Route::Direct, load, direct.clone(), Probe::Me, window).await);
+        open_loop.push(measure(Route::Sdk, load, sdk.clone(), Probe::Me, window).await);
+        open_loop.push(measure(Route::Stack, load, stack.clone(), Probe::Me, window).await);
+        open_loop.push(measure(Route::Sidecar, load, through.clone(), probe_sidecar, window).await);
     }
     drop(sidecar);
 
@@ -179,7 +151,18 @@ async fn run(args: &Args) -> Report {
     report
 }
 
-fn phase(route: Route, load: Load, sample: load::Sample) -> Phase {
+/// One phase: `target` under `load`, its cost charged to `probe`.
+async fn measure<T: Target>(
+    route: Route,
+    load: Load,
+    target: Arc<T>,
+    probe: Probe,
+    window: Window,
+) -> Phase {
+    let sample = match load {
+        Load::Concurrency(c) => load::closed(target, c, window, probe).await,
+        Load::Rate(r) => load::open(target, r, window, probe).await,
+    };
     let phase = Phase {
         path: route,
         load,

@@ -116,3 +116,32 @@ pub async fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+pub type JoinResult =
+    Result<tonic::Response<kvs_sidecar::pb::JoinStorageSessionResponse>, tonic::Status>;
+
+/// Scripts `n` joins that KVS answers after `delay`, and starts `n` joins of
+/// [`ARN`] at once, each on its own task.
+pub fn slow_joins(
+    fake: &Emulator,
+    client: &WebRtcStorageServiceClient<Channel>,
+    n: usize,
+    delay: std::time::Duration,
+) -> Vec<tokio::task::JoinHandle<JoinResult>> {
+    fake.script(
+        "/joinStorageSession",
+        vec![Reply::Slow(delay, Box::new(Reply::Ok)); n],
+    );
+    (0..n)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .join_storage_session(JoinStorageSessionRequest {
+                        channel_arn: ARN.into(),
+                    })
+                    .await
+            })
+        })
+        .collect()
+}
