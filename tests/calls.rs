@@ -88,7 +88,8 @@ async fn join_sends_exact_signed_requests_for_the_channels_region() {
     }
     let request_id = answer.aws_request_id;
     assert!(common::is_request_id(&request_id), "{request_id}");
-    let log = sidecar.call_logs().pop().expect("one call log line");
+    // The line is read from the child's output on another thread.
+    let log = common::wait_for(|| sidecar.call_logs().pop()).await;
     assert_eq!(log["rpc"], "JoinStorageSession");
     assert_eq!(log["status"], "OK");
     assert_eq!(log["attempts"], 2);
@@ -532,7 +533,8 @@ async fn a_dead_kvs_is_unavailable_after_retries() {
         "{}",
         err.message()
     );
-    assert_eq!(sidecar.call_logs().pop().unwrap()["attempts"], 3);
+    let log = common::wait_for(|| sidecar.call_logs().pop()).await;
+    assert_eq!(log["attempts"], 3);
 }
 
 #[tokio::test]

@@ -305,7 +305,15 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     assert!(common::is_request_id(&answer.into_inner().aws_request_id));
     let status = sidecar.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));
-    assert!(sidecar.output().iter().any(|l| l.contains("\"stopped\"")));
+    // Output is read on other threads; give them time to catch up.
+    common::wait_for(|| {
+        sidecar
+            .output()
+            .iter()
+            .any(|l| l.contains("\"stopped\""))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -398,7 +406,15 @@ async fn emulate_mode_needs_no_aws_account_and_shows_the_error_paths() {
         "{}",
         denied.message()
     );
-    assert!(sidecar.output().iter().any(|l| l.contains("try: grpcurl")));
+    // Output is read on other threads; give them time to catch up.
+    common::wait_for(|| {
+        sidecar
+            .output()
+            .iter()
+            .any(|l| l.contains("try: grpcurl"))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
