@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::{
-    Error, Operation, UpstreamRequest, UpstreamResponse,
+    Error, ErrorKind, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
     credentials::CredentialCache,
     endpoint::{self, EndpointCache, Role},
@@ -224,7 +224,7 @@ impl KvsClient {
 /// (connection failures or 5xx through every retry).
 fn endpoint_is_stale(err: &Error) -> bool {
     match err {
-        Error::Service(e) => e.code() == "ResourceNotFoundException" || e.http_status >= 500,
+        Error::Service(e) => matches!(e.kind, ErrorKind::NotFound | ErrorKind::Transient),
         Error::Transport(_) => true,
         _ => false,
     }

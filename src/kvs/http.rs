@@ -73,12 +73,12 @@ impl tower::Service<http::Request<Full<Bytes>>> for HttpClient {
     fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
         let sent = self.client.request(req);
         Box::pin(async move {
-            let response = sent.await.map_err(|e| Error::Transport(e.into()))?;
+            let response = sent.await.map_err(|e| Error::transport(&e))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(Error::Transport)?
+                .map_err(|e| Error::transport(&*e))?
                 .to_bytes();
             if !parts.status.is_success() {
                 return Err(Error::Service(ServiceError::from_response(

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod endpoint;
 mod error;
 pub mod http;
+mod redact;
 pub mod retry;
 pub mod sign;
 pub mod stack;
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 
 pub use self::{
     client::{Call, Joined, KvsClient},
-    error::{BoxError, Error, ServiceError},
+    error::{BoxError, Error, ErrorKind, ServiceError},
 };
 
 /// Identifies the sidecar to AWS (CloudTrail's userAgent field).
