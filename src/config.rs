@@ -8,6 +8,7 @@ use http::Uri;
 
 use crate::{
     kvs::{
+        ClientConfig,
         http::HttpConfig,
         retry::Backoff,
         stack::{RateLimits, StackConfig},
@@ -145,6 +146,15 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_ENDPOINT_CACHE_TTL", default_value = "10h", value_parser = humantime::parse_duration)]
     pub endpoint_cache_ttl: Duration,
 
+    /// Most channel endpoints cached (per channel and role, about 1 KiB
+    /// each); the least recently used go first.
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_ENDPOINT_CACHE_CAPACITY",
+        default_value_t = 10_000
+    )]
+    pub endpoint_cache_capacity: u64,
+
     /// Longest wait for the credential provider chain.
     #[arg(long, env = "KVS_SIDECAR_CREDENTIALS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub credentials_timeout: Duration,
@@ -185,6 +195,15 @@ pub enum LogFormat {
 }
 
 impl Config {
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig {
+            stack: self.stack(),
+            credentials_timeout: self.credentials_timeout,
+            endpoint_cache_ttl: self.endpoint_cache_ttl,
+            endpoint_cache_capacity: self.endpoint_cache_capacity,
+        }
+    }
+
     pub fn stack(&self) -> StackConfig {
         StackConfig {
             max_attempts: self.max_attempts,

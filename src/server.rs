@@ -63,9 +63,23 @@ impl Sidecar {
         } else {
             aws(config).await?
         };
-        let (client, credentials) =
-            KvsClient::from_config(config, provider, control_plane, Arc::new(SystemClock))?;
+        let (client, credentials) = KvsClient::build(
+            &config.client(),
+            provider,
+            control_plane,
+            Arc::new(SystemClock),
+        )?;
         let client = Arc::new(client);
+        // moka drops expired entries as a side effect of later lookups; a
+        // timer frees them on an idle sidecar too and keeps the gauge fresh.
+        let sweeper = client.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                sweeper.endpoints().sweep().await;
+            }
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -125,8 +125,8 @@ impl Stack {
             "0",
         ])
         .expect("valid flags");
-        let (client, _credentials) = KvsClient::from_config(
-            &config,
+        let (client, _credentials) = KvsClient::build(
+            &config.client(),
             SharedCredentialsProvider::new(credentials()),
             Some(fake.parse().expect("a valid URL")),
             Arc::new(SystemClock),

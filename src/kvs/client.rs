@@ -17,10 +17,20 @@ use super::{
     Error, ErrorKind, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
     credentials::CredentialCache,
-    endpoint::{self, EndpointCache, Role},
-    stack::{self, Upstream},
+    endpoint::{self, Role},
+    endpoint_cache::EndpointCache,
+    stack::{self, StackConfig, Upstream},
 };
-use crate::{clock::SharedClock, config::Config};
+use crate::clock::SharedClock;
+
+/// Everything the client is built from, as the composition root decides it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConfig {
+    pub stack: StackConfig,
+    pub credentials_timeout: std::time::Duration,
+    pub endpoint_cache_ttl: std::time::Duration,
+    pub endpoint_cache_capacity: u64,
+}
 
 /// One gRPC call's budget and bookkeeping, shared by its discovery and join.
 #[derive(Debug, Clone)]
@@ -73,8 +83,8 @@ impl KvsClient {
     /// The client `config` describes: its tower stack signing with what
     /// `provider` gives (through the returned cache, which the caller may
     /// warm), and an empty endpoint cache.
-    pub fn from_config(
-        config: &Config,
+    pub fn build(
+        config: &ClientConfig,
         provider: SharedCredentialsProvider,
         control_plane: Option<Uri>,
         clock: SharedClock,
@@ -84,8 +94,9 @@ impl KvsClient {
             clock.clone(),
             config.credentials_timeout,
         ));
-        let upstream = stack::build(&config.stack(), credentials.clone(), clock)?;
-        let endpoints = EndpointCache::new(config.endpoint_cache_ttl);
+        let upstream = stack::build(&config.stack, credentials.clone(), clock)?;
+        let endpoints =
+            EndpointCache::new(config.endpoint_cache_ttl, config.endpoint_cache_capacity);
         Ok((Self::new(upstream, endpoints, control_plane), credentials))
     }
 
@@ -151,7 +162,7 @@ impl KvsClient {
                 .await?;
             let answer = self.send(call, operation, endpoint, arn, body).await;
             if answer.as_ref().is_err_and(endpoint_is_stale) {
-                self.endpoints.invalidate(arn, role);
+                self.endpoints.invalidate(arn, role).await;
             }
             let answer = answer?;
             Ok(Joined {
@@ -191,12 +202,12 @@ impl KvsClient {
             .send(
                 call,
                 Operation::GetSignalingChannelEndpoint,
-                control_plane,
+                control_plane.clone(),
                 arn,
                 body,
             )
             .await?;
-        webrtc_endpoint(&answer.body)
+        webrtc_endpoint(&answer.body, &control_plane)
     }
 
     async fn send(
@@ -230,8 +241,11 @@ fn endpoint_is_stale(err: &Error) -> bool {
     }
 }
 
-/// The WEBRTC endpoint in a `GetSignalingChannelEndpoint` answer.
-fn webrtc_endpoint(body: &[u8]) -> Result<Uri, Error> {
+/// The WEBRTC endpoint in a `GetSignalingChannelEndpoint` answer. Joins are
+/// signed with the session token, so an endpoint that would take them in
+/// clear text is refused unless the control plane itself is plain http (a
+/// local emulator).
+fn webrtc_endpoint(body: &[u8], control_plane: &Uri) -> Result<Uri, Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Answer {
@@ -259,7 +273,13 @@ fn webrtc_endpoint(body: &[u8]) -> Result<Uri, Error> {
     let uri: Uri = raw
         .parse()
         .map_err(|e| Error::MalformedResponse(format!("WEBRTC endpoint {raw:?}: {e}")))?;
+    let raw = super::redact::redact(&raw);
     match (uri.scheme_str(), uri.host()) {
+        (Some("http"), _) if control_plane.scheme_str() != Some("http") => {
+            Err(Error::MalformedResponse(format!(
+                "WEBRTC endpoint {raw:?} is plain http while the control plane is https; refusing to send signed requests in clear text"
+            )))
+        }
         (Some("https" | "http"), Some(host)) if !host.is_empty() => Ok(uri),
         _ => Err(Error::MalformedResponse(format!(
             "WEBRTC endpoint {raw:?} is not an http(s) URL with a host"
@@ -282,9 +302,26 @@ mod tests {
             {"Protocol":"WSS","ResourceEndpoint":"wss://m-1.kinesisvideo.us-west-2.amazonaws.com"},
             {"Protocol":"WEBRTC","ResourceEndpoint":"https://w-1.kinesisvideo.us-west-2.amazonaws.com"}]}"#;
         assert_eq!(
-            webrtc_endpoint(body).unwrap().host(),
+            webrtc_endpoint(body, &https()).unwrap().host(),
             Some("w-1.kinesisvideo.us-west-2.amazonaws.com")
         );
+    }
+
+    fn https() -> Uri {
+        "https://kinesisvideo.us-west-2.amazonaws.com"
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn refuses_a_plain_http_endpoint_behind_an_https_control_plane() {
+        let body = br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"http://w-1.example"}]}"#;
+        assert!(matches!(
+            webrtc_endpoint(body, &https()),
+            Err(Error::MalformedResponse(m)) if m.contains("clear text")
+        ));
+        let emulator: Uri = "http://127.0.0.1:4566".parse().unwrap();
+        assert!(webrtc_endpoint(body, &emulator).is_ok());
     }
 
     #[test]
@@ -297,7 +334,7 @@ mod tests {
             b"not json",
         ] {
             assert!(matches!(
-                webrtc_endpoint(body),
+                webrtc_endpoint(body, &https()),
                 Err(Error::MalformedResponse(_))
             ));
         }

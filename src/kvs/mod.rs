@@ -8,6 +8,7 @@ pub mod arn;
 mod client;
 pub mod credentials;
 pub mod endpoint;
+pub mod endpoint_cache;
 mod error;
 pub mod http;
 mod redact;
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use self::{
-    client::{Call, Joined, KvsClient},
+    client::{Call, ClientConfig, Joined, KvsClient},
     error::{BoxError, Error, ErrorKind, ServiceError},
 };
 
