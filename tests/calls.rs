@@ -846,7 +846,10 @@ async fn the_client_side_rate_limit_spreads_bursts_refuses_beyond_a_second_and_s
     // A burst of 5 (less the warm-up join's token) goes at once, a second's
     // worth more (5) queues, spread over that second; the rest is refused
     // without waiting rather than queued behind it.
-    assert!((8..=11).contains(&joined), "{joined} joined, {refused} refused");
+    assert!(
+        (8..=11).contains(&joined),
+        "{joined} joined, {refused} refused"
+    );
     assert!(
         last_join - started >= Duration::from_millis(700),
         "{:?}",

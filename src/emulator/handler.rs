@@ -43,7 +43,15 @@ impl Emulator {
                 body: body.clone(),
                 signature: signature.clone(),
             });
-            state.script.get_mut(&path).and_then(|q| q.pop_front())
+            let throttled = state
+                .throttled
+                .get(&path)
+                .is_some_and(|until| std::time::Instant::now() < *until);
+            state
+                .script
+                .get_mut(&path)
+                .and_then(|q| q.pop_front())
+                .or_else(|| throttled.then(|| Reply::error(400, "ClientLimitExceededException")))
         };
         let mut answer = match self.authenticate(&parts.headers, signature) {
             Ok(scope) => {

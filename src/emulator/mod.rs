@@ -145,6 +145,8 @@ const RECEIVED_KEPT: usize = 1024;
 struct State {
     received: VecDeque<Received>,
     script: HashMap<String, VecDeque<Reply>>,
+    /// Paths answering `ClientLimitExceededException` until an instant.
+    throttled: HashMap<String, std::time::Instant>,
     webrtc_endpoint: Option<String>,
     credential_loads: usize,
     /// TCP connections accepted, to see whether callers reuse them.
@@ -216,6 +218,16 @@ impl Emulator {
             .entry(path.to_owned())
             .or_default()
             .extend(replies);
+    }
+
+    /// Throttles every request to `path` for `duration`, as KVS does when
+    /// the account's quota for an operation is used up (other pods sharing
+    /// it, say): HTTP 400 `ClientLimitExceededException`. Scripted answers
+    /// still come first.
+    pub fn throttle(&self, path: &str, duration: Duration) {
+        self.lock()
+            .throttled
+            .insert(path.to_owned(), std::time::Instant::now() + duration);
     }
 
     /// Scripted answers for `path` not used yet.

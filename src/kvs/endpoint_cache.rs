@@ -52,7 +52,11 @@ impl EndpointCache {
             .await
             // Callers that waited on the same discovery share its error.
             .map_err(|shared| (*shared).clone())?;
-        metrics::endpoint_cache(!entry.is_fresh());
+        let discovered = entry.is_fresh();
+        metrics::endpoint_cache(!discovered);
+        if discovered {
+            metrics::endpoint_cache_entries(self.entries.entry_count());
+        }
         Ok(entry.into_value())
     }
 
