@@ -112,7 +112,10 @@ async fn a_discovery_storm_does_not_block_channels_whose_endpoint_is_cached() {
 async fn new_channels_are_discovered_again_soon_after_a_storm() {
     let (fake, sidecar, client) = common::warmed(&[]).await;
     let (burst, storm_ends) = storm(&fake, &client, Duration::from_secs(3)).await;
-    let refused = refused(burst).await;
+    let mut refused = 0;
+    for call in burst {
+        refused += usize::from(call.await.unwrap().is_err());
+    }
     assert!(
         refused > 250,
         "the storm throttled new channels ({refused} refused)"
