@@ -133,10 +133,12 @@ impl Emulator {
                 "Credential should be scoped to correct service: 'kinesisvideo'.",
             ),
             Ok(scope) => Ok(scope),
-            Err(_) => deny(
-                "InvalidSignatureException",
-                "The request signature we calculated does not match the signature you provided.",
-            ),
+            // A well-formed signature that does not verify gets AWS's long
+            // answer, canonical request and string to sign included.
+            Err(reason) if reason.starts_with(sigv4::MISMATCH) => {
+                Err(("InvalidSignatureException", reason))
+            }
+            Err(_) => deny("InvalidSignatureException", sigv4::MISMATCH),
         }
     }
 
