@@ -321,6 +321,62 @@ async fn kvs_text_echoing_the_session_token_reaches_no_caller_log_or_metric() {
     }
 }
 
+/// A caller that sends bad or refused requests as fast as it can gets a few
+/// log lines a second, none of them echoing its input.
+#[tokio::test]
+async fn rejected_and_refused_calls_cannot_amplify_the_log() {
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(
+        &fake,
+        &[
+            "--allowed-channels",
+            "arn:aws:kinesisvideo:*:123456789012:channel/allowed-*/*",
+        ],
+    );
+    let mut client = sidecar.client().await;
+    let marker = "RejectedInputMarker";
+    let started = Instant::now();
+    for i in 0..300 {
+        let bad = format!("arn:aws:kinesisvideo:eu-central-1:123456789012:channel/{marker}!{i}/1");
+        let err = client.join_storage_session(join(&bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let refused = common::arn(&format!("refused-{i}"));
+        let err = client
+            .join_storage_session(join(&refused))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let output = sidecar.output();
+    assert!(
+        output.iter().all(|l| !l.contains(marker)),
+        "a rejected value was logged"
+    );
+    let rejected: Vec<_> = output
+        .iter()
+        .filter(|l| l.contains("call rejected"))
+        .collect();
+    let refused: Vec<_> = output.iter().filter(|l| l.contains("refused-")).collect();
+    println!(
+        "600 bad calls in {seconds} s: {} lines for rejected input, {} for refused channels",
+        rejected.len(),
+        refused.len()
+    );
+    for (kind, lines) in [("rejected", &rejected), ("refused", &refused)] {
+        assert!(!lines.is_empty(), "no {kind} line at all");
+        assert!(
+            lines.len() as u64 <= 6 * seconds,
+            "{} {kind} lines in {seconds} s",
+            lines.len()
+        );
+    }
+    for line in refused {
+        assert_eq!(line.matches("refused-").count(), 1, "logged twice: {line}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let (fake, mut sidecar, client) = common::warmed(&[]).await;

@@ -1,5 +1,6 @@
 //! The gRPC side: the service, its status mapping, deadlines and metrics.
 
+mod call_log;
 pub mod deadline;
 pub mod load_shed;
 pub mod metrics;

@@ -47,6 +47,28 @@ pub enum ValidationError {
     BadClientIdChar(usize),
 }
 
+impl ValidationError {
+    /// What was wrong, without the rejected value: for log lines, where
+    /// caller input must not be echoed.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ValidationError::Empty => "empty",
+            ValidationError::TooLong(..) => "too_long",
+            ValidationError::NotAnArn => "not_an_arn",
+            ValidationError::WrongPartCount(_) => "wrong_part_count",
+            ValidationError::BadPartition(_) => "bad_partition",
+            ValidationError::BadService(_) => "bad_service",
+            ValidationError::BadRegion(_) => "bad_region",
+            ValidationError::BadAccount(_) => "bad_account",
+            ValidationError::BadResource(_) => "bad_resource",
+            ValidationError::BadResourceType(_) => "bad_resource_type",
+            ValidationError::BadChannelName(_) => "bad_channel_name",
+            ValidationError::BadChannelId(_) => "bad_channel_id",
+            ValidationError::BadClientIdChar(_) => "bad_client_id_char",
+        }
+    }
+}
+
 /// A channel ARN that matches the service model's pattern. Cheap to clone;
 /// the parts borrow from the one string.
 #[derive(Clone, PartialEq, Eq, Hash)]
