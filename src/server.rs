@@ -109,7 +109,7 @@ impl Sidecar {
             .prepare()
             .into_axum_router()
             .layer(axum::middleware::from_fn(grpc::require_http2))
-            .layer(LoadShedLayer::new(config.max_concurrent_calls.max(1)))
+            .layer(LoadShedLayer::new(config.max_concurrent_calls))
             .layer(GrpcMetricsLayer);
 
         let ready = Readiness::default();
