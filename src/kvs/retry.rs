@@ -90,6 +90,19 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The wait before retrying after `err`: KVS's `x-amz-retry-after` when
+    /// it sent one (as the SDKs honour it), never beyond our longest
+    /// backoff; the jittered backoff otherwise.
+    pub fn delay_after(&self, err: &Error, kind: RetryKind, retry: u32, jitter: f64) -> Duration {
+        match err {
+            Error::Service(ServiceError {
+                retry_after: Some(asked),
+                ..
+            }) => (*asked).min(self.max),
+            _ => self.delay(kind, retry, jitter),
+        }
+    }
+
     pub fn delay(&self, kind: RetryKind, retry: u32, jitter: f64) -> Duration {
         let base = match kind {
             RetryKind::Throttling => self.throttling_base,
@@ -263,15 +276,9 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         if self.attempts >= self.max_attempts {
             return None;
         }
-        // KVS's `x-amz-retry-after` replaces the backoff, as in the SDKs,
-        // but never beyond our own longest backoff.
-        let delay = match err {
-            Error::Service(ServiceError {
-                retry_after: Some(asked),
-                ..
-            }) => (*asked).min(self.backoff.max),
-            _ => self.backoff.delay(kind, self.attempts, fastrand::f64()),
-        };
+        let delay = self
+            .backoff
+            .delay_after(err, kind, self.attempts, fastrand::f64());
         // Waiting past the deadline only to be cut off would hide the real
         // error behind DEADLINE_EXCEEDED; answer with the real one now.
         if Instant::now() + delay >= req.deadline {
@@ -407,5 +414,31 @@ mod tests {
         );
         assert_eq!(b.delay(RetryKind::TransientServer, 2, 0.0), Duration::ZERO);
         assert_eq!(full(RetryKind::ExpiredCredentials, 1), Duration::ZERO);
+
+        let asked = |ms: &'static str| {
+            Error::Service(ServiceError::from_response(
+                429,
+                &http::HeaderMap::from_iter([(
+                    http::HeaderName::from_static("x-amz-retry-after"),
+                    http::HeaderValue::from_static(ms),
+                )]),
+                b"",
+            ))
+        };
+        let kind = RetryKind::Throttling;
+        assert_eq!(
+            b.delay_after(&asked("1500"), kind, 1, 0.1),
+            Duration::from_millis(1500),
+            "KVS's wait replaces the jittered backoff"
+        );
+        assert_eq!(
+            b.delay_after(&asked("600000"), kind, 1, 0.1),
+            Duration::from_secs(2),
+            "bounded by the longest backoff"
+        );
+        assert_eq!(
+            b.delay_after(&service(429, "x"), kind, 1, 1.0),
+            Duration::from_millis(500)
+        );
     }
 }
