@@ -64,6 +64,11 @@ impl SkewCorrectedClock {
         self.offset_ms.store(offset_ms, Ordering::Relaxed);
         offset_ms as f64 / 1e3
     }
+
+    /// This host's time, without the correction: what callers' clocks say.
+    pub fn uncorrected(&self) -> SystemTime {
+        self.inner.now()
+    }
 }
 
 impl Clock for SkewCorrectedClock {

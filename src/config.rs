@@ -157,6 +157,11 @@ pub struct Config {
     )]
     pub endpoint_cache_capacity: u64,
 
+    /// How long a presigned signaling URL (GetSignalingConnection) is
+    /// accepted: X-Amz-Expires, 1 s to 300 s (KVS's maximum).
+    #[arg(long, env = "KVS_SIDECAR_SIGNALING_URL_EXPIRY", default_value = "300s", value_parser = signaling_url_expiry)]
+    pub signaling_url_expiry: Duration,
+
     /// Longest wait for the credential provider chain.
     #[arg(long, env = "KVS_SIDECAR_CREDENTIALS_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub credentials_timeout: Duration,
@@ -215,6 +220,20 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
     if d.is_zero() {
         return Err("must be longer than 0".into());
+    }
+    Ok(d)
+}
+
+/// X-Amz-Expires of a presigned signaling URL: whole seconds, at most
+/// KVS's 300.
+fn signaling_url_expiry(s: &str) -> Result<Duration, String> {
+    let d = positive_duration(s)?;
+    let max = crate::signaling::presign::MAX_EXPIRY;
+    if d < Duration::from_secs(1) || d > max || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?} is not a whole number of seconds from 1s to {}s (KVS's maximum)",
+            max.as_secs()
+        ));
     }
     Ok(d)
 }
@@ -304,6 +323,14 @@ mod tests {
         assert_eq!(c.attempt_timeout, Duration::from_millis(250));
         assert_eq!(c.stack().max_attempts, 5);
         assert!(Config::try_parse_from(["kvs-sidecar", "--max-attempts", "0"]).is_err());
+        let expiry = |v: &str| {
+            Config::try_parse_from(["kvs-sidecar", "--signaling-url-expiry", v])
+                .map(|c| c.signaling_url_expiry)
+        };
+        assert_eq!(expiry("60s").unwrap(), Duration::from_secs(60));
+        for refused in ["301s", "0s", "1500ms", "10m"] {
+            assert!(expiry(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

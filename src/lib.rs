@@ -12,6 +12,7 @@ pub mod kvs;
 pub mod metrics;
 pub mod policy;
 pub mod server;
+pub mod signaling;
 pub mod telemetry;
 pub mod tls;
 

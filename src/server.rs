@@ -29,6 +29,7 @@ use crate::{
     kvs::{KvsClient, credentials::CredentialCache},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
+    signaling::Signaling,
     tls::{self, TlsListener},
 };
 
@@ -63,7 +64,7 @@ impl Sidecar {
         } else {
             aws(config).await?
         };
-        let (client, credentials) = KvsClient::build(
+        let (client, credentials, clock) = KvsClient::build(
             &config.client(),
             provider,
             control_plane,
@@ -90,8 +91,15 @@ impl Sidecar {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
+        let signaling = Signaling::new(
+            client.clone(),
+            credentials.clone(),
+            clock,
+            config.signaling_url_expiry,
+        );
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
             client,
+            signaling,
             ChannelPolicy::new(config.allowed_channels.clone()),
             config.max_call_duration,
         ))

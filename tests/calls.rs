@@ -56,7 +56,7 @@ async fn join_sends_exact_signed_requests_for_the_channels_region() {
         discovery[0].json(),
         serde_json::json!({
             "ChannelARN": ARN,
-            "SingleMasterChannelEndpointConfiguration": {"Protocols": ["WEBRTC"], "Role": "MASTER"}
+            "SingleMasterChannelEndpointConfiguration": {"Protocols": ["WSS", "HTTPS", "WEBRTC"], "Role": "MASTER"}
         })
     );
     let joins = webrtc.received_on(JOIN);

@@ -9,7 +9,7 @@ use std::{
 };
 
 use common::{ARN, Reply, Sidecar};
-use kvs_sidecar::pb::JoinStorageSessionRequest;
+use kvs_sidecar::pb::{GetSignalingConnectionRequest, JoinStorageSessionRequest, SignalingRole};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -240,6 +240,40 @@ async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
     client.join_storage_session(join(ARN)).await.unwrap_err();
     fake.script(JOIN, [Reply::Reset, Reply::error(500, "")]);
     client.join_storage_session(join(ARN)).await.unwrap();
+    // Signaling connections: the presigned URL's signature and the TURN
+    // passwords are secrets too (the token in the URL is scanned above).
+    let mut signaling_secrets = Vec::new();
+    for (role, client_id) in [(SignalingRole::Master, ""), (SignalingRole::Viewer, "v-1")] {
+        let answer = client
+            .get_signaling_connection(GetSignalingConnectionRequest {
+                channel_arn: ARN.into(),
+                role: role as i32,
+                client_id: client_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let signature = answer
+            .websocket_url
+            .split("X-Amz-Signature=")
+            .nth(1)
+            .and_then(|s| s.split('&').next())
+            .expect("a presigned URL")
+            .to_owned();
+        signaling_secrets.push(signature);
+        for server in answer
+            .ice_servers
+            .iter()
+            .filter(|s| !s.credential.is_empty())
+        {
+            signaling_secrets.push(server.credential.clone());
+        }
+    }
+    assert_eq!(
+        signaling_secrets.len(),
+        4,
+        "two signatures, two TURN passwords"
+    );
     let (_, metrics) = sidecar.admin_get("/metrics");
 
     let output = sidecar.output();
@@ -252,7 +286,10 @@ async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
     for secret in [
         &keys.secret_access_key,
         keys.session_token.as_ref().unwrap(),
-    ] {
+    ]
+    .into_iter()
+    .chain(&signaling_secrets)
+    {
         for line in output.iter().chain([&metrics]) {
             assert!(!line.contains(secret), "a secret leaked: {line}");
         }

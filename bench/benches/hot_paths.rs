@@ -13,7 +13,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use kvs_sidecar::kvs::{
     Error, ServiceError,
     arn::{self, ChannelArn},
-    endpoint::Role,
+    endpoint::{Endpoints, Role},
     endpoint_cache::EndpointCache,
     retry, sign,
 };
@@ -117,9 +117,14 @@ fn endpoint_cache(c: &mut Criterion) {
         .build()
         .unwrap();
     let cache = EndpointCache::new(Duration::from_secs(3600), 20_000);
-    let endpoint: http::Uri = "https://w-1234.kinesisvideo.us-west-2.amazonaws.com"
-        .parse()
-        .unwrap();
+    let endpoint = std::sync::Arc::new(Endpoints {
+        webrtc: Some(
+            "https://w-1234.kinesisvideo.us-west-2.amazonaws.com"
+                .parse()
+                .unwrap(),
+        ),
+        ..Endpoints::default()
+    });
     let arns: Vec<ChannelArn> = (0..10_000)
         .map(|i| ChannelArn::parse(&ARN.replace("front-door", &format!("camera-{i}"))).unwrap())
         .collect();

@@ -125,7 +125,7 @@ impl Stack {
             "0",
         ])
         .expect("valid flags");
-        let (client, _credentials) = KvsClient::build(
+        let (client, _credentials, _clock) = KvsClient::build(
             &config.client(),
             SharedCredentialsProvider::new(credentials()),
             Some(fake.parse().expect("a valid URL")),

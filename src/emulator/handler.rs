@@ -15,6 +15,9 @@ const MAX_BODY: usize = 64 * 1024;
 
 impl Emulator {
     pub(super) async fn handle(&self, req: Request<Incoming>) -> Result<Answer, std::io::Error> {
+        if Self::is_websocket(&req) {
+            return Ok(self.signaling_handshake(req));
+        }
         let (parts, body) = req.into_parts();
         let body = Limited::new(body, MAX_BODY)
             .collect()
@@ -146,7 +149,7 @@ impl Emulator {
     fn check_time(&self, headers: &http::HeaderMap) -> Option<String> {
         const WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
         let amz = headers.get("x-amz-date")?.to_str().ok()?;
-        let signed = parse_amz_date(amz)?;
+        let signed = sigv4::parse_amz_date(amz)?;
         let now = self.now();
         if signed + WINDOW < now {
             let limit = amz_date(now - WINDOW);
@@ -177,6 +180,16 @@ impl Emulator {
         struct DiscoverConfig {
             #[serde(rename = "Role")]
             role: Option<String>,
+            #[serde(rename = "Protocols", default)]
+            protocols: Vec<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct IceConfig {
+            #[serde(rename = "ChannelARN")]
+            channel_arn: String,
+            client_id: Option<String>,
+            service: Option<String>,
         }
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -190,11 +203,36 @@ impl Emulator {
                 let Ok(req) = serde_json::from_slice::<Discover>(body) else {
                     return invalid("the request body is not a GetSignalingChannelEndpoint input");
                 };
-                let role = req.config.and_then(|c| c.role);
+                let (role, protocols) = req
+                    .config
+                    .map(|c| (c.role, c.protocols))
+                    .unwrap_or_default();
                 if !matches!(role.as_deref(), None | Some("MASTER" | "VIEWER")) {
                     return invalid("Role must be MASTER or VIEWER");
                 }
+                if protocols
+                    .iter()
+                    .any(|p| !matches!(p.as_str(), "WSS" | "HTTPS" | "WEBRTC"))
+                {
+                    return invalid("Protocols must be WSS, HTTPS or WEBRTC");
+                }
                 (req.channel_arn, "GetSignalingChannelEndpoint")
+            }
+            "/v1/get-ice-server-config" => {
+                let Ok(req) = serde_json::from_slice::<IceConfig>(body) else {
+                    return invalid("the request body is not a GetIceServerConfig input");
+                };
+                if !matches!(req.service.as_deref(), None | Some("TURN")) {
+                    return invalid("Service must be TURN");
+                }
+                if req
+                    .client_id
+                    .as_deref()
+                    .is_some_and(|id| validate_client_id(id).is_err())
+                {
+                    return invalid("Value at 'clientId' failed to satisfy constraint");
+                }
+                (req.channel_arn, "GetIceServerConfig")
             }
             "/joinStorageSession" | "/joinStorageSessionAsViewer" => {
                 let viewer = path == "/joinStorageSessionAsViewer";
@@ -260,10 +298,23 @@ impl Emulator {
                     .clone()
                     .unwrap_or_else(|| self.url());
                 serde_json::json!({"ResourceEndpointList": [
-                    {"Protocol": "WSS", "ResourceEndpoint": format!("wss://{}", self.addr)},
+                    {"Protocol": "WSS", "ResourceEndpoint": format!("ws://{}", self.addr)},
+                    {"Protocol": "HTTPS", "ResourceEndpoint": self.url()},
                     {"Protocol": "WEBRTC", "ResourceEndpoint": webrtc},
                 ]})
                 .to_string()
+            }
+            "GetIceServerConfig" => ice_server_config(&arn, self.now()),
+            "JoinStorageSession" => {
+                self.deliver_offer(arn.as_str(), None);
+                String::new()
+            }
+            "JoinStorageSessionAsViewer" => {
+                let client_id = serde_json::from_slice::<Join>(body)
+                    .ok()
+                    .and_then(|j| j.client_id);
+                self.deliver_offer(arn.as_str(), client_id.as_deref());
+                String::new()
             }
             _ => String::new(),
         };
@@ -301,29 +352,39 @@ impl Emulator {
     }
 }
 
-/// `20261125T113800Z` → a time.
-fn parse_amz_date(amz: &str) -> Option<std::time::SystemTime> {
-    let b = amz.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
-        return None;
-    }
-    let rfc3339 = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &amz[0..4],
-        &amz[4..6],
-        &amz[6..8],
-        &amz[9..11],
-        &amz[11..13],
-        &amz[13..15]
-    );
-    humantime::parse_rfc3339(&rfc3339).ok()
-}
-
 /// A time as SigV4 writes it: `20261125T113800Z`.
 fn amz_date(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t)
         .to_string()
         .replace(['-', ':'], "")
+}
+
+/// A TURN server with credentials valid for 5 minutes, as KVS answers
+/// (the user name is the expiry and an opaque id; the password is fresh).
+fn ice_server_config(arn: &ChannelArn, now: std::time::SystemTime) -> String {
+    const TTL: u64 = 300;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let expiry = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + TTL)
+        .unwrap_or_default();
+    let password: String = (0..43)
+        .map(|_| CHARS[fastrand::usize(..CHARS.len())] as char)
+        .collect();
+    let user = format!(
+        "{expiry}:{}",
+        hex::encode(&arn.as_str().as_bytes()[..arn.as_str().len().min(24)])
+    );
+    serde_json::json!({"IceServerList": [{
+        "Password": format!("{password}="),
+        "Ttl": TTL,
+        "Uris": [
+            "turn:127.0.0.1:3478?transport=udp",
+            "turns:127.0.0.1:443?transport=tcp",
+        ],
+        "Username": user,
+    }]})
+    .to_string()
 }
 
 fn respond(status: u16) -> http::response::Builder {
@@ -337,7 +398,7 @@ fn invalid(message: &str) -> Answer {
     error(400, "InvalidArgumentException", message, Dialect::Header)
 }
 
-fn error(status: u16, code: &str, message: &str, dialect: Dialect) -> Answer {
+pub(super) fn error(status: u16, code: &str, message: &str, dialect: Dialect) -> Answer {
     let mut builder = respond(status);
     let body = match dialect {
         Dialect::Header => {

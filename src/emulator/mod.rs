@@ -2,10 +2,14 @@
 //! and the project's tests use it as their one fake KVS.
 //!
 //! It listens on 127.0.0.1 only and answers the way KVS does:
-//! `GetSignalingChannelEndpoint` with a WEBRTC endpoint (itself, unless told
-//! otherwise), both joins with an empty 200 and an `x-amzn-RequestId`, and
-//! errors in KVS's restJson form. It verifies every SigV4 signature against
-//! the credentials it was given, with its own verifier ([`sigv4`]).
+//! `GetSignalingChannelEndpoint` with WSS, HTTPS and WEBRTC endpoints (all
+//! itself, WEBRTC unless told otherwise), `GetIceServerConfig` with a TURN
+//! server and fresh credentials, both joins with an empty 200 and an
+//! `x-amzn-RequestId`, and errors in KVS's restJson form. It verifies every
+//! SigV4 signature against the credentials it was given, with its own
+//! verifier ([`sigv4`]), presigned signaling URLs included: it serves the
+//! signaling WebSocket too, and sends the connected master (or viewer) an
+//! SDP offer each time its join succeeds (see `signaling.rs`).
 //!
 //! Any well-formed channel ARN exists, except channel names that begin with
 //! `missing-` (ResourceNotFoundException) or `denied-`
@@ -25,6 +29,7 @@
 //! ```
 
 mod handler;
+mod signaling;
 pub mod sigv4;
 
 use std::{
@@ -153,6 +158,8 @@ struct State {
     connections: usize,
     /// How far the emulated AWS clock is ahead of ours (negative: behind).
     clock_offset_secs: i64,
+    /// Open signaling WebSockets, by master or viewer.
+    signaling: signaling::Peers,
 }
 
 #[derive(Clone)]
@@ -189,6 +196,7 @@ impl Emulator {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
                         .await;
                 });
             }

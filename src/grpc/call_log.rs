@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use super::status;
-use crate::kvs::{Call, Error, Joined};
+use crate::kvs::{Call, Error};
 
 const LINES_PER_SECOND: u32 = 5;
 
@@ -27,19 +27,19 @@ pub fn log_call(
     arn: &str,
     call: &Call,
     started: Instant,
-    result: &Result<Joined, Error>,
+    result: Result<&str, &Error>,
 ) {
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     let attempts = call.attempts();
     let err = match result {
-        Ok(joined) => {
+        Ok(request_id) => {
             tracing::debug!(
                 rpc,
                 channel = arn,
                 status = "OK",
                 attempts,
                 latency_ms,
-                request_id = joined.request_id,
+                request_id,
                 "call"
             );
             return;

@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use prost_types::Timestamp;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -9,26 +10,38 @@ use super::{call_log::log_call, deadline::deadline, status::to_status};
 use crate::{
     kvs::{
         Call, Error, Joined, KvsClient,
-        arn::{ChannelArn, validate_client_id},
+        arn::{ChannelArn, ValidationError, validate_client_id},
+        endpoint::Role,
     },
     pb::{
+        GetSignalingConnectionRequest, GetSignalingConnectionResponse, IceServer,
         JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
-        JoinStorageSessionRequest, JoinStorageSessionResponse,
+        JoinStorageSessionRequest, JoinStorageSessionResponse, SignalingRole,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
     policy::ChannelPolicy,
+    signaling::{Connection, Signaling},
 };
 
 pub struct WebRtcStorage {
     client: Arc<KvsClient>,
+    signaling: Signaling,
     policy: ChannelPolicy,
     max_call_duration: Duration,
 }
 
+// === impl WebRtcStorage ===
+
 impl WebRtcStorage {
-    pub fn new(client: Arc<KvsClient>, policy: ChannelPolicy, max_call_duration: Duration) -> Self {
+    pub fn new(
+        client: Arc<KvsClient>,
+        signaling: Signaling,
+        policy: ChannelPolicy,
+        max_call_duration: Duration,
+    ) -> Self {
         Self {
             client,
+            signaling,
             policy,
             max_call_duration,
         }
@@ -44,6 +57,28 @@ impl WebRtcStorage {
             return Err(Error::ChannelNotAllowed(arn.to_string()));
         }
         Ok(arn)
+    }
+
+    /// The role and client id of a signaling request: a viewer needs a valid
+    /// client id, a master must send none.
+    fn signaling_role<'a>(
+        &self,
+        msg: &'a GetSignalingConnectionRequest,
+    ) -> Result<(Role, Option<&'a str>), Error> {
+        let invalid = |field, reason| Error::InvalidRequest { field, reason };
+        match SignalingRole::try_from(msg.role) {
+            Ok(SignalingRole::Master) if msg.client_id.is_empty() => Ok((Role::Master, None)),
+            Ok(SignalingRole::Master) => {
+                Err(invalid("client_id", ValidationError::NotEmptyForMaster))
+            }
+            Ok(SignalingRole::Viewer) => {
+                validate_client_id(&msg.client_id).map_err(|r| invalid("client_id", r))?;
+                Ok((Role::Viewer, Some(msg.client_id.as_str())))
+            }
+            Ok(SignalingRole::Unspecified) | Err(_) => {
+                Err(invalid("role", ValidationError::UnspecifiedRole))
+            }
+        }
     }
 
     fn call<T>(&self, req: &Request<T>) -> Call {
@@ -74,7 +109,7 @@ impl WebRtcStorageService for WebRtcStorage {
             &msg.channel_arn,
             &call,
             started,
-            &result,
+            result.as_ref().map(|j| j.request_id.as_str()),
         );
         let Joined { request_id } = result.map_err(|e| to_status(&e))?;
         Ok(Response::new(JoinStorageSessionResponse {
@@ -105,19 +140,71 @@ impl WebRtcStorageService for WebRtcStorage {
             &msg.channel_arn,
             &call,
             started,
-            &result,
+            result.as_ref().map(|j| j.request_id.as_str()),
         );
         let Joined { request_id } = result.map_err(|e| to_status(&e))?;
         Ok(Response::new(JoinStorageSessionAsViewerResponse {
             aws_request_id: request_id,
         }))
     }
+
+    async fn get_signaling_connection(
+        &self,
+        req: Request<GetSignalingConnectionRequest>,
+    ) -> Result<Response<GetSignalingConnectionResponse>, Status> {
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let started = Instant::now();
+        let result = async {
+            let arn = self.channel(&msg.channel_arn)?;
+            let (role, client_id) = self.signaling_role(&msg)?;
+            self.signaling
+                .connection(&call, &arn, role, client_id)
+                .await
+        }
+        .await;
+        // The log line never holds the URL or the TURN credentials.
+        log_call(
+            "GetSignalingConnection",
+            &msg.channel_arn,
+            &call,
+            started,
+            result.as_ref().map(|_| ""),
+        );
+        let connection = result.map_err(|e| to_status(&e))?;
+        Ok(Response::new(signaling_response(connection)))
+    }
+}
+
+fn signaling_response(c: Connection) -> GetSignalingConnectionResponse {
+    let stun = IceServer {
+        urls: vec![c.stun],
+        ..IceServer::default()
+    };
+    let turn = c.turn.into_iter().map(|t| IceServer {
+        urls: t.uris,
+        username: t.username,
+        credential: t.password,
+        ttl: Some(prost_types::Duration {
+            seconds: i64::try_from(t.ttl.as_secs()).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+    });
+    GetSignalingConnectionResponse {
+        websocket_url: c.websocket_url.into_string(),
+        expires_at: Some(Timestamp::from(c.expires_at)),
+        ice_servers: std::iter::once(stun).chain(turn).collect(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::{KvsClient, endpoint_cache::EndpointCache};
+    use crate::{
+        clock::SkewCorrectedClock,
+        kvs::{KvsClient, credentials::CredentialCache, endpoint_cache::EndpointCache},
+    };
+    use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
     use proptest::prelude::*;
 
     /// A service whose upstream would fail if reached: these tests only
@@ -128,16 +215,65 @@ mod tests {
                 Err(Error::Transport("unreachable in this test".into()))
             },
         ));
-        let client = KvsClient::new(
+        let client = Arc::new(KvsClient::new(
             upstream,
             EndpointCache::new(Duration::from_secs(60), 100),
             None,
+        ));
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let credentials = Arc::new(CredentialCache::new(
+            SharedCredentialsProvider::new(Credentials::for_tests()),
+            clock.clone(),
+            Duration::from_secs(1),
+        ));
+        let signaling = Signaling::new(
+            client.clone(),
+            credentials,
+            Arc::new(SkewCorrectedClock::new(clock)),
+            Duration::from_secs(300),
         );
         WebRtcStorage::new(
-            Arc::new(client),
+            client,
+            signaling,
             ChannelPolicy::default(),
             Duration::from_secs(1),
         )
+    }
+
+    #[test]
+    fn signaling_roles_and_client_ids_are_checked_before_anything_is_sent() {
+        let svc = service();
+        let request = |role: i32, client_id: &str| GetSignalingConnectionRequest {
+            channel_arn: String::new(),
+            role,
+            client_id: client_id.into(),
+        };
+        let refused = |role, client_id| {
+            svc.signaling_role(&request(role, client_id))
+                .unwrap_err()
+                .to_string()
+        };
+        let (master, viewer) = (SignalingRole::Master as i32, SignalingRole::Viewer as i32);
+        assert_eq!(
+            svc.signaling_role(&request(master, "")).unwrap(),
+            (Role::Master, None)
+        );
+        assert_eq!(
+            svc.signaling_role(&request(viewer, "v-1")).unwrap(),
+            (Role::Viewer, Some("v-1"))
+        );
+        assert_eq!(
+            refused(master, "v-1"),
+            "client_id: must be empty for SIGNALING_ROLE_MASTER"
+        );
+        assert_eq!(refused(viewer, ""), "client_id: is empty");
+        assert!(refused(viewer, "a b").starts_with("client_id: contains a character"));
+        for role in [0, 7, -1] {
+            assert_eq!(
+                refused(role, ""),
+                "role: must be SIGNALING_ROLE_MASTER or SIGNALING_ROLE_VIEWER"
+            );
+        }
     }
 
     proptest! {
@@ -162,6 +298,12 @@ mod tests {
             }
             if let Ok(msg) = JoinStorageSessionRequest::decode(&bytes[..]) {
                 let _ = svc.channel(&msg.channel_arn);
+            }
+            if let Ok(msg) = GetSignalingConnectionRequest::decode(&bytes[..])
+                && let Err(e) = svc.signaling_role(&msg)
+            {
+                let e = e.to_string();
+                prop_assert!(e.starts_with("role: ") || e.starts_with("client_id: "));
             }
         }
     }

@@ -45,6 +45,11 @@ pub enum ValidationError {
     BadChannelId(String),
     #[error("contains a character outside [a-zA-Z0-9_.-] at position {0}")]
     BadClientIdChar(usize),
+    /// A field that only one role takes (a master has no client id).
+    #[error("must be empty for SIGNALING_ROLE_MASTER")]
+    NotEmptyForMaster,
+    #[error("must be SIGNALING_ROLE_MASTER or SIGNALING_ROLE_VIEWER")]
+    UnspecifiedRole,
 }
 
 impl ValidationError {
@@ -65,6 +70,8 @@ impl ValidationError {
             ValidationError::BadChannelName(_) => "bad_channel_name",
             ValidationError::BadChannelId(_) => "bad_channel_id",
             ValidationError::BadClientIdChar(_) => "bad_client_id_char",
+            ValidationError::NotEmptyForMaster => "not_empty_for_master",
+            ValidationError::UnspecifiedRole => "unspecified",
         }
     }
 }

@@ -1,9 +1,13 @@
-//! The two joins, each preceded (once per channel and role) by endpoint
-//! discovery.
+//! The two joins and `GetIceServerConfig`, each preceded (once per channel
+//! and role) by endpoint discovery.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -17,11 +21,11 @@ use super::{
     Error, ErrorKind, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
     credentials::CredentialCache,
-    endpoint::{self, Role},
+    endpoint::{self, Endpoints, Protocol, Role},
     endpoint_cache::EndpointCache,
     stack::{self, StackConfig, Upstream},
 };
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, SkewCorrectedClock};
 
 /// Everything the client is built from, as the composition root decides it.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +54,32 @@ impl Call {
     /// Requests sent to KVS so far, discovery and retries included.
     pub fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Nothing the call does may wait past this.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+/// A TURN server from `GetIceServerConfig`. Debug never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TurnServer {
+    pub uris: Vec<String>,
+    pub username: String,
+    pub password: String,
+    /// How long the username and password are valid from the answer.
+    pub ttl: Duration,
+}
+
+impl fmt::Debug for TurnServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnServer")
+            .field("uris", &self.uris)
+            .field("username", &self.username)
+            .field("password", &"** redacted **")
+            .field("ttl", &self.ttl)
+            .finish()
     }
 }
 
@@ -81,23 +111,29 @@ impl KvsClient {
     }
 
     /// The client `config` describes: its tower stack signing with what
-    /// `provider` gives (through the returned cache, which the caller may
-    /// warm), and an empty endpoint cache.
+    /// `provider` gives, and an empty endpoint cache. The credential cache
+    /// (which the caller may warm) and the skew-corrected clock are returned
+    /// too: presigned URLs are signed with them, outside the stack.
     pub fn build(
         config: &ClientConfig,
         provider: SharedCredentialsProvider,
         control_plane: Option<Uri>,
         clock: SharedClock,
-    ) -> Result<(Self, Arc<CredentialCache>), Error> {
+    ) -> Result<(Self, Arc<CredentialCache>, Arc<SkewCorrectedClock>), Error> {
         let credentials = Arc::new(CredentialCache::new(
             provider,
             clock.clone(),
             config.credentials_timeout,
         ));
-        let upstream = stack::build(&config.stack, credentials.clone(), clock)?;
+        let clock = Arc::new(SkewCorrectedClock::new(clock));
+        let upstream = stack::build(&config.stack, credentials.clone(), clock.clone())?;
         let endpoints =
             EndpointCache::new(config.endpoint_cache_ttl, config.endpoint_cache_capacity);
-        Ok((Self::new(upstream, endpoints, control_plane), credentials))
+        Ok((
+            Self::new(upstream, endpoints, control_plane),
+            credentials,
+            clock,
+        ))
     }
 
     pub async fn join_storage_session(
@@ -147,6 +183,62 @@ impl KvsClient {
         &self.endpoints
     }
 
+    /// The channel's endpoints for `role`, from the cache or discovered
+    /// (one discovery serves the joins and signaling alike).
+    pub async fn discover_endpoints(
+        &self,
+        call: &Call,
+        arn: &ChannelArn,
+        role: Role,
+    ) -> Result<Arc<Endpoints>, Error> {
+        let work = self
+            .endpoints
+            .get_or_discover(arn, role, || self.discover(call, arn, role));
+        tokio::time::timeout_at(call.deadline, work)
+            .await
+            .unwrap_or(Err(Error::DeadlineExceeded))
+    }
+
+    /// The TURN servers for a connection to the channel, from
+    /// `GetIceServerConfig` on the channel's HTTPS endpoint for `role`.
+    /// `client_id` is the viewer's; a master sends none.
+    pub async fn ice_server_config(
+        &self,
+        call: &Call,
+        arn: &ChannelArn,
+        role: Role,
+        client_id: Option<&str>,
+    ) -> Result<Vec<TurnServer>, Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Body<'a> {
+            #[serde(rename = "ChannelARN")]
+            channel_arn: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            client_id: Option<&'a str>,
+            service: &'a str,
+        }
+        let body = json(&Body {
+            channel_arn: arn.as_str(),
+            client_id,
+            service: "TURN",
+        });
+        let work = async {
+            let endpoints = self.discover_endpoints(call, arn, role).await?;
+            let https = endpoints.get(Protocol::Https)?.clone();
+            let answer = self
+                .send(call, Operation::GetIceServerConfig, https, arn, body)
+                .await;
+            if answer.as_ref().is_err_and(endpoint_is_stale) {
+                self.endpoints.invalidate(arn, role).await;
+            }
+            turn_servers(&answer?.body)
+        };
+        tokio::time::timeout_at(call.deadline, work)
+            .await
+            .unwrap_or(Err(Error::DeadlineExceeded))
+    }
+
     async fn join(
         &self,
         call: &Call,
@@ -156,10 +248,11 @@ impl KvsClient {
         body: Bytes,
     ) -> Result<Joined, Error> {
         let work = async {
-            let endpoint = self
+            let endpoints = self
                 .endpoints
                 .get_or_discover(arn, role, || self.discover(call, arn, role))
                 .await?;
+            let endpoint = endpoints.get(Protocol::Webrtc)?.clone();
             let answer = self.send(call, operation, endpoint, arn, body).await;
             if answer.as_ref().is_err_and(endpoint_is_stale) {
                 self.endpoints.invalidate(arn, role).await;
@@ -176,11 +269,18 @@ impl KvsClient {
             .unwrap_or(Err(Error::DeadlineExceeded))
     }
 
-    async fn discover(&self, call: &Call, arn: &ChannelArn, role: Role) -> Result<Uri, Error> {
+    /// Asks for every protocol at once, so a channel used for both signaling
+    /// and joins is discovered once per role.
+    async fn discover(
+        &self,
+        call: &Call,
+        arn: &ChannelArn,
+        role: Role,
+    ) -> Result<Arc<Endpoints>, Error> {
         #[derive(Serialize)]
         #[serde(rename_all = "PascalCase")]
         struct Config<'a> {
-            protocols: [&'a str; 1],
+            protocols: [&'a str; 3],
             role: &'a str,
         }
         #[derive(Serialize)]
@@ -193,7 +293,7 @@ impl KvsClient {
         let body = json(&Body {
             channel_arn: arn.as_str(),
             single_master_channel_endpoint_configuration: Config {
-                protocols: ["WEBRTC"],
+                protocols: Protocol::ALL.map(Protocol::as_str),
                 role: role.as_str(),
             },
         });
@@ -207,7 +307,7 @@ impl KvsClient {
                 body,
             )
             .await?;
-        webrtc_endpoint(&answer.body, &control_plane)
+        parse_endpoints(&answer.body, &control_plane).map(Arc::new)
     }
 
     async fn send(
@@ -241,11 +341,13 @@ fn endpoint_is_stale(err: &Error) -> bool {
     }
 }
 
-/// The WEBRTC endpoint in a `GetSignalingChannelEndpoint` answer. Joins are
-/// signed with the session token, so an endpoint that would take them in
-/// clear text is refused unless the control plane itself is plain http (a
-/// local emulator).
-fn webrtc_endpoint(body: &[u8], control_plane: &Uri) -> Result<Uri, Error> {
+/// The endpoints in a `GetSignalingChannelEndpoint` answer. Joins and
+/// `GetIceServerConfig` are signed with the session token and the WebSocket
+/// URL carries it, so an endpoint that would take them in clear text (http,
+/// ws) is refused unless the control plane itself is plain http (a local
+/// emulator). A listed endpoint that is unusable fails the whole discovery;
+/// one not listed is left `None`.
+fn parse_endpoints(body: &[u8], control_plane: &Uri) -> Result<Endpoints, Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Answer {
@@ -260,31 +362,98 @@ fn webrtc_endpoint(body: &[u8], control_plane: &Uri) -> Result<Uri, Error> {
     }
     let answer: Answer = serde_json::from_slice(body)
         .map_err(|e| Error::MalformedResponse(format!("GetSignalingChannelEndpoint: {e}")))?;
-    let raw = answer
-        .resource_endpoint_list
-        .into_iter()
-        .find(|e| e.protocol.as_deref() == Some("WEBRTC"))
-        .and_then(|e| e.resource_endpoint)
-        .ok_or_else(|| {
-            Error::MalformedResponse(
-                "GetSignalingChannelEndpoint answered no WEBRTC endpoint".into(),
-            )
-        })?;
+    let clear_text_allowed = control_plane.scheme_str() == Some("http");
+    let mut found = Endpoints::default();
+    for entry in answer.resource_endpoint_list {
+        let (Some(protocol), Some(raw)) = (entry.protocol, entry.resource_endpoint) else {
+            continue;
+        };
+        let (slot, secure, plain) = match protocol.as_str() {
+            "WEBRTC" => (&mut found.webrtc, "https", "http"),
+            "HTTPS" => (&mut found.https, "https", "http"),
+            "WSS" => (&mut found.wss, "wss", "ws"),
+            _ => continue,
+        };
+        *slot = Some(checked_endpoint(
+            &protocol,
+            &raw,
+            secure,
+            plain,
+            clear_text_allowed,
+        )?);
+    }
+    if found == Endpoints::default() {
+        return Err(Error::MalformedResponse(
+            "GetSignalingChannelEndpoint answered no endpoint".into(),
+        ));
+    }
+    Ok(found)
+}
+
+fn checked_endpoint(
+    protocol: &str,
+    raw: &str,
+    secure: &str,
+    plain: &str,
+    clear_text_allowed: bool,
+) -> Result<Uri, Error> {
+    let shown = super::redact::redact(raw);
     let uri: Uri = raw
         .parse()
-        .map_err(|e| Error::MalformedResponse(format!("WEBRTC endpoint {raw:?}: {e}")))?;
-    let raw = super::redact::redact(&raw);
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http"), _) if control_plane.scheme_str() != Some("http") => {
-            Err(Error::MalformedResponse(format!(
-                "WEBRTC endpoint {raw:?} is plain http while the control plane is https; refusing to send signed requests in clear text"
-            )))
-        }
-        (Some("https" | "http"), Some(host)) if !host.is_empty() => Ok(uri),
+        .map_err(|e| Error::MalformedResponse(format!("{protocol} endpoint {shown:?}: {e}")))?;
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if scheme == plain && !clear_text_allowed {
+        return Err(Error::MalformedResponse(format!(
+            "{protocol} endpoint {shown:?} is plain {plain} while the control plane is https; refusing to send signed requests in clear text"
+        )));
+    }
+    match uri.host() {
+        Some(host) if !host.is_empty() && (scheme == secure || scheme == plain) => Ok(uri),
         _ => Err(Error::MalformedResponse(format!(
-            "WEBRTC endpoint {raw:?} is not an http(s) URL with a host"
+            "{protocol} endpoint {shown:?} is not a {secure} URL with a host"
         ))),
     }
+}
+
+/// The TURN servers in a `GetIceServerConfig` answer.
+fn turn_servers(body: &[u8]) -> Result<Vec<TurnServer>, Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        #[serde(default)]
+        ice_server_list: Vec<IceServer>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct IceServer {
+        #[serde(default)]
+        uris: Vec<String>,
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        password: String,
+        #[serde(default)]
+        ttl: u64,
+    }
+    // The error names the field only: serde's message could quote a value,
+    // and the password is one.
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| {
+        Error::MalformedResponse(format!(
+            "GetIceServerConfig answer is not the expected JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    Ok(answer
+        .ice_server_list
+        .into_iter()
+        .map(|s| TurnServer {
+            uris: s.uris,
+            username: s.username,
+            password: s.password,
+            ttl: Duration::from_secs(s.ttl),
+        })
+        .collect())
 }
 
 fn json(value: &impl Serialize) -> Bytes {
@@ -297,13 +466,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn picks_the_webrtc_endpoint() {
+    fn reads_every_endpoint_of_one_discovery() {
         let body = br#"{"ResourceEndpointList":[
             {"Protocol":"WSS","ResourceEndpoint":"wss://m-1.kinesisvideo.us-west-2.amazonaws.com"},
+            {"Protocol":"HTTPS","ResourceEndpoint":"https://h-1.kinesisvideo.us-west-2.amazonaws.com"},
             {"Protocol":"WEBRTC","ResourceEndpoint":"https://w-1.kinesisvideo.us-west-2.amazonaws.com"}]}"#;
+        let found = parse_endpoints(body, &https()).unwrap();
+        let host = |p| found.get(p).unwrap().host().unwrap().to_owned();
         assert_eq!(
-            webrtc_endpoint(body, &https()).unwrap().host(),
-            Some("w-1.kinesisvideo.us-west-2.amazonaws.com")
+            host(Protocol::Webrtc),
+            "w-1.kinesisvideo.us-west-2.amazonaws.com"
+        );
+        assert_eq!(
+            host(Protocol::Wss),
+            "m-1.kinesisvideo.us-west-2.amazonaws.com"
+        );
+        assert_eq!(
+            host(Protocol::Https),
+            "h-1.kinesisvideo.us-west-2.amazonaws.com"
         );
     }
 
@@ -314,29 +494,58 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_plain_http_endpoint_behind_an_https_control_plane() {
-        let body = br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"http://w-1.example"}]}"#;
-        assert!(matches!(
-            webrtc_endpoint(body, &https()),
-            Err(Error::MalformedResponse(m)) if m.contains("clear text")
-        ));
+    fn refuses_clear_text_endpoints_behind_an_https_control_plane() {
         let emulator: Uri = "http://127.0.0.1:4566".parse().unwrap();
-        assert!(webrtc_endpoint(body, &emulator).is_ok());
+        for body in [
+            &br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"http://w-1.example"}]}"#[..],
+            br#"{"ResourceEndpointList":[{"Protocol":"HTTPS","ResourceEndpoint":"http://h-1.example"}]}"#,
+            br#"{"ResourceEndpointList":[{"Protocol":"WSS","ResourceEndpoint":"ws://m-1.example"}]}"#,
+        ] {
+            assert!(matches!(
+                parse_endpoints(body, &https()),
+                Err(Error::MalformedResponse(m)) if m.contains("clear text")
+            ));
+            assert!(parse_endpoints(body, &emulator).is_ok());
+        }
     }
 
     #[test]
     fn refuses_answers_without_a_usable_endpoint() {
         for body in [
             &br#"{"ResourceEndpointList":[]}"#[..],
-            br#"{"ResourceEndpointList":[{"Protocol":"WSS","ResourceEndpoint":"wss://x"}]}"#,
             br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"ftp://x"}]}"#,
+            br#"{"ResourceEndpointList":[{"Protocol":"WSS","ResourceEndpoint":"https://x"}]}"#,
             br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"/relative"}]}"#,
             b"not json",
         ] {
             assert!(matches!(
-                webrtc_endpoint(body, &https()),
+                parse_endpoints(body, &https()),
                 Err(Error::MalformedResponse(_))
             ));
         }
+        // One missing protocol fails only the call that needs it.
+        let wss_only =
+            br#"{"ResourceEndpointList":[{"Protocol":"WSS","ResourceEndpoint":"wss://x"}]}"#;
+        let found = parse_endpoints(wss_only, &https()).unwrap();
+        assert!(found.get(Protocol::Wss).is_ok());
+        assert!(matches!(
+            found.get(Protocol::Webrtc),
+            Err(Error::MalformedResponse(m)) if m.contains("no WEBRTC endpoint")
+        ));
+    }
+
+    #[test]
+    fn reads_turn_servers_and_never_shows_their_password() {
+        let body = br#"{"IceServerList":[{"Password":"pw-secret","Ttl":300,
+            "Uris":["turn:1.2.3.4:443?transport=udp","turns:x:443?transport=tcp"],"Username":"1700000300:djE6"}]}"#;
+        let servers = turn_servers(body).unwrap();
+        assert_eq!(servers.len(), 1);
+        assert_eq!(servers[0].ttl, Duration::from_secs(300));
+        assert_eq!(servers[0].uris.len(), 2);
+        assert_eq!(servers[0].password, "pw-secret");
+        assert!(!format!("{servers:?}").contains("pw-secret"));
+        let broken = br#"{"IceServerList":[{"Password":"pw-secret","Ttl":"x"}]}"#;
+        let err = turn_servers(broken).unwrap_err().to_string();
+        assert!(!err.contains("pw-secret"), "{err}");
     }
 }

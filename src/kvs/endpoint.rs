@@ -1,13 +1,13 @@
-//! Where requests go: the partition-aware control-plane endpoint, and the
-//! roles a channel's WEBRTC endpoint is discovered for (cached in
-//! `endpoint_cache`).
+//! Where requests go: the partition-aware control-plane endpoint, the
+//! roles a channel's endpoints are discovered for, and the endpoints one
+//! discovery finds (cached in `endpoint_cache`).
 
 use http::Uri;
 
 use super::{Error, arn::ChannelArn};
 
 /// The DNS suffix of each partition's regional endpoints.
-fn dns_suffix(partition: &str) -> Option<&'static str> {
+pub fn dns_suffix(partition: &str) -> Option<&'static str> {
     Some(match partition {
         "aws" | "aws-us-gov" => "amazonaws.com",
         "aws-cn" => "amazonaws.com.cn",
@@ -32,6 +32,57 @@ pub fn control_plane(arn: &ChannelArn, override_url: Option<&Uri>) -> Result<Uri
     format!("https://kinesisvideo.{}.{suffix}", arn.region())
         .parse()
         .map_err(|e| Error::MalformedResponse(format!("control-plane endpoint: {e}")))
+}
+
+/// A channel's endpoints for one role, as one `GetSignalingChannelEndpoint`
+/// asking for WSS, HTTPS and WEBRTC answered them. Each is checked when
+/// discovered (`client::parse_endpoints`); one KVS did not list is `None`,
+/// and only the call that needs it fails.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Where the joins go.
+    pub webrtc: Option<Uri>,
+    /// The signaling WebSocket, presigned for masters and viewers.
+    pub wss: Option<Uri>,
+    /// Where `GetIceServerConfig` goes.
+    pub https: Option<Uri>,
+}
+
+impl Endpoints {
+    /// The endpoint for `protocol`, or why there is none.
+    pub fn get(&self, protocol: Protocol) -> Result<&Uri, Error> {
+        let found = match protocol {
+            Protocol::Webrtc => &self.webrtc,
+            Protocol::Wss => &self.wss,
+            Protocol::Https => &self.https,
+        };
+        found.as_ref().ok_or_else(|| {
+            Error::MalformedResponse(format!(
+                "GetSignalingChannelEndpoint answered no {} endpoint",
+                protocol.as_str()
+            ))
+        })
+    }
+}
+
+/// The protocols the sidecar discovers endpoints for, all in one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Webrtc,
+    Wss,
+    Https,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Wss, Protocol::Https, Protocol::Webrtc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Webrtc => "WEBRTC",
+            Protocol::Wss => "WSS",
+            Protocol::Https => "HTTPS",
+        }
+    }
 }
 
 /// The role a channel endpoint was discovered for. KVS may answer different

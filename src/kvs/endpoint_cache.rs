@@ -1,5 +1,5 @@
-//! Each channel's WEBRTC endpoint, found once by `GetSignalingChannelEndpoint`
-//! and reused.
+//! Each channel's endpoints per role (WEBRTC for the joins, WSS and HTTPS
+//! for signaling), found once by `GetSignalingChannelEndpoint` and reused.
 //!
 //! The cache is keyed by what callers send (any valid channel ARN), so it is
 //! bounded: at most `capacity` entries (moka's TinyLFU admission and LRU
@@ -7,19 +7,22 @@
 //! Concurrent misses for one key share one discovery (single flight); a
 //! failed discovery is not cached and leaves nothing behind.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use http::Uri;
 use moka::{future::Cache, notification::RemovalCause};
 
-use super::{Error, arn::ChannelArn, endpoint::Role};
+use super::{
+    Error,
+    arn::ChannelArn,
+    endpoint::{Endpoints, Role},
+};
 use crate::metrics;
 
 type Key = (ChannelArn, Role);
 
 #[derive(Debug, Clone)]
 pub struct EndpointCache {
-    entries: Cache<Key, Uri>,
+    entries: Cache<Key, Arc<Endpoints>>,
 }
 
 // === impl EndpointCache ===
@@ -34,16 +37,16 @@ impl EndpointCache {
         Self { entries }
     }
 
-    /// The cached endpoint for `arn` and `role`, or the one `discover` finds.
+    /// The cached endpoints for `arn` and `role`, or those `discover` finds.
     pub async fn get_or_discover<F, Fut>(
         &self,
         arn: &ChannelArn,
         role: Role,
         discover: F,
-    ) -> Result<Uri, Error>
+    ) -> Result<Arc<Endpoints>, Error>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Uri, Error>>,
+        Fut: Future<Output = Result<Arc<Endpoints>, Error>>,
     {
         let entry = self
             .entries
@@ -94,10 +97,7 @@ fn cause_label(cause: RemovalCause) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn arn(name: &str) -> ChannelArn {
         ChannelArn::parse(&format!(
@@ -106,8 +106,22 @@ mod tests {
         .unwrap()
     }
 
-    fn found(uri: &'static str) -> impl FnOnce() -> std::future::Ready<Result<Uri, Error>> {
-        move || std::future::ready(Ok(uri.parse().unwrap()))
+    fn endpoints(uri: &str) -> Arc<Endpoints> {
+        Arc::new(Endpoints {
+            webrtc: Some(uri.parse().unwrap()),
+            ..Endpoints::default()
+        })
+    }
+
+    fn found(
+        uri: &'static str,
+    ) -> impl FnOnce() -> std::future::Ready<Result<Arc<Endpoints>, Error>> {
+        move || std::future::ready(Ok(endpoints(uri)))
+    }
+
+    /// The WEBRTC endpoint a lookup answered.
+    fn webrtc(found: Result<Arc<Endpoints>, Error>) -> String {
+        found.unwrap().webrtc.clone().unwrap().to_string()
     }
 
     #[tokio::test]
@@ -123,14 +137,14 @@ mod tests {
                         .get_or_discover(&a, Role::Master, || async {
                             calls.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(20)).await;
-                            Ok("https://r-1.example".parse().unwrap())
+                            Ok(endpoints("https://r-1.example"))
                         })
                         .await
                 })
             })
             .collect();
         for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap(), "https://r-1.example");
+            assert_eq!(webrtc(t.await.unwrap()), "https://r-1.example/");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -151,21 +165,21 @@ mod tests {
         let first = cache
             .get_or_discover(&a, Role::Viewer, found("https://one"))
             .await;
-        assert_eq!(first.unwrap(), "https://one");
+        assert_eq!(webrtc(first), "https://one/");
         let cached = cache
             .get_or_discover(&a, Role::Viewer, found("https://two"))
             .await;
-        assert_eq!(cached.unwrap(), "https://one");
+        assert_eq!(webrtc(cached), "https://one/");
         let master = cache
             .get_or_discover(&a, Role::Master, found("https://three"))
             .await;
-        assert_eq!(master.unwrap(), "https://three");
+        assert_eq!(webrtc(master), "https://three/");
 
         cache.invalidate(&a, Role::Viewer).await;
         let rediscovered = cache
             .get_or_discover(&a, Role::Viewer, found("https://five"))
             .await;
-        assert_eq!(rediscovered.unwrap(), "https://five");
+        assert_eq!(webrtc(rediscovered), "https://five/");
     }
 
     #[tokio::test]
@@ -185,7 +199,7 @@ mod tests {
         let renewed = cache
             .get_or_discover(&a, Role::Master, found("https://four"))
             .await;
-        assert_eq!(renewed.unwrap(), "https://four");
+        assert_eq!(webrtc(renewed), "https://four/");
     }
 
     #[tokio::test]

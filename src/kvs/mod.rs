@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use self::{
-    client::{Call, ClientConfig, Joined, KvsClient},
+    client::{Call, ClientConfig, Joined, KvsClient, TurnServer},
     error::{BoxError, Error, ErrorKind, ServiceError},
 };
 
@@ -38,6 +38,9 @@ pub enum Operation {
     GetSignalingChannelEndpoint,
     JoinStorageSession,
     JoinStorageSessionAsViewer,
+    /// TURN servers for a signaling connection, on the channel's HTTPS
+    /// endpoint.
+    GetIceServerConfig,
 }
 
 impl Operation {
@@ -46,6 +49,7 @@ impl Operation {
             Operation::GetSignalingChannelEndpoint => "GetSignalingChannelEndpoint",
             Operation::JoinStorageSession => "JoinStorageSession",
             Operation::JoinStorageSessionAsViewer => "JoinStorageSessionAsViewer",
+            Operation::GetIceServerConfig => "GetIceServerConfig",
         }
     }
 
@@ -55,6 +59,7 @@ impl Operation {
             Operation::GetSignalingChannelEndpoint => "/getSignalingChannelEndpoint",
             Operation::JoinStorageSession => "/joinStorageSession",
             Operation::JoinStorageSessionAsViewer => "/joinStorageSessionAsViewer",
+            Operation::GetIceServerConfig => "/v1/get-ice-server-config",
         }
     }
 }

@@ -42,7 +42,7 @@ use super::{
     http::{HttpClient, HttpConfig},
     retry::{Backoff, RetryPolicy, RetryQuota},
 };
-use crate::clock::{SharedClock, SkewCorrectedClock};
+use crate::clock::SkewCorrectedClock;
 
 /// The assembled stack, cheap to clone for each call.
 pub type Upstream = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, Error>;
@@ -62,10 +62,9 @@ pub struct StackConfig {
 pub fn build(
     config: &StackConfig,
     credentials: Arc<CredentialCache>,
-    clock: SharedClock,
+    clock: Arc<SkewCorrectedClock>,
 ) -> Result<Upstream, Error> {
     let quota = Arc::new(RetryQuota::new(config.retry_quota));
-    let clock = Arc::new(SkewCorrectedClock::new(clock));
     let retry = RetryPolicy::new(
         config.max_attempts,
         config.backoff,

@@ -172,7 +172,11 @@ impl RateLimitLayer {
 
     fn bucket(&self, operation: Operation) -> Option<SharedBucket> {
         match operation {
-            Operation::GetSignalingChannelEndpoint => self.discovery.clone(),
+            // Signaling APIs share the discovery bucket: KVS's quotas for
+            // them are per account (and per channel), like discovery's.
+            Operation::GetSignalingChannelEndpoint | Operation::GetIceServerConfig => {
+                self.discovery.clone()
+            }
             Operation::JoinStorageSession | Operation::JoinStorageSessionAsViewer => {
                 self.join.clone()
             }

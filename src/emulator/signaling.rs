@@ -1,0 +1,329 @@
+//! The emulator's signaling WebSocket, on the emulator's own port (`ws://`,
+//! loopback only), which discovery answers as the WSS endpoint.
+//!
+//! A connection is accepted only as KVS accepts it: a `GET /` presigned
+//! with SigV4 query parameters that the emulator's own verifier
+//! ([`sigv4::verify_presigned`]) accepts at the emulator's clock, by the keys
+//! it hands out, for service `kinesisvideo` in the channel's region, valid
+//! for at most 300 s, naming an existing channel (`X-Amz-ChannelARN`) and,
+//! for a viewer, a valid `X-Amz-ClientId`. Anything else is refused at the
+//! handshake with KVS's 403 (or 400/404), before any WebSocket exists.
+//!
+//! A connected master receives an `SDP_OFFER` in KVS's format each time a
+//! `JoinStorageSession` of its channel succeeds; a viewer, each time a
+//! `JoinStorageSessionAsViewer` with its channel and client id succeeds. A
+//! second master of a channel (or a second viewer with the same client id)
+//! replaces the first, whose socket is closed.
+
+use std::{collections::HashMap, time::Duration};
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        handshake::derive_accept_key,
+        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+    },
+};
+
+use super::{Dialect, Emulator, Received, handler::error, sigv4};
+use crate::kvs::arn::{ChannelArn, validate_client_id};
+
+/// KVS's longest validity of a presigned signaling URL.
+const MAX_EXPIRES_SECS: u64 = 300;
+/// Open signaling connections, masters and viewers together: a bound on
+/// the emulator's memory whatever its callers do. KVS limits these per
+/// channel too.
+const MAX_CONNECTIONS: usize = 1024;
+/// Offers queued for a socket that does not read; more are dropped.
+const QUEUE: usize = 16;
+
+/// Who a signaling connection is: the channel's master, or a viewer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Peer {
+    channel_arn: String,
+    client_id: Option<String>,
+}
+
+/// One open connection: its sequence number (so a replaced one does not
+/// remove its successor on closing) and its outbox.
+pub(super) struct Socket {
+    id: u64,
+    outbox: mpsc::Sender<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Peers {
+    sockets: HashMap<Peer, Socket>,
+    next_id: u64,
+    /// Connections accepted so far.
+    opened: usize,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+// === impl Emulator ===
+
+impl Emulator {
+    /// Whether `req` opens a WebSocket (the signaling connection).
+    pub(super) fn is_websocket(req: &Request<Incoming>) -> bool {
+        req.headers()
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    }
+
+    /// Checks the presigned URL, then upgrades and serves the connection.
+    pub(super) fn signaling_handshake(&self, mut req: Request<Incoming>) -> Answer {
+        let checked = self.check_presigned(&req);
+        {
+            let mut state = self.lock();
+            if state.received.len() == super::RECEIVED_KEPT {
+                state.received.pop_front();
+            }
+            state.received.push_back(Received {
+                path: req.uri().path().to_owned(),
+                headers: req.headers().clone(),
+                body: Bytes::new(),
+                signature: checked
+                    .as_ref()
+                    .map(|(_, scope)| scope.clone())
+                    .map_err(|(_, _, message)| message.clone()),
+            });
+        }
+        let peer = match checked {
+            Ok((peer, _)) => peer,
+            Err((status, code, message)) => {
+                return error(status, code, &message, Dialect::Header);
+            }
+        };
+        let Some(key) = req.headers().get("sec-websocket-key") else {
+            return error(400, "BadRequest", "no Sec-WebSocket-Key", Dialect::Header);
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let (outbox, inbox) = mpsc::channel(QUEUE);
+        let id = {
+            let mut state = self.lock();
+            let peers = &mut state.signaling;
+            if peers.sockets.len() >= MAX_CONNECTIONS && !peers.sockets.contains_key(&peer) {
+                drop(state);
+                return error(
+                    400,
+                    "ClientLimitExceededException",
+                    "too many signaling connections",
+                    Dialect::Header,
+                );
+            }
+            peers.next_id += 1;
+            let id = peers.next_id;
+            // Replacing drops the previous outbox, which closes that socket.
+            peers.sockets.insert(peer.clone(), Socket { id, outbox });
+            peers.opened += 1;
+            id
+        };
+        let emulator = self.clone();
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                serve(ws, inbox).await;
+            }
+            let mut state = emulator.lock();
+            if state
+                .signaling
+                .sockets
+                .get(&peer)
+                .is_some_and(|s| s.id == id)
+            {
+                state.signaling.sockets.remove(&peer);
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header(http::header::CONNECTION, "Upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(Full::default())
+            .unwrap_or_default()
+    }
+
+    /// The peer a presigned URL names, or KVS's refusal: status, code and
+    /// message.
+    fn check_presigned(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<(Peer, sigv4::Scope), (u16, &'static str, String)> {
+        let deny = |code, message: &str| Err((403, code, message.to_owned()));
+        if req.method() != http::Method::GET || req.uri().path() != "/" {
+            return Err((400, "BadRequest", "signaling is GET /".into()));
+        }
+        let query = req.uri().query().unwrap_or_default();
+        let checked = match sigv4::verify_presigned(
+            "GET",
+            "/",
+            query,
+            req.headers(),
+            &self.credentials.secret_access_key,
+            self.now(),
+        ) {
+            Ok(checked) => checked,
+            Err(reason) if reason.contains("expired") || reason.contains("future") => {
+                return deny(
+                    "AccessDeniedException",
+                    &format!("Signature expired: {reason}"),
+                );
+            }
+            Err(_) => return deny("AccessDeniedException", sigv4::MISMATCH),
+        };
+        if checked.scope.access_key != self.credentials.access_key_id
+            || checked.param("X-Amz-Security-Token") != self.credentials.session_token.as_deref()
+        {
+            return deny(
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            );
+        }
+        if checked.scope.service != "kinesisvideo" {
+            return deny(
+                "AccessDeniedException",
+                "Credential should be scoped to correct service: 'kinesisvideo'.",
+            );
+        }
+        let expires: u64 = checked
+            .param("X-Amz-Expires")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(u64::MAX);
+        if expires > MAX_EXPIRES_SECS {
+            return deny(
+                "AccessDeniedException",
+                "X-Amz-Expires must be at most 300 seconds",
+            );
+        }
+        let Some(arn) = checked
+            .param("X-Amz-ChannelARN")
+            .and_then(|a| ChannelArn::parse(a).ok())
+        else {
+            return Err((
+                400,
+                "InvalidArgumentException",
+                "no valid X-Amz-ChannelARN".into(),
+            ));
+        };
+        if checked.scope.region != arn.region() {
+            return deny(
+                "AccessDeniedException",
+                "Credential should be scoped to the channel's region",
+            );
+        }
+        if arn.name().starts_with("missing-") {
+            return Err((
+                404,
+                "ResourceNotFoundException",
+                "The requested channel is not found or not active.".into(),
+            ));
+        }
+        let client_id = checked.param("X-Amz-ClientId").map(str::to_owned);
+        if arn.name().starts_with("denied-") {
+            let action = if client_id.is_some() {
+                "ConnectAsViewer"
+            } else {
+                "ConnectAsMaster"
+            };
+            return deny(
+                "AccessDeniedException",
+                &format!("not authorized to perform: kinesisvideo:{action}"),
+            );
+        }
+        if client_id
+            .as_deref()
+            .is_some_and(|id| validate_client_id(id).is_err())
+        {
+            return Err((400, "InvalidArgumentException", "bad X-Amz-ClientId".into()));
+        }
+        let peer = Peer {
+            channel_arn: arn.as_str().to_owned(),
+            client_id,
+        };
+        Ok((peer, checked.scope))
+    }
+
+    /// Sends the storage session's SDP offer to the connected master of the
+    /// channel (`client_id` `None`) or to the viewer with that client id,
+    /// if connected. Returns whether one was.
+    pub(super) fn deliver_offer(&self, channel_arn: &str, client_id: Option<&str>) -> bool {
+        let peer = Peer {
+            channel_arn: channel_arn.to_owned(),
+            client_id: client_id.map(str::to_owned),
+        };
+        let state = self.lock();
+        let Some(socket) = state.signaling.sockets.get(&peer) else {
+            return false;
+        };
+        socket.outbox.try_send(sdp_offer()).is_ok()
+    }
+
+    /// Signaling connections accepted so far (refused handshakes excluded).
+    pub fn signaling_connections(&self) -> usize {
+        self.lock().signaling.opened
+    }
+}
+
+/// Writes what the outbox gets until the peer leaves or is replaced.
+async fn serve<S>(ws: WebSocketStream<S>, mut inbox: mpsc::Receiver<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            outgoing = inbox.recv() => match outgoing {
+                Some(text) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let frame = CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "replaced by a newer connection".into(),
+                    };
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        sink.send(Message::Close(Some(frame))),
+                    )
+                    .await;
+                    return;
+                }
+            },
+            incoming = stream.next() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// An `SDP_OFFER` as KVS sends it: the payload is the base64 of an
+/// RTCSessionDescription in JSON.
+fn sdp_offer() -> String {
+    let session = fastrand::u64(..);
+    let sdp = format!(
+        "v=0\r\no=- {session} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtpmap:96 H264/90000\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
+    );
+    let payload = serde_json::json!({ "type": "offer", "sdp": sdp }).to_string();
+    serde_json::json!({
+        "messageType": "SDP_OFFER",
+        "senderClientId": format!("storage-session-{session:016x}"),
+        "messagePayload": base64::engine::general_purpose::STANDARD.encode(payload),
+    })
+    .to_string()
+}
