@@ -67,6 +67,9 @@ def main(sidecar_yaml, gateway_yaml, policy_json):
     with open(policy_json) as f:
         (statement,) = json.load(f)["Statement"]
     assert sorted(statement["Action"]) == [
+        "kinesisvideo:ConnectAsMaster",
+        "kinesisvideo:ConnectAsViewer",
+        "kinesisvideo:GetIceServerConfig",
         "kinesisvideo:GetSignalingChannelEndpoint",
         "kinesisvideo:JoinStorageSession",
         "kinesisvideo:JoinStorageSessionAsViewer",
