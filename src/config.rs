@@ -98,6 +98,19 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_JOIN_RATE", default_value_t = 0.0, value_parser = rate)]
     pub join_rate: f64,
 
+    /// Client-side limit on the readiness checks' Describe* requests per
+    /// second, one bucket for the three (DescribeMediaStorageConfiguration
+    /// allows 50 per account). Adapts down when KVS throttles. 0 turns it
+    /// off.
+    #[arg(long, env = "KVS_SIDECAR_DESCRIBE_RATE", default_value_t = 50.0, value_parser = rate)]
+    pub describe_rate: f64,
+
+    /// How long a CheckStorageReadiness answer is reused for its channel
+    /// (DescribeMediaStorageConfiguration allows 5 requests a second per
+    /// channel); concurrent checks of a channel share one either way.
+    #[arg(long, env = "KVS_SIDECAR_READINESS_CACHE_TTL", default_value = "5s", value_parser = positive_duration)]
+    pub readiness_cache_ttl: Duration,
+
     /// Backoff base for retries of server errors, resets and timeouts.
     #[arg(long, env = "KVS_SIDECAR_RETRY_BASE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub retry_base_delay: Duration,
@@ -283,6 +296,7 @@ impl Config {
             rate_limits: RateLimits {
                 discovery: (self.discovery_rate > 0.0).then_some(self.discovery_rate),
                 join: (self.join_rate > 0.0).then_some(self.join_rate),
+                describe: (self.describe_rate > 0.0).then_some(self.describe_rate),
             },
             attempt_timeout: self.attempt_timeout,
             max_concurrency: self.max_upstream_concurrency,

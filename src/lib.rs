@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod kvs;
 pub mod metrics;
 pub mod policy;
+pub mod readiness;
 pub mod server;
 pub mod signaling;
 pub mod telemetry;

@@ -29,6 +29,7 @@ use crate::{
     kvs::{KvsClient, credentials::CredentialCache},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
+    readiness::{self, StorageReadiness},
     signaling::Signaling,
     tls::{self, TlsListener},
 };
@@ -97,9 +98,15 @@ impl Sidecar {
             clock,
             config.signaling_url_expiry,
         );
+        let readiness = StorageReadiness::new(
+            client.clone(),
+            config.readiness_cache_ttl,
+            readiness::CAPACITY,
+        );
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
             client,
             signaling,
+            readiness,
             ChannelPolicy::new(config.allowed_channels.clone()),
             config.max_call_duration,
         ))

@@ -1,7 +1,8 @@
-//! The whole signaling flow as a backend runs it, with real sockets: the
+//! The whole storage flow as a backend runs it, with real sockets: the
 //! sidecar binary, the KVS emulator, and a real WebSocket client.
-//! GetSignalingConnection → open the presigned WebSocket → join → the SDP
-//! offer arrives on the socket; and every way a URL or a request is refused.
+//! CheckStorageReadiness → GetSignalingConnection → open the presigned
+//! WebSocket → join → the SDP offer arrives on the socket; and every way a
+//! URL or a request is refused.
 
 mod common;
 
@@ -11,7 +12,7 @@ use base64::Engine;
 use common::{Emulator, Sidecar, arn};
 use futures_util::StreamExt;
 use kvs_sidecar::pb::{
-    GetSignalingConnectionRequest, GetSignalingConnectionResponse,
+    CheckStorageReadinessRequest, GetSignalingConnectionRequest, GetSignalingConnectionResponse,
     JoinStorageSessionAsViewerRequest, JoinStorageSessionRequest, SignalingRole,
     web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };
@@ -122,6 +123,15 @@ async fn started(args: &[&str]) -> (Emulator, Sidecar, WebRtcStorageServiceClien
 async fn a_master_connected_with_the_presigned_url_receives_the_offer_of_each_join() {
     let (fake, _sidecar, mut client) = started(&[]).await;
     let channel = arn("front-door");
+    // As a backend starts: is the channel set up to record at all?
+    let readiness = client
+        .check_storage_readiness(CheckStorageReadinessRequest {
+            channel_arn: channel.clone(),
+        })
+        .await
+        .expect("CheckStorageReadiness")
+        .into_inner();
+    assert!(readiness.ready, "{readiness:?}");
     let before = SystemTime::now();
     let answer = connection(&mut client, master(&channel)).await;
 

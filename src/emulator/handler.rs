@@ -234,6 +234,33 @@ impl Emulator {
                 }
                 (req.channel_arn, "GetIceServerConfig")
             }
+            "/describeSignalingChannel" | "/describeMediaStorageConfiguration" => {
+                #[derive(Deserialize)]
+                struct Describe {
+                    #[serde(rename = "ChannelARN")]
+                    channel_arn: String,
+                }
+                let Ok(req) = serde_json::from_slice::<Describe>(body) else {
+                    return invalid("ChannelARN is required");
+                };
+                let op = if path == "/describeSignalingChannel" {
+                    "DescribeSignalingChannel"
+                } else {
+                    "DescribeMediaStorageConfiguration"
+                };
+                (req.channel_arn, op)
+            }
+            "/describeStream" => {
+                #[derive(Deserialize)]
+                struct Describe {
+                    #[serde(rename = "StreamARN")]
+                    stream_arn: String,
+                }
+                let Ok(req) = serde_json::from_slice::<Describe>(body) else {
+                    return invalid("StreamARN is required");
+                };
+                (req.stream_arn, "DescribeStream")
+            }
             "/joinStorageSession" | "/joinStorageSessionAsViewer" => {
                 let viewer = path == "/joinStorageSessionAsViewer";
                 let Ok(req) = serde_json::from_slice::<Join>(body) else {
@@ -290,6 +317,11 @@ impl Emulator {
             );
             return error(403, "AccessDeniedException", &message, Dialect::Header);
         }
+        if operation == "DescribeStream"
+            && let Some(refusal) = stream_refusal(&arn)
+        {
+            return refusal;
+        }
         let body = match operation {
             "GetSignalingChannelEndpoint" => {
                 let webrtc = self
@@ -305,6 +337,9 @@ impl Emulator {
                 .to_string()
             }
             "GetIceServerConfig" => ice_server_config(&arn, self.now()),
+            "DescribeSignalingChannel" => describe_signaling_channel(&arn),
+            "DescribeMediaStorageConfiguration" => describe_media_storage(&arn),
+            "DescribeStream" => describe_stream(&arn),
             "JoinStorageSession" => {
                 self.deliver_offer(arn.as_str(), None);
                 String::new()
@@ -357,6 +392,69 @@ fn amz_date(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t)
         .to_string()
         .replace(['-', ':'], "")
+}
+
+// Readiness by channel name (the README lists these): `inactive-*` is still
+// CREATING, `fullmesh-*` is FULL_MESH, `nostorage-*` has storage DISABLED;
+// the linked stream is named after the channel, and `nostream-*` does not
+// exist, `denystream-*` may not be described, `creatingstream-*` is still
+// CREATING, `noretention-*` keeps no data.
+
+fn describe_signaling_channel(arn: &ChannelArn) -> String {
+    let name = arn.name();
+    serde_json::json!({"ChannelInfo": {
+        "ChannelARN": arn.as_str(),
+        "ChannelName": name,
+        "ChannelStatus": if name.starts_with("inactive-") { "CREATING" } else { "ACTIVE" },
+        "ChannelType": if name.starts_with("fullmesh-") { "FULL_MESH" } else { "SINGLE_MASTER" },
+        "CreationTime": 1_700_000_000.0,
+        "SingleMasterConfiguration": {"MessageTtlSeconds": 60},
+        "Version": "1",
+    }})
+    .to_string()
+}
+
+fn describe_media_storage(arn: &ChannelArn) -> String {
+    if arn.name().starts_with("nostorage-") {
+        return serde_json::json!({"MediaStorageConfiguration": {"Status": "DISABLED"}})
+            .to_string();
+    }
+    let stream = arn.as_str().replacen(":channel/", ":stream/", 1);
+    serde_json::json!({"MediaStorageConfiguration": {"Status": "ENABLED", "StreamARN": stream}})
+        .to_string()
+}
+
+/// KVS's refusal of a DescribeStream, for the streams that have one.
+fn stream_refusal(stream: &ChannelArn) -> Option<Answer> {
+    let name = stream.name();
+    if name.starts_with("nostream-") {
+        return Some(error(
+            404,
+            "ResourceNotFoundException",
+            "The requested stream is not found or not active.",
+            Dialect::Header,
+        ));
+    }
+    name.starts_with("denystream-").then(|| {
+        let message = format!(
+            "User: arn:aws:sts::000000000000:assumed-role/emulated is not authorized to perform: kinesisvideo:DescribeStream on resource: {stream}"
+        );
+        error(403, "AccessDeniedException", &message, Dialect::Header)
+    })
+}
+
+fn describe_stream(stream: &ChannelArn) -> String {
+    let name = stream.name();
+    serde_json::json!({"StreamInfo": {
+        "StreamARN": stream.as_str(),
+        "StreamName": name,
+        "Status": if name.starts_with("creatingstream-") { "CREATING" } else { "ACTIVE" },
+        "DataRetentionInHours": if name.starts_with("noretention-") { 0 } else { 24 },
+        "MediaType": "video/h264",
+        "CreationTime": 1_700_000_000.0,
+        "Version": "1",
+    }})
+    .to_string()
 }
 
 /// A TURN server with credentials valid for 5 minutes, as KVS answers

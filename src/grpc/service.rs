@@ -14,18 +14,20 @@ use crate::{
         endpoint::Role,
     },
     pb::{
-        GetSignalingConnectionRequest, GetSignalingConnectionResponse, IceServer,
-        JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
-        JoinStorageSessionRequest, JoinStorageSessionResponse, SignalingRole,
-        web_rtc_storage_service_server::WebRtcStorageService,
+        CheckStorageReadinessRequest, CheckStorageReadinessResponse, GetSignalingConnectionRequest,
+        GetSignalingConnectionResponse, IceServer, JoinStorageSessionAsViewerRequest,
+        JoinStorageSessionAsViewerResponse, JoinStorageSessionRequest, JoinStorageSessionResponse,
+        ReadinessProblem, SignalingRole, web_rtc_storage_service_server::WebRtcStorageService,
     },
     policy::ChannelPolicy,
+    readiness::StorageReadiness,
     signaling::{Connection, Signaling},
 };
 
 pub struct WebRtcStorage {
     client: Arc<KvsClient>,
     signaling: Signaling,
+    readiness: StorageReadiness,
     policy: ChannelPolicy,
     max_call_duration: Duration,
 }
@@ -36,12 +38,14 @@ impl WebRtcStorage {
     pub fn new(
         client: Arc<KvsClient>,
         signaling: Signaling,
+        readiness: StorageReadiness,
         policy: ChannelPolicy,
         max_call_duration: Duration,
     ) -> Self {
         Self {
             client,
             signaling,
+            readiness,
             policy,
             max_call_duration,
         }
@@ -174,6 +178,45 @@ impl WebRtcStorageService for WebRtcStorage {
         let connection = result.map_err(|e| to_status(&e))?;
         Ok(Response::new(signaling_response(connection)))
     }
+
+    async fn check_storage_readiness(
+        &self,
+        req: Request<CheckStorageReadinessRequest>,
+    ) -> Result<Response<CheckStorageReadinessResponse>, Status> {
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let started = Instant::now();
+        let result = async {
+            let arn = self.channel(&msg.channel_arn)?;
+            self.readiness.check(&call, &arn).await
+        }
+        .await;
+        log_call(
+            "CheckStorageReadiness",
+            &msg.channel_arn,
+            &call,
+            started,
+            result.as_ref().map(|_| ""),
+        );
+        let report = result.map_err(|e| to_status(&e))?;
+        Ok(Response::new(CheckStorageReadinessResponse {
+            ready: report.ready(),
+            channel_type: report.channel_type.clone(),
+            channel_status: report.channel_status.clone(),
+            media_storage_status: report.media_storage_status.clone(),
+            stream_arn: report.stream_arn.clone(),
+            stream_status: report.stream_status.clone(),
+            data_retention_hours: report.data_retention_hours,
+            problems: report
+                .problems
+                .iter()
+                .map(|p| ReadinessProblem {
+                    code: p.code.to_owned(),
+                    message: p.message.clone(),
+                })
+                .collect(),
+        }))
+    }
 }
 
 fn signaling_response(c: Connection) -> GetSignalingConnectionResponse {
@@ -232,9 +275,11 @@ mod tests {
             Arc::new(SkewCorrectedClock::new(clock)),
             Duration::from_secs(300),
         );
+        let readiness = StorageReadiness::new(client.clone(), Duration::from_secs(5), 10);
         WebRtcStorage::new(
             client,
             signaling,
+            readiness,
             ChannelPolicy::default(),
             Duration::from_secs(1),
         )

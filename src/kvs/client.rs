@@ -199,6 +199,24 @@ impl KvsClient {
             .unwrap_or(Err(Error::DeadlineExceeded))
     }
 
+    /// A control-plane read about the channel (the readiness checks'
+    /// Describe* requests): signed for the channel's region, through the
+    /// stack, within the call's deadline. Answers KVS's body.
+    pub async fn describe(
+        &self,
+        call: &Call,
+        arn: &ChannelArn,
+        operation: Operation,
+        body: &impl Serialize,
+    ) -> Result<Bytes, Error> {
+        let control_plane = endpoint::control_plane(arn, self.control_plane_override.as_ref())?;
+        let work = self.send(call, operation, control_plane, arn, json(body));
+        tokio::time::timeout_at(call.deadline, work)
+            .await
+            .unwrap_or(Err(Error::DeadlineExceeded))
+            .map(|answer| answer.body)
+    }
+
     /// The TURN servers for a connection to the channel, from
     /// `GetIceServerConfig` on the channel's HTTPS endpoint for `role`.
     /// `client_id` is the viewer's; a master sends none.

@@ -41,6 +41,10 @@ pub enum Operation {
     /// TURN servers for a signaling connection, on the channel's HTTPS
     /// endpoint.
     GetIceServerConfig,
+    /// The readiness checks' control-plane reads.
+    DescribeSignalingChannel,
+    DescribeMediaStorageConfiguration,
+    DescribeStream,
 }
 
 impl Operation {
@@ -50,6 +54,9 @@ impl Operation {
             Operation::JoinStorageSession => "JoinStorageSession",
             Operation::JoinStorageSessionAsViewer => "JoinStorageSessionAsViewer",
             Operation::GetIceServerConfig => "GetIceServerConfig",
+            Operation::DescribeSignalingChannel => "DescribeSignalingChannel",
+            Operation::DescribeMediaStorageConfiguration => "DescribeMediaStorageConfiguration",
+            Operation::DescribeStream => "DescribeStream",
         }
     }
 
@@ -60,6 +67,9 @@ impl Operation {
             Operation::JoinStorageSession => "/joinStorageSession",
             Operation::JoinStorageSessionAsViewer => "/joinStorageSessionAsViewer",
             Operation::GetIceServerConfig => "/v1/get-ice-server-config",
+            Operation::DescribeSignalingChannel => "/describeSignalingChannel",
+            Operation::DescribeMediaStorageConfiguration => "/describeMediaStorageConfiguration",
+            Operation::DescribeStream => "/describeStream",
         }
     }
 }

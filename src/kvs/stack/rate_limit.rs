@@ -136,6 +136,8 @@ impl Bucket {
 pub struct RateLimits {
     pub discovery: Option<f64>,
     pub join: Option<f64>,
+    /// The readiness checks' Describe* requests.
+    pub describe: Option<f64>,
 }
 
 type SharedBucket = Arc<Mutex<Bucket>>;
@@ -144,6 +146,7 @@ type SharedBucket = Arc<Mutex<Bucket>>;
 pub struct RateLimitLayer {
     discovery: Option<SharedBucket>,
     join: Option<SharedBucket>,
+    describe: Option<SharedBucket>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +170,7 @@ impl RateLimitLayer {
         Self {
             discovery: bucket(limits.discovery),
             join: bucket(limits.join),
+            describe: bucket(limits.describe),
         }
     }
 
@@ -180,6 +184,12 @@ impl RateLimitLayer {
             Operation::JoinStorageSession | Operation::JoinStorageSessionAsViewer => {
                 self.join.clone()
             }
+            // One bucket for the three: DescribeMediaStorageConfiguration's
+            // quota (50 per account) is the tightest, and a readiness check
+            // makes one of each.
+            Operation::DescribeSignalingChannel
+            | Operation::DescribeMediaStorageConfiguration
+            | Operation::DescribeStream => self.describe.clone(),
         }
     }
 }
@@ -379,6 +389,7 @@ mod tests {
         let layer = RateLimitLayer::new(RateLimits {
             discovery: Some(per_second),
             join: None,
+            describe: None,
         });
         (tower::Layer::layer(&layer, mock), handle)
     }
