@@ -65,16 +65,21 @@ def main(sidecar_yaml, gateway_yaml, policy_json):
         assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
 
     with open(policy_json) as f:
-        (statement,) = json.load(f)["Statement"]
-    assert sorted(statement["Action"]) == [
+        channels, streams = json.load(f)["Statement"]
+    assert sorted(channels["Action"]) == [
         "kinesisvideo:ConnectAsMaster",
         "kinesisvideo:ConnectAsViewer",
+        "kinesisvideo:DescribeMediaStorageConfiguration",
+        "kinesisvideo:DescribeSignalingChannel",
         "kinesisvideo:GetIceServerConfig",
         "kinesisvideo:GetSignalingChannelEndpoint",
         "kinesisvideo:JoinStorageSession",
         "kinesisvideo:JoinStorageSessionAsViewer",
-    ], statement["Action"]
-    assert statement["Resource"].startswith("arn:aws:kinesisvideo:") and ":channel/" in statement["Resource"]
+    ], channels["Action"]
+    assert channels["Resource"].startswith("arn:aws:kinesisvideo:") and ":channel/" in channels["Resource"]
+    # CheckStorageReadiness describes the stream linked to the channel.
+    assert streams["Action"] == ["kinesisvideo:DescribeStream"], streams["Action"]
+    assert streams["Resource"].startswith("arn:aws:kinesisvideo:") and ":stream/" in streams["Resource"]
     print("deploy checks: ok")
 
 

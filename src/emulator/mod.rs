@@ -13,7 +13,11 @@
 //!
 //! Any well-formed channel ARN exists, except channel names that begin with
 //! `missing-` (ResourceNotFoundException) or `denied-`
-//! (AccessDeniedException), so clients can see the error paths.
+//! (AccessDeniedException), so clients can see the error paths. The
+//! Describe* answers follow more prefixes (`inactive-`, `fullmesh-`,
+//! `nostorage-`, `nostream-`, `creatingstream-`, `noretention-`,
+//! `denystream-`; see `handler.rs` and the README), one per readiness
+//! problem.
 //!
 //! Tests and demos can also script faults per path ([`Emulator::script`])
 //! and read back what was received ([`Emulator::received`]).
