@@ -186,6 +186,22 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_ALLOWED_CHANNELS", value_delimiter = ',')]
     pub allowed_channels: Vec<ArnPattern>,
 
+    /// Cross-account channels: `ACCOUNT=ROLE_ARN[,external-id=ID]`,
+    /// repeatable (`;`-separated in the environment). Every call for a
+    /// channel of ACCOUNT signs with credentials from STS AssumeRole of
+    /// ROLE_ARN, on top of the default chain; other accounts use the
+    /// default chain.
+    #[arg(long = "assume-role", env = "KVS_SIDECAR_ASSUME_ROLE", value_delimiter = ';', value_parser = assume_role)]
+    pub assume_roles: Vec<AssumeRole>,
+
+    /// RoleSessionName of the AssumeRole calls (CloudTrail shows it).
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_ASSUME_ROLE_SESSION_NAME",
+        default_value = "kvs-sidecar"
+    )]
+    pub assume_role_session_name: String,
+
     /// Calls in flight at once; past it, calls are refused at once with
     /// RESOURCE_EXHAUSTED rather than queued.
     #[arg(long, env = "KVS_SIDECAR_MAX_CONCURRENT_CALLS", default_value_t = 1024, value_parser = count)]
@@ -235,6 +251,40 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
         return Err("must be longer than 0".into());
     }
     Ok(d)
+}
+
+/// One account's role, from `--assume-role`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRole {
+    pub account: String,
+    pub role_arn: String,
+    pub external_id: Option<String>,
+}
+
+fn assume_role(s: &str) -> Result<AssumeRole, String> {
+    let usage = || format!("{s:?} is not ACCOUNT=ROLE_ARN[,external-id=ID]");
+    let (account, rest) = s.trim().split_once('=').ok_or_else(usage)?;
+    let (role_arn, options) = rest.split_once(',').unwrap_or((rest, ""));
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{}: the account must be 12 digits", usage()));
+    }
+    if !role_arn.starts_with("arn:") || !role_arn.contains(":role/") {
+        return Err(format!("{}: {role_arn:?} is not a role ARN", usage()));
+    }
+    let external_id = match options {
+        "" => None,
+        o => Some(
+            o.strip_prefix("external-id=")
+                .filter(|id| !id.is_empty())
+                .ok_or_else(usage)?
+                .to_owned(),
+        ),
+    };
+    Ok(AssumeRole {
+        account: account.to_owned(),
+        role_arn: role_arn.to_owned(),
+        external_id,
+    })
 }
 
 /// X-Amz-Expires of a presigned signaling URL: whole seconds, at most
@@ -337,6 +387,30 @@ mod tests {
         assert_eq!(c.attempt_timeout, Duration::from_millis(250));
         assert_eq!(c.stack().max_attempts, 5);
         assert!(Config::try_parse_from(["kvs-sidecar", "--max-attempts", "0"]).is_err());
+        let roles = Config::try_parse_from([
+            "kvs-sidecar",
+            "--assume-role",
+            "111122223333=arn:aws:iam::111122223333:role/kvs-recorder",
+            "--assume-role",
+            "444455556666=arn:aws:iam::444455556666:role/r,external-id=x-1",
+        ])
+        .unwrap()
+        .assume_roles;
+        assert_eq!(roles.len(), 2);
+        assert_eq!(roles[0].account, "111122223333");
+        assert_eq!(roles[0].external_id, None);
+        assert_eq!(roles[1].external_id.as_deref(), Some("x-1"));
+        for refused in [
+            "1111=arn:aws:iam::1111:role/r",
+            "111122223333=arn:aws:iam::111122223333:user/u",
+            "111122223333",
+            "111122223333=arn:aws:iam::111122223333:role/r,session=x",
+        ] {
+            assert!(
+                Config::try_parse_from(["kvs-sidecar", "--assume-role", refused]).is_err(),
+                "{refused}"
+            );
+        }
         let expiry = |v: &str| {
             Config::try_parse_from(["kvs-sidecar", "--signaling-url-expiry", v])
                 .map(|c| c.signaling_url_expiry)

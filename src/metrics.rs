@@ -177,8 +177,11 @@ pub fn endpoint_cache(hit: bool) {
     counter!(ENDPOINT_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
 }
 
-pub fn credential_refresh(ok: bool) {
-    counter!(CREDENTIAL_REFRESHES, "outcome" => if ok { "success" } else { "error" }).increment(1);
+/// `role` is `default` (the default chain) or a configured role ARN, so the
+/// label set is bounded by the configuration.
+pub fn credential_refresh(ok: bool, role: &str) {
+    let outcome = if ok { "success" } else { "error" };
+    counter!(CREDENTIAL_REFRESHES, "outcome" => outcome, "role" => role.to_owned()).increment(1);
 }
 
 /// The canonical upper-case names used by grpc-go's metrics.

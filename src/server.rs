@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use aws_config::BehaviorVersion;
+use aws_config::{BehaviorVersion, Region, SdkConfig, sts::AssumeRoleProvider};
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
 use axum::serve::ListenerExt;
 use http::Uri;
@@ -26,7 +26,7 @@ use crate::{
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{self, WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
-    kvs::{KvsClient, credentials::CredentialCache},
+    kvs::{KvsClient, credentials::Identities},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     readiness::{self, StorageReadiness},
@@ -47,7 +47,7 @@ pub struct Sidecar {
     health: HealthReporter,
     ready: Readiness,
     grace: Duration,
-    credentials: Arc<CredentialCache>,
+    identities: Arc<Identities>,
     emulating: bool,
 }
 
@@ -60,14 +60,19 @@ impl Sidecar {
         config: &Config,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, BoxError> {
-        let (provider, control_plane) = if config.emulate {
+        let (sdk, control_plane) = if config.emulate {
             emulated_kvs().await?
         } else {
             aws(config).await?
         };
-        let (client, credentials, clock) = KvsClient::build(
+        let provider = sdk
+            .credentials_provider()
+            .ok_or("aws-config found no credential provider")?;
+        let roles = assumed_roles(config, &sdk).await;
+        let (client, identities, clock) = KvsClient::build(
             &config.client(),
             provider,
+            roles,
             control_plane,
             Arc::new(SystemClock),
         )?;
@@ -94,7 +99,7 @@ impl Sidecar {
             .build_v1alpha()?;
         let signaling = Signaling::new(
             client.clone(),
-            credentials.clone(),
+            identities.clone(),
             clock,
             config.signaling_url_expiry,
         );
@@ -154,7 +159,7 @@ impl Sidecar {
             health,
             ready,
             grace: config.shutdown_grace,
-            credentials,
+            identities,
             emulating: config.emulate,
         })
     }
@@ -189,12 +194,15 @@ impl Sidecar {
         };
         let admin = spawn_server(self.admin, self.admin_router, stop_admin_rx);
 
-        let credentials = self.credentials.clone();
-        tokio::spawn(async move {
-            if let Err(error) = credentials.get().await {
-                tracing::warn!(%error, "no AWS credentials yet; calls will answer UNAVAILABLE until the provider chain succeeds");
-            }
-        });
+        for credentials in self.identities.all() {
+            let credentials = credentials.clone();
+            tokio::spawn(async move {
+                if let Err(error) = credentials.get().await {
+                    let role = credentials.role();
+                    tracing::warn!(%error, role, "no AWS credentials yet; calls signed with them will fail until the provider succeeds");
+                }
+            });
+        }
         self.health
             .set_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
             .await;
@@ -244,21 +252,41 @@ impl Sidecar {
     }
 }
 
-/// The AWS credential chain and the SDKs' endpoint override.
-async fn aws(config: &Config) -> Result<(SharedCredentialsProvider, Option<Uri>), BoxError> {
+/// The AWS configuration (credential chain, STS settings) and the SDKs'
+/// endpoint override.
+async fn aws(config: &Config) -> Result<(SdkConfig, Option<Uri>), BoxError> {
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let provider = sdk
-        .credentials_provider()
-        .ok_or("aws-config found no credential provider")?;
     let control_plane = match &config.kvs_endpoint_url {
         Some(url) => Some(url.clone()),
         None => sdk.endpoint_url().map(str::parse).transpose()?,
     };
-    Ok((provider, control_plane))
+    Ok((sdk, control_plane))
 }
 
-/// A KVS emulator on loopback and the throwaway keys it accepts.
-async fn emulated_kvs() -> Result<(SharedCredentialsProvider, Option<Uri>), BoxError> {
+/// One AssumeRole provider per mapped account, on top of the default chain
+/// (aws-config's provider; the credential cache in front of it refreshes
+/// ahead of expiry): (account, role ARN, provider).
+async fn assumed_roles(
+    config: &Config,
+    sdk: &SdkConfig,
+) -> Vec<(String, String, SharedCredentialsProvider)> {
+    let mut roles = Vec::new();
+    for role in &config.assume_roles {
+        let mut builder = AssumeRoleProvider::builder(&role.role_arn)
+            .session_name(&config.assume_role_session_name)
+            .configure(sdk);
+        if let Some(id) = &role.external_id {
+            builder = builder.external_id(id);
+        }
+        let provider = SharedCredentialsProvider::new(builder.build().await);
+        roles.push((role.account.clone(), role.role_arn.clone(), provider));
+    }
+    roles
+}
+
+/// A KVS emulator on loopback and the throwaway keys it accepts; the
+/// emulator answers STS too.
+async fn emulated_kvs() -> Result<(SdkConfig, Option<Uri>), BoxError> {
     let emulator = Emulator::start(EmulatorCredentials::generate()).await?;
     let keys = emulator.credentials();
     let credentials = Credentials::new(
@@ -269,10 +297,13 @@ async fn emulated_kvs() -> Result<(SharedCredentialsProvider, Option<Uri>), BoxE
         "kvs-sidecar-emulator",
     );
     tracing::info!(kvs = %emulator.url(), "emulating KVS on loopback: no AWS account is used");
-    Ok((
-        SharedCredentialsProvider::new(credentials),
-        Some(emulator.url().parse()?),
-    ))
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(emulator.url())
+        .credentials_provider(credentials)
+        .load()
+        .await;
+    Ok((sdk, Some(emulator.url().parse()?)))
 }
 
 /// A channel ARN for the emulator demo.

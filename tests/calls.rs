@@ -383,7 +383,7 @@ async fn expired_token_forces_one_refresh_and_one_retry() {
     assert_eq!(fake.received_on(JOIN).len(), 5);
     let (_, metrics) = sidecar.admin_get("/metrics");
     assert!(
-        metrics.contains(r#"kvs_credential_refreshes_total{outcome="success"} 3"#),
+        metrics.contains(r#"kvs_credential_refreshes_total{outcome="success",role="default"} 3"#),
         "{metrics}"
     );
 }

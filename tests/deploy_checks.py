@@ -65,7 +65,7 @@ def main(sidecar_yaml, gateway_yaml, policy_json):
         assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
 
     with open(policy_json) as f:
-        channels, streams = json.load(f)["Statement"]
+        channels, streams, roles = json.load(f)["Statement"]
     assert sorted(channels["Action"]) == [
         "kinesisvideo:ConnectAsMaster",
         "kinesisvideo:ConnectAsViewer",
@@ -80,6 +80,9 @@ def main(sidecar_yaml, gateway_yaml, policy_json):
     # CheckStorageReadiness describes the stream linked to the channel.
     assert streams["Action"] == ["kinesisvideo:DescribeStream"], streams["Action"]
     assert streams["Resource"].startswith("arn:aws:kinesisvideo:") and ":stream/" in streams["Resource"]
+    # --assume-role: exactly the mapped roles, never "*".
+    assert roles["Action"] == ["sts:AssumeRole"], roles["Action"]
+    assert roles["Resource"] and all(":role/" in r for r in roles["Resource"]), roles["Resource"]
     print("deploy checks: ok")
 
 

@@ -125,9 +125,10 @@ impl Stack {
             "0",
         ])
         .expect("valid flags");
-        let (client, _credentials, _clock) = KvsClient::build(
+        let (client, _identities, _clock) = KvsClient::build(
             &config.client(),
             SharedCredentialsProvider::new(credentials()),
+            Vec::new(),
             Some(fake.parse().expect("a valid URL")),
             Arc::new(SystemClock),
         )

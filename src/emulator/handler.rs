@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, body::Incoming};
 use serde::Deserialize;
 
-use super::{CONTAINER_CREDENTIALS_PATH, Dialect, Emulator, Received, Reply, sigv4};
+use super::{CONTAINER_CREDENTIALS_PATH, Dialect, Emulator, Received, Reply, sigv4, sts};
 use crate::kvs::arn::{ChannelArn, validate_client_id};
 
 type Answer = Response<Full<Bytes>>;
@@ -28,13 +28,13 @@ impl Emulator {
         if path == CONTAINER_CREDENTIALS_PATH {
             return Ok(self.container_credentials(&parts.headers));
         }
-        let signature = sigv4::verify(
-            parts.method.as_str(),
-            &path,
-            &parts.headers,
-            &body,
-            &self.credentials.secret_access_key,
-        );
+        // Signed by the emulator's keys or by keys its STS handed out.
+        let secret = access_key(&parts.headers)
+            .and_then(|key| self.keys(key))
+            .map(|keys| keys.secret_access_key)
+            .unwrap_or_else(|| self.credentials.secret_access_key.clone());
+        let signature = sigv4::verify(parts.method.as_str(), &path, &parts.headers, &body, &secret);
+        let sts = path == "/" && parts.method == http::Method::POST;
         let scripted = {
             let mut state = self.lock();
             if state.received.len() == super::RECEIVED_KEPT {
@@ -56,11 +56,14 @@ impl Emulator {
                 .and_then(|q| q.pop_front())
                 .or_else(|| throttled.then(|| Reply::error(400, "ClientLimitExceededException")))
         };
-        let mut answer = match self.authenticate(&parts.headers, signature) {
+        let service = if sts { "sts" } else { "kinesisvideo" };
+        let mut answer = match self.authenticate(&parts.headers, signature, service) {
+            Ok(_) if sts => sts::sts_error_or(scripted, || self.sts(&body)),
             Ok(scope) => {
                 self.answer(scripted.unwrap_or(Reply::Ok), &path, &body, &scope)
                     .await?
             }
+            Err((code, message)) if sts => sts::sts_error(403, code, &message),
             Err((code, message)) => error(403, code, &message, Dialect::Header),
         };
         // Like AWS, every answer says what time the server thinks it is.
@@ -101,6 +104,7 @@ impl Emulator {
         &self,
         headers: &http::HeaderMap,
         signature: Result<sigv4::Scope, String>,
+        service: &str,
     ) -> Result<sigv4::Scope, (&'static str, String)> {
         let deny = |code, message: &str| Err((code, message.to_owned()));
         if !headers.contains_key("authorization") {
@@ -111,17 +115,11 @@ impl Emulator {
         }
         // As in AWS: who is calling (access key and token) is checked
         // before the signature.
-        let access_key = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split("Credential=").nth(1))
-            .and_then(|v| v.split('/').next());
+        let keys = access_key(headers).and_then(|key| self.keys(key));
         let token = headers
             .get("x-amz-security-token")
             .and_then(|v| v.to_str().ok());
-        if access_key != Some(self.credentials.access_key_id.as_str())
-            || token != self.credentials.session_token.as_deref()
-        {
+        if keys.is_none_or(|keys| token != keys.session_token.as_deref()) {
             return deny(
                 "UnrecognizedClientException",
                 "The security token included in the request is invalid.",
@@ -131,10 +129,10 @@ impl Emulator {
             return Err(("InvalidSignatureException", refusal));
         }
         match signature {
-            Ok(scope) if scope.service != "kinesisvideo" => deny(
+            Ok(scope) if scope.service != service => Err((
                 "InvalidSignatureException",
-                "Credential should be scoped to correct service: 'kinesisvideo'.",
-            ),
+                format!("Credential should be scoped to correct service: '{service}'."),
+            )),
             Ok(scope) => Ok(scope),
             // A well-formed signature that does not verify gets AWS's long
             // answer, canonical request and string to sign included.
@@ -517,8 +515,17 @@ pub(super) fn error(status: u16, code: &str, message: &str, dialect: Dialect) ->
         .unwrap_or_default()
 }
 
+/// The access key id of a header-signed request.
+fn access_key(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("Credential=").nth(1))
+        .and_then(|v| v.split('/').next())
+}
+
 /// A random UUID, the form of KVS's request ids.
-fn request_id() -> String {
+pub(super) fn request_id() -> String {
     let hex = |n: usize| -> String {
         (0..n)
             .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))

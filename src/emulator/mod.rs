@@ -9,7 +9,9 @@
 //! SigV4 signature against the credentials it was given, with its own
 //! verifier ([`sigv4`]), presigned signaling URLs included: it serves the
 //! signaling WebSocket too, and sends the connected master (or viewer) an
-//! SDP offer each time its join succeeds (see `signaling.rs`).
+//! SDP offer each time its join succeeds (see `signaling.rs`). It answers
+//! STS `AssumeRole` (`POST /`, see `sts.rs`) and then accepts the keys it
+//! handed out as well as its own.
 //!
 //! Any well-formed channel ARN exists, except channel names that begin with
 //! `missing-` (ResourceNotFoundException) or `denied-`
@@ -35,6 +37,9 @@
 mod handler;
 mod signaling;
 pub mod sigv4;
+mod sts;
+
+pub use self::sts::AssumedRole;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -164,6 +169,8 @@ struct State {
     clock_offset_secs: i64,
     /// Open signaling WebSockets, by master or viewer.
     signaling: signaling::Peers,
+    /// Roles assumed through the emulated STS, with the keys handed out.
+    assumed: VecDeque<AssumedRole>,
 }
 
 #[derive(Clone)]

@@ -167,25 +167,27 @@ impl Emulator {
             return Err((400, "BadRequest", "signaling is GET /".into()));
         }
         let query = req.uri().query().unwrap_or_default();
-        let checked = match sigv4::verify_presigned(
-            "GET",
-            "/",
-            query,
-            req.headers(),
-            &self.credentials.secret_access_key,
-            self.now(),
-        ) {
-            Ok(checked) => checked,
-            Err(reason) if reason.contains("expired") || reason.contains("future") => {
-                return deny(
-                    "AccessDeniedException",
-                    &format!("Signature expired: {reason}"),
-                );
-            }
-            Err(_) => return deny("AccessDeniedException", sigv4::MISMATCH),
-        };
-        if checked.scope.access_key != self.credentials.access_key_id
-            || checked.param("X-Amz-Security-Token") != self.credentials.session_token.as_deref()
+        // Signed by the emulator's keys or by keys its STS handed out.
+        let secret = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("X-Amz-Credential="))
+            .and_then(|c| c.split("%2F").next())
+            .and_then(|key| self.keys(key))
+            .map(|keys| keys.secret_access_key)
+            .unwrap_or_else(|| self.credentials.secret_access_key.clone());
+        let checked =
+            match sigv4::verify_presigned("GET", "/", query, req.headers(), &secret, self.now()) {
+                Ok(checked) => checked,
+                Err(reason) if reason.contains("expired") || reason.contains("future") => {
+                    return deny(
+                        "AccessDeniedException",
+                        &format!("Signature expired: {reason}"),
+                    );
+                }
+                Err(_) => return deny("AccessDeniedException", sigv4::MISMATCH),
+            };
+        let keys = self.keys(&checked.scope.access_key);
+        if keys.is_none_or(|k| checked.param("X-Amz-Security-Token") != k.session_token.as_deref())
         {
             return deny(
                 "UnrecognizedClientException",

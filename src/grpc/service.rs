@@ -245,9 +245,8 @@ mod tests {
     use super::*;
     use crate::{
         clock::SkewCorrectedClock,
-        kvs::{KvsClient, credentials::CredentialCache, endpoint_cache::EndpointCache},
+        kvs::{KvsClient, credentials::Identities, endpoint_cache::EndpointCache},
     };
-    use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
     use proptest::prelude::*;
 
     /// A service whose upstream would fail if reached: these tests only
@@ -258,21 +257,17 @@ mod tests {
                 Err(Error::Transport("unreachable in this test".into()))
             },
         ));
+        let identities = Identities::for_tests();
         let client = Arc::new(KvsClient::new(
             upstream,
             EndpointCache::new(Duration::from_secs(60), 100),
             None,
-        ));
-        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
-        let credentials = Arc::new(CredentialCache::new(
-            SharedCredentialsProvider::new(Credentials::for_tests()),
-            clock.clone(),
-            Duration::from_secs(1),
+            identities.clone(),
         ));
         let signaling = Signaling::new(
             client.clone(),
-            credentials,
-            Arc::new(SkewCorrectedClock::new(clock)),
+            identities,
+            Arc::new(SkewCorrectedClock::new(Arc::new(crate::clock::SystemClock))),
             Duration::from_secs(300),
         );
         let readiness = StorageReadiness::new(client.clone(), Duration::from_secs(5), 10);

@@ -16,7 +16,7 @@ use crate::kvs::{Error, ErrorKind, ServiceError};
 pub fn code(err: &Error) -> Code {
     match err {
         Error::InvalidRequest { .. } | Error::UnknownPartition(_) => Code::InvalidArgument,
-        Error::ChannelNotAllowed(_) => Code::PermissionDenied,
+        Error::ChannelNotAllowed(_) | Error::CredentialsDenied(_) => Code::PermissionDenied,
         Error::Service(e) => service_code(e),
         Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,
         Error::DeadlineExceeded => Code::DeadlineExceeded,

@@ -160,6 +160,11 @@ impl ChannelArn {
         &self.raw[self.region.0..self.region.1]
     }
 
+    /// The AWS account that owns the channel.
+    pub fn account(&self) -> &str {
+        self.raw.split(':').nth(4).unwrap_or_default()
+    }
+
     /// The channel's name: the middle of `channel/NAME/ID`.
     pub fn name(&self) -> &str {
         let resource = self.raw.rsplit(':').next().unwrap_or_default();

@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use super::{
     Error, ErrorKind, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
-    credentials::CredentialCache,
+    credentials::{CredentialCache, Identities},
     endpoint::{self, Endpoints, Protocol, Role},
     endpoint_cache::EndpointCache,
     stack::{self, StackConfig, Upstream},
@@ -93,6 +93,7 @@ pub struct KvsClient {
     upstream: Upstream,
     endpoints: EndpointCache,
     control_plane_override: Option<Uri>,
+    identities: Arc<Identities>,
 }
 
 // === impl KvsClient ===
@@ -102,36 +103,43 @@ impl KvsClient {
         upstream: Upstream,
         endpoints: EndpointCache,
         control_plane_override: Option<Uri>,
+        identities: Arc<Identities>,
     ) -> Self {
         Self {
             upstream,
             endpoints,
             control_plane_override,
+            identities,
         }
     }
 
-    /// The client `config` describes: its tower stack signing with what
-    /// `provider` gives, and an empty endpoint cache. The credential cache
-    /// (which the caller may warm) and the skew-corrected clock are returned
-    /// too: presigned URLs are signed with them, outside the stack.
+    /// The client `config` describes: its tower stack, signing with what
+    /// `provider` gives, or for a channel of a mapped account with what
+    /// that account's `roles` provider gives (account id, role ARN,
+    /// provider); and an empty endpoint cache. The credential caches (which
+    /// the caller may warm) and the skew-corrected clock are returned too:
+    /// presigned URLs are signed with them, outside the stack.
     pub fn build(
         config: &ClientConfig,
         provider: SharedCredentialsProvider,
+        roles: Vec<(String, String, SharedCredentialsProvider)>,
         control_plane: Option<Uri>,
         clock: SharedClock,
-    ) -> Result<(Self, Arc<CredentialCache>, Arc<SkewCorrectedClock>), Error> {
-        let credentials = Arc::new(CredentialCache::new(
-            provider,
-            clock.clone(),
-            config.credentials_timeout,
-        ));
+    ) -> Result<(Self, Arc<Identities>, Arc<SkewCorrectedClock>), Error> {
+        let cache =
+            |provider| CredentialCache::new(provider, clock.clone(), config.credentials_timeout);
+        let mut identities = Identities::new(Arc::new(cache(provider)));
+        for (account, role, provider) in roles {
+            identities = identities.with_role(&account, Arc::new(cache(provider).with_role(&role)));
+        }
+        let identities = Arc::new(identities);
         let clock = Arc::new(SkewCorrectedClock::new(clock));
-        let upstream = stack::build(&config.stack, credentials.clone(), clock.clone())?;
+        let upstream = stack::build(&config.stack, clock.clone())?;
         let endpoints =
             EndpointCache::new(config.endpoint_cache_ttl, config.endpoint_cache_capacity);
         Ok((
-            Self::new(upstream, endpoints, control_plane),
-            credentials,
+            Self::new(upstream, endpoints, control_plane, identities.clone()),
+            identities,
             clock,
         ))
     }
@@ -343,6 +351,7 @@ impl KvsClient {
             body,
             deadline: call.deadline,
             attempts: call.attempts.clone(),
+            credentials: self.identities.for_channel(arn).clone(),
         };
         self.upstream.clone().oneshot(request).await
     }

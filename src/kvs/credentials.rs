@@ -1,4 +1,6 @@
-//! A cache in front of the aws-config credential chain.
+//! A cache in front of the aws-config credential chain, and the choice of
+//! which cache signs for a channel ([`Identities`]): an assumed role's for a
+//! channel in a mapped account, the default chain's otherwise.
 //!
 //! Calls read the cached credentials without waiting. When they come within
 //! [`REFRESH_AHEAD`] of expiring, one background task refreshes them while
@@ -6,6 +8,7 @@
 //! call wait, and then all waiting calls share one provider call.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
@@ -18,7 +21,9 @@ use aws_credential_types::{
     provider::{ProvideCredentials, SharedCredentialsProvider},
 };
 
-use super::{Error, error::chain};
+use aws_sdk_sts::{error::ProvideErrorMetadata, operation::assume_role::AssumeRoleError};
+
+use super::{Error, arn::ChannelArn, error::chain};
 use crate::{clock::SharedClock, metrics};
 
 /// How long before expiry credentials are refreshed. The SDKs use 5 minutes;
@@ -32,6 +37,8 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct CredentialCache {
     provider: SharedCredentialsProvider,
+    /// `default`, or the role ARN the provider assumes: a metrics label.
+    role: Arc<str>,
     clock: SharedClock,
     load_timeout: Duration,
     current: RwLock<Option<Credentials>>,
@@ -61,6 +68,7 @@ impl CredentialCache {
     ) -> Self {
         Self {
             provider,
+            role: "default".into(),
             clock,
             load_timeout,
             current: RwLock::new(None),
@@ -68,6 +76,16 @@ impl CredentialCache {
             background: AtomicBool::new(false),
             last_load: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The same cache, labelled as assuming `role` (metrics and logs).
+    pub fn with_role(mut self, role: &str) -> Self {
+        self.role = role.into();
+        self
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
     }
 
     /// Credentials to sign with now.
@@ -138,12 +156,79 @@ impl CredentialCache {
                     self.load_timeout
                 ))
             })
-            .and_then(|r| r.map_err(|e| Error::Credentials(chain(&e))));
-        metrics::credential_refresh(loaded.is_ok());
+            .and_then(|r| {
+                r.map_err(|e| {
+                    if assume_role_denied(&e) {
+                        Error::CredentialsDenied(chain(&e))
+                    } else {
+                        Error::Credentials(chain(&e))
+                    }
+                })
+            });
+        metrics::credential_refresh(loaded.is_ok(), &self.role);
         let credentials = loaded?;
         tracing::debug!(expiry = ?credentials.expiry(), "loaded AWS credentials");
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(credentials.clone());
         Ok(credentials)
+    }
+}
+
+/// Whether STS refused the AssumeRole (`AccessDenied`): the caller's
+/// channel is one this pod may not act on, not a passing fault.
+fn assume_role_denied(err: &(dyn std::error::Error + 'static)) -> bool {
+    type StsError = aws_sdk_sts::error::SdkError<AssumeRoleError>;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(sts) = e.downcast_ref::<StsError>() {
+            return sts.as_service_error().and_then(|s| s.code()) == Some("AccessDenied");
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Which credentials sign for each channel.
+#[derive(Debug)]
+pub struct Identities {
+    default: Arc<CredentialCache>,
+    /// By AWS account id; keys come from the configuration only.
+    roles: HashMap<String, Arc<CredentialCache>>,
+}
+
+// === impl Identities ===
+
+impl Identities {
+    pub fn new(default: Arc<CredentialCache>) -> Self {
+        Self {
+            default,
+            roles: HashMap::new(),
+        }
+    }
+
+    /// Channels of `account` are signed with `cache` (an assumed role's).
+    pub fn with_role(mut self, account: &str, cache: Arc<CredentialCache>) -> Self {
+        self.roles.insert(account.to_owned(), cache);
+        self
+    }
+
+    /// The credentials that sign every request about `arn`.
+    pub fn for_channel(&self, arn: &ChannelArn) -> &Arc<CredentialCache> {
+        self.roles.get(arn.account()).unwrap_or(&self.default)
+    }
+
+    /// Static test keys for every channel, for unit tests whose upstream
+    /// never checks them.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Arc<Self> {
+        let provider = SharedCredentialsProvider::new(Credentials::for_tests());
+        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let cache = CredentialCache::new(provider, clock, Duration::from_secs(1));
+        Arc::new(Self::new(Arc::new(cache)))
+    }
+
+    /// Every cache, the default chain's first (to warm them at start).
+    pub fn all(&self) -> impl Iterator<Item = &Arc<CredentialCache>> {
+        std::iter::once(&self.default).chain(self.roles.values())
     }
 }
 

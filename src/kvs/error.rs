@@ -55,6 +55,10 @@ pub enum Error {
     /// which never holds secret material.
     #[error("could not load AWS credentials: {0}")]
     Credentials(String),
+    /// STS refused to let the sidecar assume the role mapped to the
+    /// channel's account; nothing was sent to KVS.
+    #[error("could not assume the role for this channel's account: {0}")]
+    CredentialsDenied(String),
     #[error("could not sign the request: {0}")]
     Signing(String),
     /// KVS answered 2xx with something we could not use.

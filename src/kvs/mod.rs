@@ -88,6 +88,8 @@ pub struct UpstreamRequest {
     pub deadline: Instant,
     /// Counts the attempts of the whole gRPC call, for its log line.
     pub attempts: Arc<AtomicU32>,
+    /// What signs it: the channel's account's credentials.
+    pub credentials: Arc<credentials::CredentialCache>,
 }
 
 impl UpstreamRequest {

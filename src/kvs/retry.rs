@@ -9,9 +9,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{
-    Error, ErrorKind, ServiceError, UpstreamRequest, UpstreamResponse, credentials::CredentialCache,
-};
+use super::{Error, ErrorKind, ServiceError, UpstreamRequest, UpstreamResponse};
 use crate::{clock::SkewCorrectedClock, metrics};
 
 /// Why a failed attempt may be retried.
@@ -181,7 +179,6 @@ impl RetryQuota {
 pub struct RetryPolicy {
     max_attempts: u32,
     backoff: Backoff,
-    credentials: Arc<CredentialCache>,
     quota: Arc<RetryQuota>,
     clock: Arc<SkewCorrectedClock>,
     attempts: u32,
@@ -196,14 +193,12 @@ impl RetryPolicy {
     pub fn new(
         max_attempts: u32,
         backoff: Backoff,
-        credentials: Arc<CredentialCache>,
         quota: Arc<RetryQuota>,
         clock: Arc<SkewCorrectedClock>,
     ) -> Self {
         Self {
             max_attempts: max_attempts.max(1),
             backoff,
-            credentials,
             quota,
             clock,
             attempts: 1,
@@ -245,7 +240,8 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
             }
             self.refreshed_credentials = true;
             metrics::retry(operation, kind.as_str());
-            let credentials = self.credentials.clone();
+            // The request's own credentials: its channel's account's.
+            let credentials = req.credentials.clone();
             return Some(Box::pin(async move { credentials.invalidate() }));
         }
 

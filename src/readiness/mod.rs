@@ -356,6 +356,7 @@ mod tests {
             upstream,
             EndpointCache::new(Duration::from_secs(60), 10),
             Some("http://127.0.0.1:1".parse().unwrap()),
+            crate::kvs::credentials::Identities::for_tests(),
         );
         StorageReadiness::new(Arc::new(client), Duration::from_secs(60), capacity)
     }

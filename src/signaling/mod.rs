@@ -3,8 +3,9 @@
 //!
 //! One connection is the channel's endpoints for the role (the discovery
 //! the joins share, from the endpoint cache), a WSS URL presigned locally
-//! ([`presign`]) with the credentials cache and the skew-corrected clock the
-//! stack signs with, the region's KVS STUN server, and the TURN servers of
+//! ([`presign`]) with the credentials the stack signs the channel's requests
+//! with (its account's: an assumed role's or the default chain's) and the
+//! skew-corrected clock, the region's KVS STUN server, and the TURN servers of
 //! `GetIceServerConfig`, sent through the stack like every KVS request.
 
 pub mod presign;
@@ -20,7 +21,7 @@ use crate::{
     kvs::{
         Call, Error, KvsClient, TurnServer,
         arn::ChannelArn,
-        credentials::CredentialCache,
+        credentials::Identities,
         endpoint::{Protocol, Role, dns_suffix},
     },
 };
@@ -51,7 +52,7 @@ impl fmt::Debug for Connection {
 
 pub struct Signaling {
     client: Arc<KvsClient>,
-    credentials: Arc<CredentialCache>,
+    identities: Arc<Identities>,
     clock: Arc<SkewCorrectedClock>,
     url_expiry: Duration,
 }
@@ -62,13 +63,13 @@ impl Signaling {
     /// `url_expiry` is clamped to KVS's maximum, [`presign::MAX_EXPIRY`].
     pub fn new(
         client: Arc<KvsClient>,
-        credentials: Arc<CredentialCache>,
+        identities: Arc<Identities>,
         clock: Arc<SkewCorrectedClock>,
         url_expiry: Duration,
     ) -> Self {
         Self {
             client,
-            credentials,
+            identities,
             clock,
             url_expiry: url_expiry.min(presign::MAX_EXPIRY),
         }
@@ -92,7 +93,7 @@ impl Signaling {
             // parallel: the credentials never wait on KVS.
             let (turn, credentials) = tokio::join!(
                 self.client.ice_server_config(call, arn, role, client_id),
-                self.credentials.get(),
+                self.identities.for_channel(arn).get(),
             );
             let credentials = credentials?;
             let signed_at = self.clock.now();

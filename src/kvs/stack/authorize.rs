@@ -5,13 +5,12 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 
 use aws_credential_types::Credentials;
 
-use crate::kvs::{Error, UpstreamRequest, credentials::CredentialCache};
+use crate::kvs::{Error, UpstreamRequest};
 
 /// A request with the credentials to sign it.
 #[derive(Debug, Clone)]
@@ -20,33 +19,23 @@ pub struct Authorized {
     pub credentials: Credentials,
 }
 
-#[derive(Debug, Clone)]
-pub struct AuthorizeLayer {
-    credentials: Arc<CredentialCache>,
-}
+/// Each request carries the credential cache of its channel's account
+/// (`UpstreamRequest::credentials`), so the layer holds none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthorizeLayer;
 
 #[derive(Debug, Clone)]
 pub struct Authorize<S> {
     inner: S,
-    credentials: Arc<CredentialCache>,
 }
 
 // === impl AuthorizeLayer ===
-
-impl AuthorizeLayer {
-    pub fn new(credentials: Arc<CredentialCache>) -> Self {
-        Self { credentials }
-    }
-}
 
 impl<S> tower::Layer<S> for AuthorizeLayer {
     type Service = Authorize<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Authorize {
-            inner,
-            credentials: self.credentials.clone(),
-        }
+        Authorize { inner }
     }
 }
 
@@ -67,9 +56,8 @@ where
 
     fn call(&mut self, request: UpstreamRequest) -> Self::Future {
         let mut inner = super::take_ready(&mut self.inner);
-        let credentials = self.credentials.clone();
         Box::pin(async move {
-            let credentials = credentials.get().await?;
+            let credentials = request.credentials.get().await?;
             inner
                 .call(Authorized {
                     request,

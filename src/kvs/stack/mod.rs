@@ -5,7 +5,8 @@
 //!    the call's deadline;
 //! 2. rate limit: per-operation token buckets, slowing down on throttling;
 //!    a wait that cannot end before the deadline fails at once;
-//! 3. authorize: waits for credentials from the cache;
+//! 3. authorize: waits for credentials from the cache of the channel's
+//!    account (an assumed role's, or the default chain's);
 //! 4. concurrency limit: waits for an upstream slot, taken only now, after
 //!    every other wait, and held for the attempt alone;
 //! 5. attempt metrics: per-attempt count, outcome and latency;
@@ -38,7 +39,6 @@ pub use self::{
 };
 use super::{
     Error, UpstreamRequest, UpstreamResponse,
-    credentials::CredentialCache,
     http::{HttpClient, HttpConfig},
     retry::{Backoff, RetryPolicy, RetryQuota},
 };
@@ -59,23 +59,13 @@ pub struct StackConfig {
     pub http: HttpConfig,
 }
 
-pub fn build(
-    config: &StackConfig,
-    credentials: Arc<CredentialCache>,
-    clock: Arc<SkewCorrectedClock>,
-) -> Result<Upstream, Error> {
+pub fn build(config: &StackConfig, clock: Arc<SkewCorrectedClock>) -> Result<Upstream, Error> {
     let quota = Arc::new(RetryQuota::new(config.retry_quota));
-    let retry = RetryPolicy::new(
-        config.max_attempts,
-        config.backoff,
-        credentials.clone(),
-        quota,
-        clock.clone(),
-    );
+    let retry = RetryPolicy::new(config.max_attempts, config.backoff, quota, clock.clone());
     let stack = ServiceBuilder::new()
         .layer(RetryLayer::new(retry))
         .layer(RateLimitLayer::new(config.rate_limits))
-        .layer(AuthorizeLayer::new(credentials))
+        .layer(AuthorizeLayer)
         .layer(ConcurrencyLimitLayer::new(config.max_concurrency))
         .layer(AttemptMetricsLayer)
         .layer(AttemptTimeoutLayer::new(config.attempt_timeout))

@@ -376,6 +376,11 @@ mod tests {
             body: Default::default(),
             deadline,
             attempts: Arc::new(AtomicU32::new(0)),
+            credentials: crate::kvs::credentials::Identities::for_tests()
+                .all()
+                .next()
+                .unwrap()
+                .clone(),
         }
     }
 
