@@ -1,6 +1,7 @@
 //! The polyglot examples in examples/, run against `kvs-sidecar --emulate`
-//! as a backend team would: a join that succeeds, and the error paths the
-//! emulator offers.
+//! as a backend team would: the whole flow (readiness, a presigned signaling
+//! connection, a join, the SDP offer on the socket), a channel that is not
+//! ready, and the error paths the emulator offers.
 
 mod common;
 
@@ -30,12 +31,25 @@ fn run(program: &str, script: &str, sidecar: &Sidecar, arn: &str) -> String {
 
 fn check(program: &str, script: &str) {
     let sidecar = Sidecar::emulated(&[]);
-    let joined = run(program, script, &sidecar, ARN);
+    let flow = run(program, script, &sidecar, ARN);
+    let lines: Vec<&str> = flow.lines().collect();
+    let [ice, joined, offer] = lines[..] else {
+        panic!("{flow}");
+    };
+    assert_eq!(ice, "ice servers: 2", "{flow}");
     let id = joined
-        .trim()
         .strip_prefix("joined: KVS request id ")
-        .unwrap_or_else(|| panic!("{joined}"));
-    assert!(common::is_request_id(id), "{joined}");
+        .unwrap_or_else(|| panic!("{flow}"));
+    assert!(common::is_request_id(id), "{flow}");
+    assert!(
+        offer.starts_with("offer: offer from storage-session-"),
+        "{flow}"
+    );
+    let unready = run(program, script, &sidecar, &common::arn("nostorage-porch"));
+    assert!(
+        unready.starts_with("not ready: STORAGE_DISABLED: "),
+        "{unready}"
+    );
     let missing = run(program, script, &sidecar, &common::arn("missing-porch"));
     assert!(missing.starts_with("refused: NOT_FOUND"), "{missing}");
     assert!(
@@ -43,7 +57,7 @@ fn check(program: &str, script: &str) {
         "{missing}"
     );
     let denied = run(program, script, &sidecar, &common::arn("denied-porch"));
-    assert!(denied.starts_with("refused: PERMISSION_DENIED"), "{denied}");
+    assert!(denied.starts_with("not ready: ACCESS_DENIED: "), "{denied}");
     let invalid = run(program, script, &sidecar, "not-an-arn");
     assert!(
         invalid.starts_with("refused: INVALID_ARGUMENT (channel_arn:"),
@@ -52,11 +66,11 @@ fn check(program: &str, script: &str) {
 }
 
 #[test]
-fn the_python_example_joins_and_handles_errors() {
+fn the_python_example_runs_the_whole_flow_and_handles_errors() {
     check(&common::python(), "python/client.py");
 }
 
 #[test]
-fn the_node_example_joins_and_handles_errors() {
+fn the_node_example_runs_the_whole_flow_and_handles_errors() {
     check("node", "node/client.js");
 }

@@ -12,6 +12,8 @@ import tempfile
 
 import grpc
 from grpc_status import rpc_status
+import importlib.resources
+
 from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -22,6 +24,8 @@ def generate(out: str) -> None:
     rc = protoc.main([
         "grpc_tools.protoc",
         f"-I{proto_root}",
+        # google/protobuf/*.proto (Timestamp, Duration), shipped with grpcio-tools.
+        f"-I{importlib.resources.files('grpc_tools') / '_proto'}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         str(proto_root / "kvs/webrtcstorage/v1/webrtc_storage.proto"),
