@@ -17,6 +17,7 @@ use kvs_sidecar::kvs::{
     endpoint_cache::EndpointCache,
     retry, sign,
 };
+use kvs_sidecar::signaling::presign::{self, Presign};
 
 const ARN: &str = "arn:aws:kinesisvideo:us-west-2:123456789012:channel/front-door/1700000000000";
 
@@ -149,11 +150,42 @@ fn endpoint_cache(c: &mut Criterion) {
     });
 }
 
+/// The local part of GetSignalingConnection with a warm cache: presigning
+/// the signaling URL (SigV4 query signing, with a session token). The rest
+/// is the GetIceServerConfig request, a KVS round trip like a join's.
+fn presigning(c: &mut Criterion) {
+    let arn = ChannelArn::parse(ARN).unwrap();
+    let endpoint: http::Uri = "wss://m-1234.kinesisvideo.us-west-2.amazonaws.com"
+        .parse()
+        .unwrap();
+    let credentials = Credentials::new(
+        "AKIDEXAMPLE",
+        "SECRET",
+        Some("TOKEN".repeat(100)),
+        None,
+        "bench",
+    );
+    let now = SystemTime::now();
+    c.bench_function("signaling/presign_master_url", |b| {
+        b.iter(|| {
+            Presign {
+                endpoint: &endpoint,
+                arn: black_box(&arn),
+                client_id: None,
+                credentials: &credentials,
+                time: now,
+                expires_in: presign::MAX_EXPIRY,
+            }
+            .sign()
+        })
+    });
+}
+
 criterion_group! {
     name = hot_paths;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = validation, signing, classification, endpoint_cache
+    targets = validation, signing, classification, endpoint_cache, presigning
 }
 criterion_main!(hot_paths);

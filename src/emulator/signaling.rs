@@ -69,6 +69,24 @@ pub(super) struct Peers {
 
 type Answer = Response<Full<Bytes>>;
 
+// === impl Peers ===
+
+impl Peers {
+    /// Registers a connection for `peer`, replacing (and so closing) the
+    /// one it had, unless `cap` other peers are connected. Returns its id.
+    fn admit(&mut self, peer: Peer, outbox: mpsc::Sender<String>, cap: usize) -> Option<u64> {
+        if self.sockets.len() >= cap && !self.sockets.contains_key(&peer) {
+            return None;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        // Replacing drops the previous outbox, which closes that socket.
+        self.sockets.insert(peer, Socket { id, outbox });
+        self.opened += 1;
+        Some(id)
+    }
+}
+
 // === impl Emulator ===
 
 impl Emulator {
@@ -109,24 +127,17 @@ impl Emulator {
         };
         let accept = derive_accept_key(key.as_bytes());
         let (outbox, inbox) = mpsc::channel(QUEUE);
-        let id = {
-            let mut state = self.lock();
-            let peers = &mut state.signaling;
-            if peers.sockets.len() >= MAX_CONNECTIONS && !peers.sockets.contains_key(&peer) {
-                drop(state);
-                return error(
-                    400,
-                    "ClientLimitExceededException",
-                    "too many signaling connections",
-                    Dialect::Header,
-                );
-            }
-            peers.next_id += 1;
-            let id = peers.next_id;
-            // Replacing drops the previous outbox, which closes that socket.
-            peers.sockets.insert(peer.clone(), Socket { id, outbox });
-            peers.opened += 1;
-            id
+        let admitted = self
+            .lock()
+            .signaling
+            .admit(peer.clone(), outbox, MAX_CONNECTIONS);
+        let Some(id) = admitted else {
+            return error(
+                400,
+                "ClientLimitExceededException",
+                "too many signaling connections",
+                Dialect::Header,
+            );
         };
         let emulator = self.clone();
         let upgrade = hyper::upgrade::on(&mut req);
@@ -328,4 +339,36 @@ fn sdp_offer() -> String {
         "messagePayload": base64::engine::general_purpose::STANDARD.encode(payload),
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(channel: &str, client_id: Option<&str>) -> Peer {
+        Peer {
+            channel_arn: channel.into(),
+            client_id: client_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn connections_are_bounded_and_a_second_master_replaces_the_first() {
+        let mut peers = Peers::default();
+        let outbox = || mpsc::channel(1);
+        let (first, mut first_inbox) = outbox();
+        let master = peers.admit(peer("a", None), first, 3).unwrap();
+        assert!(peers.admit(peer("a", Some("v-1")), outbox().0, 3).is_some());
+        assert!(peers.admit(peer("b", None), outbox().0, 3).is_some());
+        assert_eq!(
+            peers.admit(peer("c", None), outbox().0, 3),
+            None,
+            "a fourth peer is refused"
+        );
+        let replacement = peers.admit(peer("a", None), outbox().0, 3).unwrap();
+        assert_ne!(master, replacement);
+        assert_eq!(peers.sockets.len(), 3);
+        // The replaced master's outbox is gone: its socket task closes it.
+        assert!(first_inbox.try_recv().is_err() && first_inbox.is_closed());
+    }
 }
