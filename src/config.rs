@@ -8,7 +8,9 @@ use http::Uri;
 
 use crate::{
     kvs::{
-        http::HttpConfig,
+        ClientSettings,
+        endpoint::EndpointSettings,
+        http::{HttpConfig, Network},
         retry::Backoff,
         stack::{RateLimits, StackConfig},
     },
@@ -72,10 +74,19 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Control-plane endpoint override, as the AWS SDKs read it. Falls back
-    /// to AWS_ENDPOINT_URL; the WEBRTC endpoint always comes from discovery.
-    #[arg(long, env = "AWS_ENDPOINT_URL_KINESIS_VIDEO")]
+    /// Control-plane endpoint override. Without it the AWS SDKs' settings
+    /// apply (AWS_ENDPOINT_URL_KINESIS_VIDEO, AWS_ENDPOINT_URL, the profile's
+    /// services section, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS); this flag is
+    /// explicit configuration, which those leave alone. Joins always go to
+    /// the endpoint discovery returns.
+    #[arg(long)]
     pub kvs_endpoint_url: Option<Uri>,
+
+    /// PEM CA certificates to trust for KVS on top of the bundled Mozilla
+    /// roots, the platform's store (SSL_CERT_FILE / SSL_CERT_DIR) and
+    /// AWS_CA_BUNDLE: a TLS-inspecting proxy's CA, or a private endpoint's.
+    #[arg(long, env = "KVS_SIDECAR_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Attempts per KVS request, the first included (AWS standard mode: 3).
     #[arg(long, env = "KVS_SIDECAR_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
@@ -185,7 +196,18 @@ pub enum LogFormat {
 }
 
 impl Config {
-    pub fn stack(&self) -> StackConfig {
+    /// The KVS client's settings: this configuration, with the endpoint
+    /// choice and network the AWS environment gave.
+    pub fn client(&self, endpoints: EndpointSettings, network: Network) -> ClientSettings {
+        ClientSettings {
+            stack: self.stack(network),
+            endpoints,
+            endpoint_cache_ttl: self.endpoint_cache_ttl,
+            credentials_timeout: self.credentials_timeout,
+        }
+    }
+
+    pub fn stack(&self, network: Network) -> StackConfig {
         StackConfig {
             max_attempts: self.max_attempts,
             backoff: Backoff {
@@ -206,6 +228,7 @@ impl Config {
                 pool_max_idle_per_host: self
                     .pool_max_idle_per_host
                     .unwrap_or(self.max_upstream_concurrency.max(1)),
+                network,
             },
         }
     }
@@ -235,7 +258,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.attempt_timeout, Duration::from_millis(250));
-        assert_eq!(c.stack().max_attempts, 5);
+        assert_eq!(c.stack(Network::direct()).max_attempts, 5);
         assert!(Config::try_parse_from(["kvs-sidecar", "--max-attempts", "0"]).is_err());
     }
 }

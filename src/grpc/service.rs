@@ -169,7 +169,10 @@ fn log_call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::{KvsClient, endpoint::EndpointCache};
+    use crate::kvs::{
+        KvsClient,
+        endpoint::{EndpointCache, EndpointSettings},
+    };
     use proptest::prelude::*;
 
     /// A service whose upstream would fail if reached: these tests only
@@ -180,7 +183,11 @@ mod tests {
                 Err(Error::Transport("unreachable in this test".into()))
             },
         ));
-        let client = KvsClient::new(upstream, EndpointCache::new(Duration::from_secs(60)), None);
+        let client = KvsClient::new(
+            upstream,
+            EndpointCache::new(Duration::from_secs(60)),
+            EndpointSettings::default(),
+        );
         WebRtcStorage::new(
             Arc::new(client),
             ChannelPolicy::default(),

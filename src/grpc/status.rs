@@ -15,7 +15,10 @@ use crate::kvs::{Error, ServiceError};
 /// The gRPC code for each error class.
 pub fn code(err: &Error) -> Code {
     match err {
-        Error::InvalidRequest { .. } | Error::UnknownPartition(_) => Code::InvalidArgument,
+        Error::InvalidRequest { .. } => Code::InvalidArgument,
+        // The sidecar's FIPS / dual-stack settings cannot reach this
+        // partition: its setup, not the request, must change.
+        Error::Endpoint(_) => Code::FailedPrecondition,
         Error::ChannelNotAllowed(_) => Code::PermissionDenied,
         Error::Service(e) => service_code(e),
         Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,

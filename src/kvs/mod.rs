@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use self::{
-    client::{Call, Joined, KvsClient},
+    client::{Call, ClientSettings, Joined, KvsClient},
     error::{BoxError, Error, ServiceError},
 };
 
