@@ -190,26 +190,33 @@ impl tower::Service<Uri> for ProxyConnector {
             };
             // The matcher strips user:password from the proxy's URI, so
             // this names the proxy without its credentials.
-            let via = |e: BoxError| -> BoxError {
-                format!(
-                    "through proxy {}: {}",
-                    proxy.uri(),
-                    super::error::chain(e.as_ref())
-                )
-                .into()
-            };
+            let name = format!(
+                "proxy http://{}",
+                proxy.uri().authority().map_or("", |a| a.as_str())
+            );
             if dst.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                let target = format!(
+                    "{}:{}",
+                    dst.host().unwrap_or_default(),
+                    dst.port_u16().unwrap_or(443)
+                );
                 let mut tunnel = Tunnel::new(proxy.uri().clone(), http);
                 if let Some(auth) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                let io = tunnel.oneshot(dst).await.map_err(|e| via(e.into()))?;
+                let io = tunnel.oneshot(dst).await.map_err(|e| -> BoxError {
+                    let chain = super::error::chain(&e);
+                    format!("CONNECT {target} through {name}: {chain}").into()
+                })?;
                 Ok(ProxiedStream { io, proxied: false })
             } else {
                 let io = http
                     .oneshot(proxy.uri().clone())
                     .await
-                    .map_err(|e| via(e.into()))?;
+                    .map_err(|e| -> BoxError {
+                        let chain = super::error::chain(&e);
+                        format!("through {name}: {chain}").into()
+                    })?;
                 Ok(ProxiedStream { io, proxied: true })
             }
         })
