@@ -103,7 +103,7 @@ impl Tinyproxy {
             .find(|p| Path::new(p).exists())
             .unwrap_or_else(|| {
                 panic!(
-                    "tinyproxy is not installed: `apt-get install tinyproxy` (.ci/run installs it)"
+                    "tinyproxy is not installed: `apt-get install tinyproxy-bin` (.ci/run installs it)"
                 )
             });
         let dir = TempDir::new("tinyproxy");
