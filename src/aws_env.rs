@@ -90,6 +90,21 @@ pub async fn load(flags: Flags<'_>) -> Result<AwsEnv, BoxError> {
         proxies: proxies(std::env::vars())?.map(Arc::new),
         roots: Arc::new(roots(&bundles)?),
     };
+    // Only scheme and authority of an override: a URL may carry userinfo.
+    let override_host = endpoints.override_url.as_ref().map(|u| {
+        format!(
+            "{}://{}",
+            u.scheme_str().unwrap_or(""),
+            u.host().unwrap_or("")
+        )
+    });
+    tracing::info!(
+        fips = endpoints.use_fips,
+        dual_stack = endpoints.use_dual_stack,
+        endpoint_override = override_host.as_deref().unwrap_or("none"),
+        proxy = network.proxies.is_some(),
+        "KVS endpoint settings"
+    );
     Ok(AwsEnv {
         credentials,
         endpoints,

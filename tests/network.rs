@@ -98,6 +98,11 @@ impl Tinyproxy {
     /// `allow`: the one client address let in; `connect_port`: the one port
     /// CONNECT may reach.
     fn start(allow: &str, connect_port: u16) -> Self {
+        Self::start_with(allow, connect_port, None)
+    }
+
+    /// As `start`, demanding `user:password` (Basic) when `auth` is given.
+    fn start_with(allow: &str, connect_port: u16, auth: Option<(&str, &str)>) -> Self {
         let binary = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -113,8 +118,10 @@ impl Tinyproxy {
             "tinyproxy.conf",
             &format!(
                 "Port {port}\nListen 127.0.0.1\nTimeout 10\nMaxClients 20\n\
-                 LogFile \"{}\"\nLogLevel Info\nAllow {allow}\nConnectPort {connect_port}\n",
-                log.display()
+                 LogFile \"{}\"\nLogLevel Info\nAllow {allow}\nConnectPort {connect_port}\n{}",
+                log.display(),
+                auth.map(|(u, p)| format!("BasicAuth {u} {p}\n"))
+                    .unwrap_or_default()
             ),
         );
         let child = Command::new(binary)
@@ -221,9 +228,11 @@ fn assert_no_secrets(status: &tonic::Status, keys: &EmulatorCredentials) {
 #[tokio::test]
 async fn kvs_calls_go_through_an_http_proxy_unless_no_proxy_exempts_them() {
     let fake = common::kvs().await;
-    let proxy = Tinyproxy::start("127.0.0.1", fake.addr().port());
+    let proxy = Tinyproxy::start_with("127.0.0.1", fake.addr().port(), Some(("kvs", "pw1")));
 
-    let sidecar = Sidecar::start_with_env(&fake, &[], &[("HTTP_PROXY", &proxy.url())]);
+    // The proxy's credentials ride on each absolute-form request.
+    let with_auth = format!("http://kvs:pw1@127.0.0.1:{}", proxy.port);
+    let sidecar = Sidecar::start_with_env(&fake, &[], &[("HTTP_PROXY", &with_auth)]);
     join(&sidecar).await.expect("a join through the proxy");
     // tinyproxy marks what it forwards with a Via header, and logs it.
     let received = fake.received();
@@ -248,6 +257,19 @@ async fn kvs_calls_go_through_an_http_proxy_unless_no_proxy_exempts_them() {
     assert!(log.contains("/getSignalingChannelEndpoint"), "{log}");
     drop(sidecar);
 
+    // Without the credentials the same proxy turns the call away.
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start_with_env(
+        &fake,
+        &["--max-attempts", "1"],
+        &[("HTTP_PROXY", &proxy.url())],
+    );
+    join(&sidecar)
+        .await
+        .expect_err("the proxy wants credentials");
+    assert!(fake.received().is_empty());
+    drop(sidecar);
+
     // NO_PROXY (lower case here) exempts the emulator's address.
     let fake = common::kvs().await;
     let sidecar = Sidecar::start_with_env(
@@ -268,12 +290,14 @@ async fn https_goes_through_a_connect_tunnel_and_trusts_aws_ca_bundle() {
     let fake = ca.emulator().await;
     let dir = TempDir::new("tunnel");
     let bundle = dir.write("ca.pem", &ca.ca_pem);
-    let proxy = Tinyproxy::start("127.0.0.1", fake.addr().port());
+    let proxy = Tinyproxy::start_with("127.0.0.1", fake.addr().port(), Some(("kvs", "pw2")));
 
+    // The proxy's credentials ride on the CONNECT.
+    let with_auth = format!("http://kvs:pw2@127.0.0.1:{}", proxy.port);
     let sidecar = Sidecar::start_with_env(
         &fake,
         &[],
-        &[("HTTPS_PROXY", &proxy.url()), ("AWS_CA_BUNDLE", &bundle)],
+        &[("HTTPS_PROXY", &with_auth), ("AWS_CA_BUNDLE", &bundle)],
     );
     join(&sidecar).await.expect("a join through the tunnel");
     assert_eq!(fake.received().len(), 2);

@@ -76,7 +76,7 @@ pub fn to_status(err: &Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::arn::ValidationError;
+    use crate::kvs::{arn::ValidationError, endpoint::EndpointError};
 
     fn kvs(http_status: u16, code: &str) -> Error {
         Error::Service(ServiceError {
@@ -104,6 +104,10 @@ mod tests {
             (kvs(409, "SomethingNew"), Code::Unknown),
             (Error::Transport("reset".into()), Code::Unavailable),
             (Error::DeadlineExceeded, Code::DeadlineExceeded),
+            (
+                Error::Endpoint(EndpointError::FipsUnsupported),
+                Code::FailedPrecondition,
+            ),
             (Error::Credentials("none".into()), Code::Unavailable),
             (
                 Error::ChannelNotAllowed("arn".into()),

@@ -166,7 +166,7 @@ impl tower::Service<http::Request<Full<Bytes>>> for HttpClient {
 /// it: a CONNECT tunnel for https (TLS then runs end to end inside it), the
 /// proxy itself for plain http (hyper then sends absolute-form URIs).
 #[derive(Clone, Debug)]
-pub struct ProxyConnector {
+struct ProxyConnector {
     http: HttpConnector,
     proxies: Option<Arc<Matcher>>,
 }
@@ -226,7 +226,7 @@ impl tower::Service<Uri> for ProxyConnector {
 /// A TCP stream that knows whether it goes to an HTTP proxy, which is how
 /// hyper learns to send absolute-form request targets.
 #[derive(Debug)]
-pub struct ProxiedStream {
+struct ProxiedStream {
     io: TokioIo<TcpStream>,
     proxied: bool,
 }
