@@ -204,23 +204,33 @@ impl tower::Service<Uri> for ProxyConnector {
                 if let Some(auth) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                let io = tunnel.oneshot(dst).await.map_err(|e| -> BoxError {
-                    let chain = super::error::chain(&e);
-                    format!("CONNECT {target} through {name}: {chain}").into()
+                let io = tunnel.oneshot(dst).await.map_err(|e| ProxyError {
+                    context: format!("CONNECT {target} through {name}"),
+                    source: e.into(),
                 })?;
                 Ok(ProxiedStream { io, proxied: false })
             } else {
                 let io = http
                     .oneshot(proxy.uri().clone())
                     .await
-                    .map_err(|e| -> BoxError {
-                        let chain = super::error::chain(&e);
-                        format!("through {name}: {chain}").into()
+                    .map_err(|e| ProxyError {
+                        context: format!("through {name}"),
+                        source: e.into(),
                     })?;
                 Ok(ProxiedStream { io, proxied: true })
             }
         })
     }
+}
+
+/// A failure on the way through a proxy: what was tried through which
+/// proxy, with the original error kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}")]
+struct ProxyError {
+    context: String,
+    #[source]
+    source: BoxError,
 }
 
 /// A TCP stream that knows whether it goes to an HTTP proxy, which is how
