@@ -17,11 +17,10 @@ use rustls::{
 };
 
 use crate::kvs::{
+    BoxError,
     endpoint::EndpointSettings,
     http::{Network, webpki_roots},
 };
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The KVS service id as aws-runtime takes it: it derives the variable
 /// `AWS_ENDPOINT_URL_{upper case, ' ' as '_'}` and the `services` section key
