@@ -8,8 +8,9 @@ use http::Uri;
 
 use crate::{
     kvs::{
-        ClientConfig,
-        http::HttpConfig,
+        ClientSettings,
+        endpoint::EndpointSettings,
+        http::{HttpConfig, Network},
         retry::Backoff,
         stack::{RateLimits, StackConfig},
     },
@@ -73,10 +74,19 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Control-plane endpoint override, as the AWS SDKs read it. Falls back
-    /// to AWS_ENDPOINT_URL; the WEBRTC endpoint always comes from discovery.
-    #[arg(long, env = "AWS_ENDPOINT_URL_KINESIS_VIDEO")]
+    /// Control-plane endpoint override. Without it the AWS SDKs' settings
+    /// apply (AWS_ENDPOINT_URL_KINESIS_VIDEO, AWS_ENDPOINT_URL, the profile's
+    /// services section, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS); this flag is
+    /// explicit configuration, which those leave alone. Joins always go to
+    /// the endpoint discovery returns.
+    #[arg(long)]
     pub kvs_endpoint_url: Option<Uri>,
+
+    /// PEM CA certificates to trust for KVS on top of the bundled Mozilla
+    /// roots, the platform's store (SSL_CERT_FILE / SSL_CERT_DIR) and
+    /// AWS_CA_BUNDLE: a TLS-inspecting proxy's CA, or a private endpoint's.
+    #[arg(long, env = "KVS_SIDECAR_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Attempts per KVS request, the first included (AWS standard mode: 3).
     #[arg(long, env = "KVS_SIDECAR_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
@@ -243,16 +253,19 @@ fn request_bytes(s: &str) -> Result<usize, String> {
 }
 
 impl Config {
-    pub fn client(&self) -> ClientConfig {
-        ClientConfig {
-            stack: self.stack(),
-            credentials_timeout: self.credentials_timeout,
+    /// The KVS client's settings: this configuration, with the endpoint
+    /// choice and network the AWS environment gave.
+    pub fn client(&self, endpoints: EndpointSettings, network: Network) -> ClientSettings {
+        ClientSettings {
+            stack: self.stack(network),
+            endpoints,
             endpoint_cache_ttl: self.endpoint_cache_ttl,
             endpoint_cache_capacity: self.endpoint_cache_capacity,
+            credentials_timeout: self.credentials_timeout,
         }
     }
 
-    pub fn stack(&self) -> StackConfig {
+    pub fn stack(&self, network: Network) -> StackConfig {
         StackConfig {
             max_attempts: self.max_attempts,
             backoff: Backoff {
@@ -273,6 +286,7 @@ impl Config {
                 pool_max_idle_per_host: self
                     .pool_max_idle_per_host
                     .unwrap_or(self.max_upstream_concurrency),
+                network,
             },
         }
     }
@@ -302,7 +316,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.attempt_timeout, Duration::from_millis(250));
-        assert_eq!(c.stack().max_attempts, 5);
+        assert_eq!(c.stack(Network::direct()).max_attempts, 5);
         assert!(Config::try_parse_from(["kvs-sidecar", "--max-attempts", "0"]).is_err());
     }
 
@@ -332,7 +346,7 @@ mod tests {
         let ok =
             Config::try_parse_from(["kvs-sidecar", "--discovery-rate", "0", "--join-rate", "2.5"])
                 .unwrap();
-        assert!(ok.stack().rate_limits.discovery.is_none());
-        assert_eq!(ok.stack().rate_limits.join, Some(2.5));
+        assert!(ok.stack(Network::direct()).rate_limits.discovery.is_none());
+        assert_eq!(ok.stack(Network::direct()).rate_limits.join, Some(2.5));
     }
 }

@@ -8,10 +8,8 @@ use std::{
     time::Duration,
 };
 
-use aws_config::BehaviorVersion;
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
 use axum::serve::ListenerExt;
-use http::Uri;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -22,11 +20,12 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     admin::{self, Readiness},
+    aws_env::{self, AwsEnv},
     clock::SystemClock,
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{self, WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
-    kvs::{KvsClient, credentials::CredentialCache},
+    kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointSettings, http::Network},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     tls::{self, TlsListener},
@@ -58,15 +57,18 @@ impl Sidecar {
         config: &Config,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, BoxError> {
-        let (provider, control_plane) = if config.emulate {
+        let aws = if config.emulate {
             emulated_kvs().await?
         } else {
-            aws(config).await?
+            aws_env::load(aws_env::Flags {
+                endpoint_url: config.kvs_endpoint_url.as_ref(),
+                ca_bundle: config.ca_bundle.as_deref(),
+            })
+            .await?
         };
         let (client, credentials) = KvsClient::build(
-            &config.client(),
-            provider,
-            control_plane,
+            config.client(aws.endpoints, aws.network),
+            aws.credentials,
             Arc::new(SystemClock),
         )?;
         let client = Arc::new(client);
@@ -229,21 +231,8 @@ impl Sidecar {
     }
 }
 
-/// The AWS credential chain and the SDKs' endpoint override.
-async fn aws(config: &Config) -> Result<(SharedCredentialsProvider, Option<Uri>), BoxError> {
-    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let provider = sdk
-        .credentials_provider()
-        .ok_or("aws-config found no credential provider")?;
-    let control_plane = match &config.kvs_endpoint_url {
-        Some(url) => Some(url.clone()),
-        None => sdk.endpoint_url().map(str::parse).transpose()?,
-    };
-    Ok((provider, control_plane))
-}
-
 /// A KVS emulator on loopback and the throwaway keys it accepts.
-async fn emulated_kvs() -> Result<(SharedCredentialsProvider, Option<Uri>), BoxError> {
+async fn emulated_kvs() -> Result<AwsEnv, BoxError> {
     let emulator = Emulator::start(EmulatorCredentials::generate()).await?;
     let keys = emulator.credentials();
     let credentials = Credentials::new(
@@ -254,10 +243,15 @@ async fn emulated_kvs() -> Result<(SharedCredentialsProvider, Option<Uri>), BoxE
         "kvs-sidecar-emulator",
     );
     tracing::info!(kvs = %emulator.url(), "emulating KVS on loopback: no AWS account is used");
-    Ok((
-        SharedCredentialsProvider::new(credentials),
-        Some(emulator.url().parse()?),
-    ))
+    Ok(AwsEnv {
+        credentials: SharedCredentialsProvider::new(credentials),
+        endpoints: EndpointSettings {
+            override_url: Some(emulator.url().parse()?),
+            ..EndpointSettings::default()
+        },
+        // The emulator is on loopback: no proxy, and plain http.
+        network: Network::direct(),
+    })
 }
 
 /// A channel ARN for the emulator demo.

@@ -356,7 +356,7 @@ async fn rejected_and_refused_calls_cannot_amplify_the_log() {
     );
     let rejected: Vec<_> = output
         .iter()
-        .filter(|l| l.contains("call rejected"))
+        .filter(|l| l.contains(r#""reason":"bad_channel_name""#))
         .collect();
     let refused: Vec<_> = output.iter().filter(|l| l.contains("refused-")).collect();
     println!(

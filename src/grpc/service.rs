@@ -117,7 +117,7 @@ impl WebRtcStorageService for WebRtcStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::{KvsClient, endpoint_cache::EndpointCache};
+    use crate::kvs::{KvsClient, endpoint::EndpointSettings, endpoint_cache::EndpointCache};
     use proptest::prelude::*;
 
     /// A service whose upstream would fail if reached: these tests only
@@ -131,7 +131,7 @@ mod tests {
         let client = KvsClient::new(
             upstream,
             EndpointCache::new(Duration::from_secs(60), 100),
-            None,
+            EndpointSettings::default(),
         );
         WebRtcStorage::new(
             Arc::new(client),

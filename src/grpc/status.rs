@@ -15,7 +15,10 @@ use crate::kvs::{Error, ErrorKind, ServiceError};
 /// The gRPC code for each error class.
 pub fn code(err: &Error) -> Code {
     match err {
-        Error::InvalidRequest { .. } | Error::UnknownPartition(_) => Code::InvalidArgument,
+        Error::InvalidRequest { .. } => Code::InvalidArgument,
+        // The sidecar's FIPS / dual-stack settings cannot reach this
+        // partition: its setup, not the request, must change.
+        Error::Endpoint(_) => Code::FailedPrecondition,
         Error::ChannelNotAllowed(_) => Code::PermissionDenied,
         Error::Service(e) => service_code(e),
         Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,
@@ -83,7 +86,7 @@ pub fn to_status(err: &Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::arn::ValidationError;
+    use crate::kvs::{arn::ValidationError, endpoint::EndpointError};
 
     fn kvs(http_status: u16, code: &str) -> Error {
         kvs_saying(http_status, code, "m")
@@ -142,6 +145,10 @@ mod tests {
             ),
             (Error::Transport("reset".into()), Code::Unavailable),
             (Error::DeadlineExceeded, Code::DeadlineExceeded),
+            (
+                Error::Endpoint(EndpointError::FipsUnsupported),
+                Code::FailedPrecondition,
+            ),
             (Error::Credentials("none".into()), Code::Unavailable),
             (
                 Error::ChannelNotAllowed("arn".into()),

@@ -45,6 +45,16 @@ pub enum ValidationError {
     BadChannelId(String),
     #[error("contains a character outside [a-zA-Z0-9_.-] at position {0}")]
     BadClientIdChar(usize),
+    /// Well formed, but the region lies in another partition than the ARN
+    /// names (checked when the endpoint is chosen, see `endpoint`).
+    #[error(
+        "partition {partition:?} does not hold region {region:?}, which is in {region_partition:?}"
+    )]
+    PartitionMismatch {
+        partition: String,
+        region: String,
+        region_partition: &'static str,
+    },
 }
 
 impl ValidationError {
@@ -65,6 +75,7 @@ impl ValidationError {
             ValidationError::BadChannelName(_) => "bad_channel_name",
             ValidationError::BadChannelId(_) => "bad_channel_id",
             ValidationError::BadClientIdChar(_) => "bad_client_id_char",
+            ValidationError::PartitionMismatch { .. } => "partition_mismatch",
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The two joins, each preceded (once per channel and role) by endpoint
 //! discovery.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -17,20 +20,11 @@ use super::{
     Error, ErrorKind, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
     credentials::CredentialCache,
-    endpoint::{self, Role},
+    endpoint::{self, EndpointSettings, Role},
     endpoint_cache::EndpointCache,
     stack::{self, StackConfig, Upstream},
 };
 use crate::clock::SharedClock;
-
-/// Everything the client is built from, as the composition root decides it.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientConfig {
-    pub stack: StackConfig,
-    pub credentials_timeout: std::time::Duration,
-    pub endpoint_cache_ttl: std::time::Duration,
-    pub endpoint_cache_capacity: u64,
-}
 
 /// One gRPC call's budget and bookkeeping, shared by its discovery and join.
 #[derive(Debug, Clone)]
@@ -59,10 +53,21 @@ pub struct Joined {
     pub request_id: String,
 }
 
+/// Everything the client is built from, as plain values: the composition
+/// root fills it from the command line and the AWS environment.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub stack: StackConfig,
+    pub endpoints: EndpointSettings,
+    pub endpoint_cache_ttl: Duration,
+    pub endpoint_cache_capacity: u64,
+    pub credentials_timeout: Duration,
+}
+
 pub struct KvsClient {
     upstream: Upstream,
     endpoints: EndpointCache,
-    control_plane_override: Option<Uri>,
+    endpoint_settings: EndpointSettings,
 }
 
 // === impl KvsClient ===
@@ -71,33 +76,37 @@ impl KvsClient {
     pub fn new(
         upstream: Upstream,
         endpoints: EndpointCache,
-        control_plane_override: Option<Uri>,
+        endpoint_settings: EndpointSettings,
     ) -> Self {
         Self {
             upstream,
             endpoints,
-            control_plane_override,
+            endpoint_settings,
         }
     }
 
-    /// The client `config` describes: its tower stack signing with what
+    /// The client `settings` describe: its tower stack signing with what
     /// `provider` gives (through the returned cache, which the caller may
     /// warm), and an empty endpoint cache.
     pub fn build(
-        config: &ClientConfig,
+        settings: ClientSettings,
         provider: SharedCredentialsProvider,
-        control_plane: Option<Uri>,
         clock: SharedClock,
     ) -> Result<(Self, Arc<CredentialCache>), Error> {
         let credentials = Arc::new(CredentialCache::new(
             provider,
             clock.clone(),
-            config.credentials_timeout,
+            settings.credentials_timeout,
         ));
-        let upstream = stack::build(&config.stack, credentials.clone(), clock)?;
-        let endpoints =
-            EndpointCache::new(config.endpoint_cache_ttl, config.endpoint_cache_capacity);
-        Ok((Self::new(upstream, endpoints, control_plane), credentials))
+        let upstream = stack::build(&settings.stack, credentials.clone(), clock)?;
+        let endpoints = EndpointCache::new(
+            settings.endpoint_cache_ttl,
+            settings.endpoint_cache_capacity,
+        );
+        Ok((
+            Self::new(upstream, endpoints, settings.endpoints),
+            credentials,
+        ))
     }
 
     pub async fn join_storage_session(
@@ -197,7 +206,7 @@ impl KvsClient {
                 role: role.as_str(),
             },
         });
-        let control_plane = endpoint::control_plane(arn, self.control_plane_override.as_ref())?;
+        let control_plane = endpoint::control_plane(arn, &self.endpoint_settings)?;
         let answer = self
             .send(
                 call,

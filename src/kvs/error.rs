@@ -26,9 +26,10 @@ pub enum Error {
     /// The channel is outside the sidecar's allow-list; nothing was sent.
     #[error("channel_arn: this sidecar is not allowed to act on {0}")]
     ChannelNotAllowed(String),
-    /// The ARN is well formed but names a partition we have no endpoint for.
-    #[error("channel_arn: partition {0:?} is not one the sidecar knows an endpoint for")]
-    UnknownPartition(String),
+    /// The endpoint rules found no control-plane endpoint for the channel's
+    /// region under the configured FIPS / dual-stack settings.
+    #[error("no KVS endpoint for the channel's region: {0}")]
+    Endpoint(super::endpoint::EndpointError),
     /// KVS answered with an error.
     #[error("{0}")]
     Service(ServiceError),

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use self::{
-    client::{Call, ClientConfig, Joined, KvsClient},
+    client::{Call, ClientSettings, Joined, KvsClient},
     error::{BoxError, Error, ErrorKind, ServiceError},
 };
 

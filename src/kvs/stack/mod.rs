@@ -47,7 +47,7 @@ use crate::clock::{SharedClock, SkewCorrectedClock};
 /// The assembled stack, cheap to clone for each call.
 pub type Upstream = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, Error>;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StackConfig {
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -81,7 +81,7 @@ pub fn build(
         .layer(AttemptMetricsLayer)
         .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
         .layer(SignLayer::new(clock))
-        .service(HttpClient::new(config.http)?);
+        .service(HttpClient::new(config.http.clone())?);
     Ok(BoxCloneSyncService::new(stack))
 }
 
