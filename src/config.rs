@@ -92,6 +92,13 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub max_attempts: u32,
 
+    /// Never retry a join that may have reached KVS: each join that reaches
+    /// it makes KVS send the master an SDP offer, so such a retry can mean
+    /// a second offer. Joins refused before KVS acted (connect failures,
+    /// throttling, credential or signature refusals) are still retried.
+    #[arg(long, env = "KVS_SIDECAR_NO_JOIN_RETRY_AFTER_SEND")]
+    pub no_join_retry_after_send: bool,
+
     /// Tokens in the process-wide retry quota (AWS standard mode: 500; a
     /// retry costs 5, a retry after a timeout 10, a success pays back).
     #[arg(long, env = "KVS_SIDECAR_RETRY_QUOTA", default_value_t = 500)]
@@ -268,6 +275,7 @@ impl Config {
     pub fn stack(&self, network: Network) -> StackConfig {
         StackConfig {
             max_attempts: self.max_attempts,
+            retry_sent_joins: !self.no_join_retry_after_send,
             backoff: Backoff {
                 base: self.retry_base_delay,
                 throttling_base: self.retry_throttling_base_delay,

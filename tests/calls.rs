@@ -913,3 +913,51 @@ async fn a_burst_reuses_its_connections_to_kvs() {
         "the second burst opened {opened} new connections"
     );
 }
+
+/// With `--no-join-retry-after-send`, a join that may have reached KVS (and
+/// so made it send an offer) is never retried; one that cannot have reached
+/// it still is.
+#[tokio::test]
+async fn joins_that_may_have_sent_an_offer_are_not_retried_when_asked() {
+    let (fake, sidecar, client) = common::warmed(&["--no-join-retry-after-send"]).await;
+    let cases: Vec<(Vec<Reply>, Result<(), Code>, usize)> = vec![
+        // May have reached KVS: one attempt only.
+        (
+            vec![Reply::error(503, "ServiceUnavailable")],
+            Err(Code::Unavailable),
+            1,
+        ),
+        (vec![Reply::Reset], Err(Code::Unavailable), 1),
+        // Refused before KVS acted: retried as usual.
+        (
+            vec![Reply::error(400, "ClientLimitExceededException")],
+            Ok(()),
+            2,
+        ),
+    ];
+    for (replies, want, attempts) in cases {
+        let label = format!("{replies:?}");
+        let before = fake.received_on(JOIN).len();
+        fake.script(JOIN, replies);
+        let got = client.clone().join_storage_session(join(ARN)).await;
+        assert_eq!(got.map(drop).map_err(|s| s.code()), want, "{label}");
+        assert_eq!(fake.received_on(JOIN).len() - before, attempts, "{label}");
+    }
+    // A channel whose endpoint refuses connections: nothing was written, so
+    // every attempt is made.
+    let other = common::arn("refusing");
+    fake.set_webrtc_endpoint(&format!("http://127.0.0.1:{}", common::unused_port()));
+    let err = client
+        .clone()
+        .join_storage_session(join(&other))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert!(
+        metrics.contains(
+            r#"kvs_upstream_attempts_total{operation="JoinStorageSession",outcome="connect_error"} 3"#
+        ),
+        "{metrics}"
+    );
+}

@@ -21,7 +21,10 @@ pub fn code(err: &Error) -> Code {
         Error::Endpoint(_) => Code::FailedPrecondition,
         Error::ChannelNotAllowed(_) => Code::PermissionDenied,
         Error::Service(e) => service_code(e),
-        Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,
+        Error::Transport(_)
+        | Error::Connect(_)
+        | Error::AttemptTimeout(_)
+        | Error::Credentials(_) => Code::Unavailable,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
         Error::RateLimited { .. } => Code::ResourceExhausted,
         // Out of retries while being throttled is still throttling.

@@ -245,7 +245,7 @@ impl KvsClient {
 fn endpoint_is_stale(err: &Error) -> bool {
     match err {
         Error::Service(e) => matches!(e.kind, ErrorKind::NotFound | ErrorKind::Transient),
-        Error::Transport(_) => true,
+        Error::Transport(_) | Error::Connect(_) => true,
         _ => false,
     }
 }

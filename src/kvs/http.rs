@@ -139,7 +139,13 @@ impl tower::Service<http::Request<Full<Bytes>>> for HttpClient {
         }
         let sent = self.client.request(req);
         Box::pin(async move {
-            let response = sent.await.map_err(|e| Error::transport(&e))?;
+            let response = sent.await.map_err(|e| {
+                if e.is_connect() {
+                    Error::connect(&e)
+                } else {
+                    Error::transport(&e)
+                }
+            })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
                 .collect()

@@ -49,6 +49,15 @@ impl Operation {
         }
     }
 
+    /// Whether each call makes KVS send an SDP offer to the master: not
+    /// idempotent.
+    pub fn is_join(self) -> bool {
+        matches!(
+            self,
+            Operation::JoinStorageSession | Operation::JoinStorageSessionAsViewer
+        )
+    }
+
     /// The REST path of the operation (restJson1, always POST).
     pub fn path(self) -> &'static str {
         match self {

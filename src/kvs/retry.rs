@@ -63,7 +63,7 @@ pub fn classify(err: &Error) -> Option<RetryKind> {
             | ErrorKind::AuthRejected
             | ErrorKind::Other => None,
         },
-        Error::Transport(_) => Some(RetryKind::Transport),
+        Error::Transport(_) | Error::Connect(_) => Some(RetryKind::Transport),
         Error::AttemptTimeout(_) => Some(RetryKind::Timeout),
         _ => None,
     }
@@ -181,6 +181,8 @@ impl RetryQuota {
 pub struct RetryPolicy {
     max_attempts: u32,
     backoff: Backoff,
+    /// Whether a join that may have reached KVS is retried (a second offer).
+    retry_sent_joins: bool,
     credentials: Arc<CredentialCache>,
     quota: Arc<RetryQuota>,
     clock: Arc<SkewCorrectedClock>,
@@ -196,6 +198,7 @@ impl RetryPolicy {
     pub fn new(
         max_attempts: u32,
         backoff: Backoff,
+        retry_sent_joins: bool,
         credentials: Arc<CredentialCache>,
         quota: Arc<RetryQuota>,
         clock: Arc<SkewCorrectedClock>,
@@ -203,6 +206,7 @@ impl RetryPolicy {
         Self {
             max_attempts: max_attempts.max(1),
             backoff,
+            retry_sent_joins,
             credentials,
             quota,
             clock,
@@ -236,6 +240,9 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         };
         let kind = classify(err)?;
         let operation = req.operation.name();
+        if !self.retry_sent_joins && req.operation.is_join() && err.may_have_reached_kvs() {
+            return None;
+        }
 
         if kind == RetryKind::ExpiredCredentials {
             // One forced refresh per call, outside the attempt budget: the

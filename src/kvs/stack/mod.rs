@@ -51,6 +51,8 @@ pub type Upstream = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, Error
 pub struct StackConfig {
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// Retry a join that may have reached KVS (and so sent an offer)?
+    pub retry_sent_joins: bool,
     /// Tokens in the process-wide retry quota.
     pub retry_quota: u32,
     pub rate_limits: RateLimits,
@@ -69,6 +71,7 @@ pub fn build(
     let retry = RetryPolicy::new(
         config.max_attempts,
         config.backoff,
+        config.retry_sent_joins,
         credentials.clone(),
         quota,
         clock.clone(),
