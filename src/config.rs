@@ -99,6 +99,21 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_NO_JOIN_RETRY_AFTER_SEND")]
     pub no_join_retry_after_send: bool,
 
+    /// How long a join's idempotency key answers repeats with the first
+    /// call's outcome.
+    #[arg(long, env = "KVS_SIDECAR_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = positive_duration)]
+    pub idempotency_window: Duration,
+
+    /// Most idempotency keys remembered (each under 1.5 KiB, about 0.3 KiB
+    /// for a typical ARN); the least recently used go first.
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_IDEMPOTENCY_KEYS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000)
+    )]
+    pub idempotency_keys: u64,
+
     /// Tokens in the process-wide retry quota (AWS standard mode: 500; a
     /// retry costs 5, a retry after a timeout 10, a success pays back).
     #[arg(long, env = "KVS_SIDECAR_RETRY_QUOTA", default_value_t = 500)]

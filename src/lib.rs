@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod emulator;
 pub mod grpc;
+pub mod idempotency;
 pub mod kvs;
 pub mod metrics;
 pub mod policy;

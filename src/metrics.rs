@@ -16,6 +16,7 @@ pub const GRPC_STARTED: &str = "grpc_server_started_total";
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
 pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 pub const CALLS_SHED: &str = "kvs_sidecar_calls_shed_total";
+pub const IDEMPOTENT_REPLAYS: &str = "kvs_sidecar_idempotent_replays_total";
 pub const UPSTREAM_ATTEMPTS: &str = "kvs_upstream_attempts_total";
 pub const UPSTREAM_ATTEMPT_SECONDS: &str = "kvs_upstream_attempt_duration_seconds";
 pub const UPSTREAM_RETRIES: &str = "kvs_upstream_retries_total";
@@ -77,6 +78,10 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED,
         "KVS requests delayed locally by the client-side rate limit, by operation."
+    );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Joins answered from the idempotency ledger (a repeated key): nothing sent to KVS."
     );
     describe_counter!(
         RATE_LIMIT_REFUSED,
@@ -151,6 +156,10 @@ pub fn retry_quota_exhausted(operation: &'static str) {
 
 pub fn rate_limited(operation: &'static str) {
     counter!(RATE_LIMITED, "operation" => operation).increment(1);
+}
+
+pub fn idempotent_replay() {
+    counter!(IDEMPOTENT_REPLAYS).increment(1);
 }
 
 pub fn rate_limit_refused(operation: &'static str) {

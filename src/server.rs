@@ -25,6 +25,7 @@ use crate::{
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{self, WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
+    idempotency::JoinLedger,
     kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointSettings, http::Network},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
@@ -95,6 +96,7 @@ impl Sidecar {
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
             client,
             ChannelPolicy::new(config.allowed_channels.clone()),
+            JoinLedger::new(config.idempotency_window, config.idempotency_keys),
             config.max_call_duration,
         ))
         // The largest valid request is ~1.3 KiB; tonic's 4 MiB default

@@ -17,6 +17,7 @@ const VIEWER: &str = "/joinStorageSessionAsViewer";
 fn join(arn: &str) -> JoinStorageSessionRequest {
     JoinStorageSessionRequest {
         channel_arn: arn.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -24,6 +25,7 @@ fn viewer(arn: &str, client_id: &str) -> JoinStorageSessionAsViewerRequest {
     JoinStorageSessionAsViewerRequest {
         channel_arn: arn.to_owned(),
         client_id: client_id.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -959,5 +961,90 @@ async fn joins_that_may_have_sent_an_offer_are_not_retried_when_asked() {
             r#"kvs_upstream_attempts_total{operation="JoinStorageSession",outcome="connect_error"} 3"#
         ),
         "{metrics}"
+    );
+}
+
+fn keyed(arn: &str, key: &str) -> JoinStorageSessionRequest {
+    JoinStorageSessionRequest {
+        channel_arn: arn.to_owned(),
+        idempotency_key: key.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_repeated_join_send_nothing() {
+    let (fake, sidecar, client) = common::warmed(&[]).await;
+    let joins = || fake.received_on(JOIN).len();
+    let before = joins();
+    let first = client
+        .clone()
+        .join_storage_session(keyed(ARN, "order-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .clone()
+        .join_storage_session(keyed(ARN, "order-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.aws_request_id, again.aws_request_id);
+    assert_eq!(joins() - before, 1, "one join reached KVS");
+
+    // A repeat while the first is in flight waits for it.
+    let before = joins();
+    fake.script(
+        JOIN,
+        [Reply::Slow(Duration::from_millis(400), Box::new(Reply::Ok))],
+    );
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.join_storage_session(keyed(ARN, "slow-1")).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for call in calls {
+        ids.push(call.await.unwrap().unwrap().into_inner().aws_request_id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    assert_eq!(joins() - before, 1, "one join for three calls");
+
+    // The first call's error is the answer too.
+    fake.script(JOIN, [Reply::error(404, "ResourceNotFoundException")]);
+    let failed = client
+        .clone()
+        .join_storage_session(keyed(ARN, "gone-1"))
+        .await
+        .unwrap_err();
+    let replayed = client
+        .clone()
+        .join_storage_session(keyed(ARN, "gone-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::NotFound);
+    assert_eq!(replayed.code(), Code::NotFound);
+    assert_eq!(failed.message(), replayed.message());
+
+    // The same key for another channel, and a malformed key, are refused
+    // with nothing sent.
+    let before = joins();
+    for (key, channel) in [
+        ("order-42", common::arn("elsewhere")),
+        ("bad key!", ARN.to_owned()),
+    ] {
+        let err = client
+            .clone()
+            .join_storage_session(keyed(&channel, key))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with("idempotency_key: "), "{err:?}");
+    }
+    assert_eq!(joins(), before);
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert_eq!(
+        common::metric(&metrics, "kvs_sidecar_idempotent_replays_total"),
+        Some(4.0)
     );
 }

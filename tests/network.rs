@@ -211,6 +211,7 @@ async fn join(sidecar: &Sidecar) -> Result<(), tonic::Status> {
     let mut client = sidecar.client().await;
     let mut request = tonic::Request::new(JoinStorageSessionRequest {
         channel_arn: ARN.into(),
+        ..Default::default()
     });
     request.set_timeout(Duration::from_secs(10));
     client.join_storage_session(request).await.map(drop)
@@ -611,6 +612,7 @@ async fn an_arn_whose_partition_contradicts_its_region_is_refused_before_sending
         .join_storage_session(JoinStorageSessionRequest {
             channel_arn: "arn:aws:kinesisvideo:cn-north-1:123456789012:channel/cam/1700000000000"
                 .into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

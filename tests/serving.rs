@@ -18,6 +18,7 @@ const JOIN: &str = "/joinStorageSession";
 fn join(arn: &str) -> JoinStorageSessionRequest {
     JoinStorageSessionRequest {
         channel_arn: arn.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -507,6 +508,7 @@ async fn emulate_mode_needs_no_aws_account_and_shows_the_error_paths() {
     let viewer = kvs_sidecar::pb::JoinStorageSessionAsViewerRequest {
         channel_arn: ARN.into(),
         client_id: "demo-viewer".into(),
+        ..Default::default()
     };
     client.join_storage_session_as_viewer(viewer).await.unwrap();
     let missing = client

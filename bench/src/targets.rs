@@ -89,13 +89,17 @@ impl Target for Sidecar {
         let channel_arn = self.work.arn(n).to_owned();
         let result = match &self.work.client_id {
             None => client
-                .join_storage_session(JoinStorageSessionRequest { channel_arn })
+                .join_storage_session(JoinStorageSessionRequest {
+                    channel_arn,
+                    ..Default::default()
+                })
                 .await
                 .map(drop),
             Some(id) => client
                 .join_storage_session_as_viewer(JoinStorageSessionAsViewerRequest {
                     channel_arn,
                     client_id: id.to_string(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),

@@ -1,15 +1,17 @@
 //! The `WebRtcStorageService` implementation: validate, call KVS, answer.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::{call_log::log_call, deadline::deadline, status::to_status};
 use crate::{
+    idempotency::{JoinLedger, JoinTarget},
     kvs::{
         Call, Error, Joined, KvsClient,
-        arn::{ChannelArn, validate_client_id},
+        arn::{ChannelArn, validate_client_id, validate_idempotency_key},
+        endpoint::Role,
     },
     pb::{
         JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
@@ -22,16 +24,42 @@ use crate::{
 pub struct WebRtcStorage {
     client: Arc<KvsClient>,
     policy: ChannelPolicy,
+    ledger: JoinLedger,
     max_call_duration: Duration,
 }
 
 impl WebRtcStorage {
-    pub fn new(client: Arc<KvsClient>, policy: ChannelPolicy, max_call_duration: Duration) -> Self {
+    pub fn new(
+        client: Arc<KvsClient>,
+        policy: ChannelPolicy,
+        ledger: JoinLedger,
+        max_call_duration: Duration,
+    ) -> Self {
         Self {
             client,
             policy,
+            ledger,
             max_call_duration,
         }
+    }
+
+    /// Runs `join`, or, when the caller gave an idempotency key, answers
+    /// the outcome of the first join made with it.
+    async fn idempotent(
+        &self,
+        key: &str,
+        target: JoinTarget,
+        call: &Call,
+        join: impl Future<Output = Result<Joined, Error>>,
+    ) -> Result<Joined, Error> {
+        if key.is_empty() {
+            return join.await;
+        }
+        validate_idempotency_key(key).map_err(|reason| Error::InvalidRequest {
+            field: "idempotency_key",
+            reason,
+        })?;
+        self.ledger.join(key, target, call.deadline(), join).await
     }
 
     /// A valid ARN of a channel this sidecar may act on.
@@ -66,7 +94,14 @@ impl WebRtcStorageService for WebRtcStorage {
         let started = Instant::now();
         let result = async {
             let arn = self.channel(&msg.channel_arn)?;
-            self.client.join_storage_session(&call, &arn).await
+            let target = JoinTarget {
+                channel: arn.clone(),
+                role: Role::Master,
+                client_id: "".into(),
+            };
+            let join = self.client.join_storage_session(&call, &arn);
+            self.idempotent(&msg.idempotency_key, target, &call, join)
+                .await
         }
         .await;
         log_call(
@@ -95,8 +130,15 @@ impl WebRtcStorageService for WebRtcStorage {
                 field: "client_id",
                 reason,
             })?;
-            self.client
-                .join_storage_session_as_viewer(&call, &arn, &msg.client_id)
+            let target = JoinTarget {
+                channel: arn.clone(),
+                role: Role::Viewer,
+                client_id: msg.client_id.as_str().into(),
+            };
+            let join = self
+                .client
+                .join_storage_session_as_viewer(&call, &arn, &msg.client_id);
+            self.idempotent(&msg.idempotency_key, target, &call, join)
                 .await
         }
         .await;
@@ -136,6 +178,7 @@ mod tests {
         WebRtcStorage::new(
             Arc::new(client),
             ChannelPolicy::default(),
+            JoinLedger::new(Duration::from_secs(60), 100),
             Duration::from_secs(1),
         )
     }

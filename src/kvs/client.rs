@@ -41,6 +41,11 @@ impl Call {
         }
     }
 
+    /// No attempt starts after this instant.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Requests sent to KVS so far, discovery and retries included.
     pub fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::Relaxed)
