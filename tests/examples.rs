@@ -1,6 +1,7 @@
 //! The polyglot examples in examples/, run against `kvs-sidecar --emulate`
 //! as a backend team would: a join that succeeds, and the error paths the
-//! emulator offers.
+//! emulator offers. The Python and Node.js clients run from their sources; the
+//! Go one is compiled first (tests/go/build.sh).
 
 mod common;
 
@@ -8,55 +9,99 @@ use std::process::Command;
 
 use common::{ARN, Sidecar};
 
-/// Runs an example client and returns what it printed.
-fn run(program: &str, script: &str, sidecar: &Sidecar, arn: &str) -> String {
-    let script = format!("{}/examples/{script}", env!("CARGO_MANIFEST_DIR"));
+/// Runs an example client (`program` with `args`, then the channel ARN) and
+/// returns what it printed.
+fn run(program: &str, args: &[String], sidecar: &Sidecar, arn: &str) -> String {
     let out = Command::new(program)
-        .arg(&script)
+        .args(args)
         .arg(arn)
         .env("KVS_SIDECAR_ADDR", sidecar.grpc.to_string())
         .output()
         .unwrap_or_else(|e| {
-            panic!("run {program} {script}: {e} (scripts/test installs what examples need)")
+            panic!("run {program} {args:?}: {e} (scripts/test installs what examples need)")
         });
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{script} failed:\n{stdout}\n{}",
+        "{program} {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
 }
 
-fn check(program: &str, script: &str) {
+/// The path of a script in examples/.
+fn example(script: &str) -> Vec<String> {
+    vec![format!("{}/examples/{script}", env!("CARGO_MANIFEST_DIR"))]
+}
+
+/// Status code names as gRPC spells them (`NOT_FOUND`), which the Python and
+/// Node.js libraries print.
+fn canonical(code: &str) -> String {
+    code.into()
+}
+
+/// Status code names as grpc-go's `codes.Code` prints them (`NotFound`).
+fn go_name(code: &str) -> String {
+    code.split('_')
+        .map(|word| word[..1].to_owned() + &word[1..].to_lowercase())
+        .collect()
+}
+
+/// Runs the example for a join that succeeds and for the emulator's error
+/// paths; `code` spells a status code as the example's library prints it.
+fn check(program: &str, args: &[String], code: fn(&str) -> String) {
     let sidecar = Sidecar::emulated(&[]);
-    let joined = run(program, script, &sidecar, ARN);
+    let joined = run(program, args, &sidecar, ARN);
     let id = joined
         .trim()
         .strip_prefix("joined: KVS request id ")
         .unwrap_or_else(|| panic!("{joined}"));
     assert!(common::is_request_id(id), "{joined}");
-    let missing = run(program, script, &sidecar, &common::arn("missing-porch"));
-    assert!(missing.starts_with("refused: NOT_FOUND"), "{missing}");
+    let missing = run(program, args, &sidecar, &common::arn("missing-porch"));
+    let refused = |name: &str| format!("refused: {} (", code(name));
+    assert!(missing.starts_with(&refused("NOT_FOUND")), "{missing}");
     assert!(
         missing.contains("KVS request id ") && !missing.contains("id none"),
         "{missing}"
     );
-    let denied = run(program, script, &sidecar, &common::arn("denied-porch"));
-    assert!(denied.starts_with("refused: PERMISSION_DENIED"), "{denied}");
-    let invalid = run(program, script, &sidecar, "not-an-arn");
+    let denied = run(program, args, &sidecar, &common::arn("denied-porch"));
     assert!(
-        invalid.starts_with("refused: INVALID_ARGUMENT (channel_arn:"),
+        denied.starts_with(&refused("PERMISSION_DENIED")),
+        "{denied}"
+    );
+    let invalid = run(program, args, &sidecar, "not-an-arn");
+    assert!(
+        invalid.starts_with(&(refused("INVALID_ARGUMENT") + "channel_arn:")),
         "{invalid}"
     );
 }
 
 #[test]
 fn the_python_example_joins_and_handles_errors() {
-    check(&common::python(), "python/client.py");
+    check(&common::python(), &example("python/client.py"), canonical);
 }
 
 #[test]
 fn the_node_example_joins_and_handles_errors() {
-    check("node", "node/client.js");
+    check("node", &example("node/client.js"), canonical);
+}
+
+/// Built by tests/go/build.sh with Debian's Go toolchain and grpc-go, in
+/// GOPATH mode, into the target directory; the generated code stays there.
+#[test]
+fn the_go_example_joins_and_handles_errors() {
+    let out = concat!(env!("CARGO_TARGET_TMPDIR"), "/go");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go/build.sh");
+    let built = Command::new("bash")
+        .arg(script)
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        built.status.success(),
+        "{script} failed (.ci/run installs Debian's Go packages):\n{}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    check(&format!("{out}/kvs-sidecar-go-example"), &[], go_name);
 }
