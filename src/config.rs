@@ -114,6 +114,11 @@ pub struct Config {
     )]
     pub idempotency_keys: u64,
 
+    /// Most sessions maintained at once by MaintainStorageSession streams;
+    /// more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KVS_SIDECAR_MAX_MAINTAINED_SESSIONS", default_value_t = 1000, value_parser = count)]
+    pub max_maintained_sessions: usize,
+
     /// Tokens in the process-wide retry quota (AWS standard mode: 500; a
     /// retry costs 5, a retry after a timeout 10, a success pays back).
     #[arg(long, env = "KVS_SIDECAR_RETRY_QUOTA", default_value_t = 500)]

@@ -29,6 +29,7 @@ use crate::{
     kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointSettings, http::Network},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
+    session::Sessions,
     tls::{self, TlsListener},
 };
 
@@ -44,6 +45,7 @@ pub struct Sidecar {
     admin_router: axum::Router,
     health: HealthReporter,
     ready: Readiness,
+    sessions: Arc<Sessions>,
     grace: Duration,
     credentials: Arc<CredentialCache>,
     emulating: bool,
@@ -93,10 +95,12 @@ impl Sidecar {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
+        let sessions = Sessions::new(config.max_maintained_sessions);
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
             client,
             ChannelPolicy::new(config.allowed_channels.clone()),
             JoinLedger::new(config.idempotency_window, config.idempotency_keys),
+            sessions.clone(),
             config.max_call_duration,
         ))
         // The largest valid request is ~1.3 KiB; tonic's 4 MiB default
@@ -142,6 +146,7 @@ impl Sidecar {
             admin_router,
             health,
             ready,
+            sessions,
             grace: config.shutdown_grace,
             credentials,
             emulating: config.emulate,
@@ -205,6 +210,9 @@ impl Sidecar {
 
         tracing::info!(grace = ?self.grace, "draining");
         self.ready.set(false);
+        // Maintained sessions end now with a final event, so their callers'
+        // other replicas can take over while this one drains.
+        self.sessions.drain();
         self.health
             .set_not_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
             .await;

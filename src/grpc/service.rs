@@ -3,7 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{call_log::log_call, deadline::deadline, status::to_status};
 use crate::{
@@ -15,16 +15,19 @@ use crate::{
     },
     pb::{
         JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
-        JoinStorageSessionRequest, JoinStorageSessionResponse,
+        JoinStorageSessionRequest, JoinStorageSessionResponse, MaintainStorageSessionRequest,
+        maintain_storage_session_request::Kind,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
     policy::ChannelPolicy,
+    session::Sessions,
 };
 
 pub struct WebRtcStorage {
     client: Arc<KvsClient>,
     policy: ChannelPolicy,
     ledger: JoinLedger,
+    sessions: Arc<Sessions>,
     max_call_duration: Duration,
 }
 
@@ -33,12 +36,14 @@ impl WebRtcStorage {
         client: Arc<KvsClient>,
         policy: ChannelPolicy,
         ledger: JoinLedger,
+        sessions: Arc<Sessions>,
         max_call_duration: Duration,
     ) -> Self {
         Self {
             client,
             policy,
             ledger,
+            sessions,
             max_call_duration,
         }
     }
@@ -154,6 +159,43 @@ impl WebRtcStorageService for WebRtcStorage {
             aws_request_id: request_id,
         }))
     }
+
+    type MaintainStorageSessionStream = super::session::EventStream;
+
+    async fn maintain_storage_session(
+        &self,
+        req: Request<Streaming<MaintainStorageSessionRequest>>,
+    ) -> Result<Response<Self::MaintainStorageSessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let Some(MaintainStorageSessionRequest {
+            kind: Some(Kind::Start(start)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument(
+                "start: the first message must be `start`",
+            ));
+        };
+        let channel = self
+            .channel(&start.channel_arn)
+            .map_err(|e| to_status(&e))?;
+        if !start.client_id.is_empty() {
+            validate_client_id(&start.client_id).map_err(|reason| {
+                to_status(&Error::InvalidRequest {
+                    field: "client_id",
+                    reason,
+                })
+            })?;
+        }
+        let events = super::session::maintain(
+            self.client.clone(),
+            &self.sessions,
+            channel,
+            &start,
+            self.max_call_duration,
+            inbound,
+        )?;
+        Ok(Response::new(events))
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +221,7 @@ mod tests {
             Arc::new(client),
             ChannelPolicy::default(),
             JoinLedger::new(Duration::from_secs(60), 100),
+            Sessions::new(10),
             Duration::from_secs(1),
         )
     }

@@ -100,13 +100,23 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// A join is due at `at` (a join in flight stays in this phase).
-    JoinDue { at: Instant, reason: Reason },
+    JoinDue {
+        at: Instant,
+        reason: Reason,
+    },
     /// Joined at `joined`; the offer is expected by `deadline`.
-    AwaitingOffer { joined: Instant, deadline: Instant },
+    AwaitingOffer {
+        joined: Instant,
+        deadline: Instant,
+    },
     /// The offer arrived; waiting for media.
-    Offered { joined: Instant },
+    Offered {
+        joined: Instant,
+    },
     /// Media flows; join again at `rejoin_at`.
-    Connected { rejoin_at: Instant },
+    Connected {
+        rejoin_at: Instant,
+    },
     Stopped(GiveUp),
 }
 
@@ -169,7 +179,10 @@ impl Policy {
     pub fn joined(&mut self, now: Instant, jitter: f64) {
         self.last_join = Some(now);
         self.consecutive_failures = 0;
-        let extra = self.settings.offer_wait.mul_f64(0.25 * jitter.clamp(0.0, 1.0));
+        let extra = self
+            .settings
+            .offer_wait
+            .mul_f64(0.25 * jitter.clamp(0.0, 1.0));
         self.phase = Phase::AwaitingOffer {
             joined: now,
             deadline: now + self.settings.offer_wait + extra,
@@ -178,7 +191,12 @@ impl Policy {
 
     /// A join failed at `now`; `final_error` when no retry can fix it.
     /// Returns how long until the next attempt, if there is one.
-    pub fn join_failed(&mut self, now: Instant, final_error: bool, jitter: f64) -> Option<Duration> {
+    pub fn join_failed(
+        &mut self,
+        now: Instant,
+        final_error: bool,
+        jitter: f64,
+    ) -> Option<Duration> {
         self.last_join = Some(now);
         if final_error {
             self.phase = Phase::Stopped(GiveUp::Final);
@@ -213,12 +231,16 @@ impl Policy {
             (Report::OfferReceived, Phase::AwaitingOffer { joined, .. }) => {
                 self.phase = Phase::Offered { joined };
             }
-            (Report::Connected, Phase::AwaitingOffer { joined, .. } | Phase::Offered { joined }) => {
+            (
+                Report::Connected,
+                Phase::AwaitingOffer { joined, .. } | Phase::Offered { joined },
+            ) => {
                 self.phase = Phase::Connected {
                     rejoin_at: joined + self.settings.rejoin_after,
                 };
             }
-            (Report::Disconnected, Phase::Stopped(_)) | (Report::RejoinRequested, Phase::Stopped(_)) => {}
+            (Report::Disconnected, Phase::Stopped(_))
+            | (Report::RejoinRequested, Phase::Stopped(_)) => {}
             // A join already due keeps its time: a flood of reports cannot
             // make joins come faster than the backoff allows.
             (Report::Disconnected | Report::RejoinRequested, Phase::JoinDue { .. }) => {}
@@ -294,7 +316,11 @@ mod tests {
         let mut p = Policy::new(Settings::default(), t0);
         p.joined(t0, 0.0);
         p.report(Report::OfferReceived, t0 + s(1));
-        assert_eq!(p.next(t0 + s(100)), Action::WaitForReport, "offer in: no timer");
+        assert_eq!(
+            p.next(t0 + s(100)),
+            Action::WaitForReport,
+            "offer in: no timer"
+        );
         p.report(Report::Connected, t0 + s(2));
         let limit = t0 + s(55 * 60);
         assert_eq!(p.next(t0 + s(3)), Action::WaitUntil(limit));
