@@ -119,6 +119,22 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_MAX_MAINTAINED_SESSIONS", default_value_t = 1000, value_parser = count)]
     pub max_maintained_sessions: usize,
 
+    /// Redis shared by the replicas of a gateway, e.g.
+    /// `redis://kvs-state:6379/0`: idempotency keys and session ownership
+    /// then hold across replicas. Unset: each sidecar keeps them in memory.
+    #[arg(long, env = "KVS_SIDECAR_STATE_STORE")]
+    pub state_store: Option<String>,
+
+    /// Longest wait for one state-store operation.
+    #[arg(long, env = "KVS_SIDECAR_STATE_STORE_TIMEOUT", default_value = "500ms", value_parser = positive_duration)]
+    pub state_store_timeout: Duration,
+
+    /// How long a maintained session's lease in the state store lasts
+    /// unless renewed (every third of it): how soon another replica can
+    /// take over a session whose replica died.
+    #[arg(long, env = "KVS_SIDECAR_SESSION_LEASE", default_value = "15s", value_parser = positive_duration)]
+    pub session_lease: Duration,
+
     /// Tokens in the process-wide retry quota (AWS standard mode: 500; a
     /// retry costs 5, a retry after a timeout 10, a success pays back).
     #[arg(long, env = "KVS_SIDECAR_RETRY_QUOTA", default_value_t = 500)]

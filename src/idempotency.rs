@@ -4,16 +4,30 @@
 //! nothing: it answers the first call's outcome (its request id or its
 //! error), waiting for it while it is in flight.
 //!
-//! The ledger is keyed by what callers send, so it is bounded in entries
-//! and in time (moka: capacity, time to live); concurrent calls with one
-//! key share one join (moka's single flight).
+//! In memory, the ledger is keyed by what callers send, so it is bounded in
+//! entries and in time (moka: capacity, time to live); concurrent calls
+//! with one key share one join (moka's single flight). With a shared store
+//! (Redis), the first replica to claim a key joins and records the outcome;
+//! the others wait for it by polling, within their deadlines. If the store
+//! cannot be reached, joins go ahead without idempotency (and
+//! `kvs_sidecar_state_store_errors_total` counts it): a join must not fail
+//! because its safety net is down.
 
 use std::{sync::Arc, time::Duration};
 
 use moka::future::Cache;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::kvs::{Error, Joined, arn::ChannelArn, arn::ValidationError, endpoint::Role};
+use crate::{
+    grpc::status,
+    kvs::{Error, Joined, arn::ChannelArn, arn::ValidationError, endpoint::Role},
+    metrics,
+    store::SharedStore,
+};
+
+/// How often a replica waiting on another's join looks for its outcome.
+const POLL: Duration = Duration::from_millis(50);
 
 /// What a join was for: a key may only be repeated for the same one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,17 +47,60 @@ struct Outcome {
 #[derive(Debug, Clone)]
 pub struct JoinLedger {
     outcomes: Cache<Box<str>, Arc<Outcome>>,
+    shared: Option<Shared>,
+}
+
+#[derive(Debug, Clone)]
+struct Shared {
+    store: Arc<SharedStore>,
+    window: Duration,
+    /// How long a claimed key waits for its outcome before another replica
+    /// may claim it: longer than any call.
+    pending: Duration,
+}
+
+/// A key's record in the shared store.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    channel: String,
+    role: String,
+    client_id: String,
+    /// `None` while the first call is in flight.
+    outcome: Option<Stored>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Stored {
+    Joined { request_id: String },
+    Failed { code: i32, message: String },
 }
 
 // === impl JoinLedger ===
 
 impl JoinLedger {
+    /// A ledger in this process's memory.
     pub fn new(window: Duration, capacity: u64) -> Self {
         Self {
             outcomes: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(window)
                 .build(),
+            shared: None,
+        }
+    }
+
+    /// A ledger in `store`, shared with every replica using it. A key
+    /// claimed by a call that never records its outcome (its replica died)
+    /// is free again after `pending`.
+    pub fn shared(store: Arc<SharedStore>, window: Duration, pending: Duration) -> Self {
+        Self {
+            shared: Some(Shared {
+                store,
+                window,
+                pending,
+            }),
+            ..Self::new(window, 1)
         }
     }
 
@@ -60,6 +117,9 @@ impl JoinLedger {
     where
         F: Future<Output = Result<Joined, Error>>,
     {
+        if let Some(shared) = &self.shared {
+            return shared.join(key, target, deadline, join).await;
+        }
         let first = self.outcomes.entry(key.into()).or_insert_with(async {
             let result = join.await;
             Arc::new(Outcome {
@@ -82,6 +142,110 @@ impl JoinLedger {
         }
         outcome.result.clone()
     }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    async fn join<F>(
+        &self,
+        key: &str,
+        target: JoinTarget,
+        deadline: Instant,
+        join: F,
+    ) -> Result<Joined, Error>
+    where
+        F: Future<Output = Result<Joined, Error>>,
+    {
+        let key = format!("idempotency:{key}");
+        let mut record = Record {
+            channel: target.channel.to_string(),
+            role: target.role.as_str().to_owned(),
+            client_id: target.client_id.to_string(),
+            outcome: None,
+        };
+        let pending = serde_json::to_string(&record).unwrap_or_default();
+        loop {
+            match self.store.insert_new(&key, &pending, self.pending).await {
+                Ok(true) => {
+                    let result = join.await;
+                    record.outcome = Some(Stored::from(&result));
+                    let done = serde_json::to_string(&record).unwrap_or_default();
+                    if let Err(error) = self.store.set(&key, &done, self.window).await {
+                        store_error("idempotency", &error);
+                    }
+                    return result;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    store_error("idempotency", &error);
+                    return join.await;
+                }
+            }
+            // Another call holds the key: wait for its outcome, or for the
+            // key to free up (its replica died) and claim it then.
+            loop {
+                let found = match self.store.get(&key).await {
+                    Ok(found) => found,
+                    Err(error) => {
+                        store_error("idempotency", &error);
+                        return join.await;
+                    }
+                };
+                let Some(found) = found else { break };
+                let found: Record = serde_json::from_str(&found).map_err(|_| {
+                    Error::MalformedResponse("an unreadable idempotency record".into())
+                })?;
+                if (&found.channel, &found.role, &found.client_id)
+                    != (&record.channel, &record.role, &record.client_id)
+                {
+                    return Err(Error::InvalidRequest {
+                        field: "idempotency_key",
+                        reason: ValidationError::KeyReused,
+                    });
+                }
+                if let Some(outcome) = found.outcome {
+                    metrics::idempotent_replay();
+                    return outcome.into();
+                }
+                if Instant::now() + POLL >= deadline {
+                    return Err(Error::DeadlineExceeded);
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+impl From<&Result<Joined, Error>> for Stored {
+    fn from(result: &Result<Joined, Error>) -> Self {
+        match result {
+            Ok(joined) => Stored::Joined {
+                request_id: joined.request_id.clone(),
+            },
+            Err(error) => Stored::Failed {
+                code: status::code(error).into(),
+                message: status::to_status(error).message().to_owned(),
+            },
+        }
+    }
+}
+
+impl From<Stored> for Result<Joined, Error> {
+    fn from(stored: Stored) -> Self {
+        match stored {
+            Stored::Joined { request_id } => Ok(Joined { request_id }),
+            Stored::Failed { code, message } => Err(Error::Replayed {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+fn store_error(purpose: &'static str, error: &crate::store::StoreError) {
+    metrics::state_store_error(purpose);
+    tracing::warn!(%error, purpose, "state store unreachable; going on without it");
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 

@@ -20,6 +20,7 @@ pub const SESSIONS_MAINTAINED: &str = "kvs_sidecar_sessions_maintained";
 pub const SESSION_JOINS: &str = "kvs_sidecar_session_joins_total";
 pub const SESSION_OFFER_SECONDS: &str = "kvs_sidecar_session_offer_seconds";
 pub const SESSIONS_GIVEN_UP: &str = "kvs_sidecar_sessions_given_up_total";
+pub const STATE_STORE_ERRORS: &str = "kvs_sidecar_state_store_errors_total";
 pub const IDEMPOTENT_REPLAYS: &str = "kvs_sidecar_idempotent_replays_total";
 pub const UPSTREAM_ATTEMPTS: &str = "kvs_upstream_attempts_total";
 pub const UPSTREAM_ATTEMPT_SECONDS: &str = "kvs_upstream_attempt_duration_seconds";
@@ -99,6 +100,10 @@ fn describe() {
     describe_counter!(
         SESSIONS_GIVEN_UP,
         "Maintained sessions that stopped, by reason (failure_budget, final_error, draining)."
+    );
+    describe_counter!(
+        STATE_STORE_ERRORS,
+        "Operations on the shared state store (Redis) that failed, by purpose (idempotency, lease)."
     );
     describe_counter!(
         IDEMPOTENT_REPLAYS,
@@ -193,6 +198,10 @@ pub fn session_offer_latency(elapsed: Duration) {
 
 pub fn session_gave_up(reason: &'static str) {
     counter!(SESSIONS_GIVEN_UP, "reason" => reason).increment(1);
+}
+
+pub fn state_store_error(purpose: &'static str) {
+    counter!(STATE_STORE_ERRORS, "purpose" => purpose).increment(1);
 }
 
 pub fn idempotent_replay() {

@@ -30,6 +30,7 @@ use crate::{
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     session::Sessions,
+    store::SharedStore,
     tls::{self, TlsListener},
 };
 
@@ -95,11 +96,28 @@ impl Sidecar {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let sessions = Sessions::new(config.max_maintained_sessions);
+        let store = config
+            .state_store
+            .as_deref()
+            .map(|url| SharedStore::open(url, config.state_store_timeout).map(Arc::new))
+            .transpose()?;
+        let sessions = Sessions::new(
+            config.max_maintained_sessions,
+            store.clone().map(|store| (store, config.session_lease)),
+        );
+        let ledger = match store {
+            // A claimed key outlives any call that could record it.
+            Some(store) => JoinLedger::shared(
+                store,
+                config.idempotency_window,
+                config.max_call_duration + Duration::from_secs(5),
+            ),
+            None => JoinLedger::new(config.idempotency_window, config.idempotency_keys),
+        };
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
             client,
             ChannelPolicy::new(config.allowed_channels.clone()),
-            JoinLedger::new(config.idempotency_window, config.idempotency_keys),
+            ledger,
             sessions.clone(),
             config.max_call_duration,
         ))

@@ -193,7 +193,8 @@ impl WebRtcStorageService for WebRtcStorage {
             &start,
             self.max_call_duration,
             inbound,
-        )?;
+        )
+        .await?;
         Ok(Response::new(events))
     }
 }
@@ -221,7 +222,7 @@ mod tests {
             Arc::new(client),
             ChannelPolicy::default(),
             JoinLedger::new(Duration::from_secs(60), 100),
-            Sessions::new(10),
+            Sessions::new(10, None),
             Duration::from_secs(1),
         )
     }

@@ -27,7 +27,7 @@ const QUEUE: usize = 16;
 
 /// Starts maintaining the session `start` names on `channel`; the returned
 /// stream carries its events.
-pub fn maintain(
+pub async fn maintain(
     client: Arc<KvsClient>,
     sessions: &Arc<Sessions>,
     channel: ChannelArn,
@@ -36,18 +36,27 @@ pub fn maintain(
     mut inbound: Streaming<MaintainStorageSessionRequest>,
 ) -> Result<EventStream, Status> {
     let settings = settings(start)?;
-    let claim = sessions
-        .claim(&channel, &start.client_id)
-        .map_err(|refusal| match refusal {
-            Refusal::AlreadyMaintained => Status::already_exists(format!(
-                "{channel} (client id {:?}) is already maintained by this sidecar",
-                start.client_id
-            )),
-            Refusal::AtCapacity(n) => Status::resource_exhausted(format!(
-                "this sidecar already maintains {n} sessions, its limit"
-            )),
-            Refusal::Draining => Status::unavailable("the sidecar is draining"),
-        })?;
+    let claim =
+        sessions
+            .claim(&channel, &start.client_id)
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::AlreadyMaintained => Status::already_exists(format!(
+                    "{channel} (client id {:?}) is already maintained by this sidecar",
+                    start.client_id
+                )),
+                Refusal::MaintainedElsewhere => Status::already_exists(format!(
+                    "{channel} (client id {:?}) is already maintained by another replica",
+                    start.client_id
+                )),
+                Refusal::StoreUnavailable => Status::unavailable(
+                    "the shared state store is unreachable, so the session cannot be leased",
+                ),
+                Refusal::AtCapacity(n) => Status::resource_exhausted(format!(
+                    "this sidecar already maintains {n} sessions, its limit"
+                )),
+                Refusal::Draining => Status::unavailable("the sidecar is draining"),
+            })?;
     let (reports_tx, reports) = mpsc::channel(QUEUE);
     let (events, mut events_rx) = mpsc::channel(QUEUE);
     let (out, out_rx) = mpsc::channel(QUEUE);
@@ -206,6 +215,12 @@ fn answers(event: Event) -> Vec<Result<MaintainStorageSessionResponse, Status>> 
                 Stop::Draining => (
                     GiveUpReason::Draining,
                     Status::unavailable("draining: the sidecar is shutting down"),
+                ),
+                Stop::LeaseLost => (
+                    GiveUpReason::LeaseLost,
+                    Status::unavailable(
+                        "the session's lease in the shared store was lost; another replica may maintain it",
+                    ),
                 ),
             };
             let gave_up = SessionGaveUp {

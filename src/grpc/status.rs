@@ -33,6 +33,7 @@ pub fn code(err: &Error) -> Code {
             _ => Code::Unavailable,
         },
         Error::Signing(_) | Error::MalformedResponse(_) => Code::Internal,
+        Error::Replayed { code, .. } => Code::from_i32(*code),
     }
 }
 

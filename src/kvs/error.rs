@@ -64,6 +64,10 @@ pub enum Error {
     Credentials(String),
     #[error("could not sign the request: {0}")]
     Signing(String),
+    /// The outcome of an earlier call with the same idempotency key, made
+    /// by another replica: its gRPC code and its (already safe) message.
+    #[error("{message}")]
+    Replayed { code: i32, message: Arc<str> },
     /// KVS answered 2xx with something we could not use.
     #[error("KVS answered a malformed response: {0}")]
     MalformedResponse(String),
