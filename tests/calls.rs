@@ -532,7 +532,7 @@ async fn a_dead_kvs_is_unavailable_after_retries() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(
-        err.message().contains("could not reach KVS"),
+        err.message().contains("could not connect to KVS"),
         "{}",
         err.message()
     );
