@@ -8,8 +8,9 @@ use http::Uri;
 
 use crate::{
     kvs::{
-        ClientConfig,
-        http::HttpConfig,
+        ClientSettings,
+        endpoint::EndpointSettings,
+        http::{HttpConfig, Network},
         retry::Backoff,
         stack::{RateLimits, StackConfig},
     },
@@ -73,14 +74,66 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Control-plane endpoint override, as the AWS SDKs read it. Falls back
-    /// to AWS_ENDPOINT_URL; the WEBRTC endpoint always comes from discovery.
-    #[arg(long, env = "AWS_ENDPOINT_URL_KINESIS_VIDEO")]
+    /// Control-plane endpoint override. Without it the AWS SDKs' settings
+    /// apply (AWS_ENDPOINT_URL_KINESIS_VIDEO, AWS_ENDPOINT_URL, the profile's
+    /// services section, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS); this flag is
+    /// explicit configuration, which those leave alone. Joins always go to
+    /// the endpoint discovery returns.
+    #[arg(long)]
     pub kvs_endpoint_url: Option<Uri>,
+
+    /// PEM CA certificates to trust for KVS on top of the bundled Mozilla
+    /// roots, the platform's store (SSL_CERT_FILE / SSL_CERT_DIR) and
+    /// AWS_CA_BUNDLE: a TLS-inspecting proxy's CA, or a private endpoint's.
+    #[arg(long, env = "KVS_SIDECAR_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Attempts per KVS request, the first included (AWS standard mode: 3).
     #[arg(long, env = "KVS_SIDECAR_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub max_attempts: u32,
+
+    /// Never retry a join that may have reached KVS: each join that reaches
+    /// it makes KVS send the master an SDP offer, so such a retry can mean
+    /// a second offer. Joins refused before KVS acted (connect failures,
+    /// throttling, credential or signature refusals) are still retried.
+    #[arg(long, env = "KVS_SIDECAR_NO_JOIN_RETRY_AFTER_SEND")]
+    pub no_join_retry_after_send: bool,
+
+    /// How long a join's idempotency key answers repeats with the first
+    /// call's outcome.
+    #[arg(long, env = "KVS_SIDECAR_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = positive_duration)]
+    pub idempotency_window: Duration,
+
+    /// Most idempotency keys remembered (each under 1.5 KiB, about 0.3 KiB
+    /// for a typical ARN); the least recently used go first.
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_IDEMPOTENCY_KEYS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000)
+    )]
+    pub idempotency_keys: u64,
+
+    /// Most sessions maintained at once by MaintainStorageSession streams;
+    /// more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KVS_SIDECAR_MAX_MAINTAINED_SESSIONS", default_value_t = 1000, value_parser = count)]
+    pub max_maintained_sessions: usize,
+
+    /// Redis shared by the replicas of a gateway, e.g.
+    /// `redis://kvs-state:6379/0`: idempotency keys and session ownership
+    /// then hold across replicas. Unset: each sidecar keeps them in memory.
+    #[arg(long, env = "KVS_SIDECAR_STATE_STORE")]
+    pub state_store: Option<String>,
+
+    /// Longest wait for one state-store operation.
+    #[arg(long, env = "KVS_SIDECAR_STATE_STORE_TIMEOUT", default_value = "500ms", value_parser = positive_duration)]
+    pub state_store_timeout: Duration,
+
+    /// How long a maintained session's lease in the state store lasts
+    /// unless renewed (every third of it): how soon another replica can
+    /// take over a session whose replica died.
+    #[arg(long, env = "KVS_SIDECAR_SESSION_LEASE", default_value = "15s", value_parser = positive_duration)]
+    pub session_lease: Duration,
 
     /// Tokens in the process-wide retry quota (AWS standard mode: 500; a
     /// retry costs 5, a retry after a timeout 10, a success pays back).
@@ -325,18 +378,22 @@ fn request_bytes(s: &str) -> Result<usize, String> {
 }
 
 impl Config {
-    pub fn client(&self) -> ClientConfig {
-        ClientConfig {
-            stack: self.stack(),
-            credentials_timeout: self.credentials_timeout,
+    /// The KVS client's settings: this configuration, with the endpoint
+    /// choice and network the AWS environment gave.
+    pub fn client(&self, endpoints: EndpointSettings, network: Network) -> ClientSettings {
+        ClientSettings {
+            stack: self.stack(network),
+            endpoints,
             endpoint_cache_ttl: self.endpoint_cache_ttl,
             endpoint_cache_capacity: self.endpoint_cache_capacity,
+            credentials_timeout: self.credentials_timeout,
         }
     }
 
-    pub fn stack(&self) -> StackConfig {
+    pub fn stack(&self, network: Network) -> StackConfig {
         StackConfig {
             max_attempts: self.max_attempts,
+            retry_sent_joins: !self.no_join_retry_after_send,
             backoff: Backoff {
                 base: self.retry_base_delay,
                 throttling_base: self.retry_throttling_base_delay,
@@ -356,6 +413,7 @@ impl Config {
                 pool_max_idle_per_host: self
                     .pool_max_idle_per_host
                     .unwrap_or(self.max_upstream_concurrency),
+                network,
             },
         }
     }
@@ -385,7 +443,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.attempt_timeout, Duration::from_millis(250));
-        assert_eq!(c.stack().max_attempts, 5);
+        assert_eq!(c.stack(Network::direct()).max_attempts, 5);
         assert!(Config::try_parse_from(["kvs-sidecar", "--max-attempts", "0"]).is_err());
         let roles = Config::try_parse_from([
             "kvs-sidecar",
@@ -447,7 +505,7 @@ mod tests {
         let ok =
             Config::try_parse_from(["kvs-sidecar", "--discovery-rate", "0", "--join-rate", "2.5"])
                 .unwrap();
-        assert!(ok.stack().rate_limits.discovery.is_none());
-        assert_eq!(ok.stack().rate_limits.join, Some(2.5));
+        assert!(ok.stack(Network::direct()).rate_limits.discovery.is_none());
+        assert_eq!(ok.stack(Network::direct()).rate_limits.join, Some(2.5));
     }
 }

@@ -4,16 +4,20 @@
 
 pub mod admin;
 pub mod alloc;
+pub mod aws_env;
 pub mod clock;
 pub mod config;
 pub mod emulator;
 pub mod grpc;
+pub mod idempotency;
 pub mod kvs;
 pub mod metrics;
 pub mod policy;
 pub mod readiness;
 pub mod server;
+pub mod session;
 pub mod signaling;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 

@@ -16,6 +16,12 @@ pub const GRPC_STARTED: &str = "grpc_server_started_total";
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
 pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 pub const CALLS_SHED: &str = "kvs_sidecar_calls_shed_total";
+pub const SESSIONS_MAINTAINED: &str = "kvs_sidecar_sessions_maintained";
+pub const SESSION_JOINS: &str = "kvs_sidecar_session_joins_total";
+pub const SESSION_OFFER_SECONDS: &str = "kvs_sidecar_session_offer_seconds";
+pub const SESSIONS_GIVEN_UP: &str = "kvs_sidecar_sessions_given_up_total";
+pub const STATE_STORE_ERRORS: &str = "kvs_sidecar_state_store_errors_total";
+pub const IDEMPOTENT_REPLAYS: &str = "kvs_sidecar_idempotent_replays_total";
 pub const UPSTREAM_ATTEMPTS: &str = "kvs_upstream_attempts_total";
 pub const UPSTREAM_ATTEMPT_SECONDS: &str = "kvs_upstream_attempt_duration_seconds";
 pub const UPSTREAM_RETRIES: &str = "kvs_upstream_retries_total";
@@ -77,6 +83,31 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED,
         "KVS requests delayed locally by the client-side rate limit, by operation."
+    );
+    describe_gauge!(
+        SESSIONS_MAINTAINED,
+        "Storage sessions maintained by MaintainStorageSession streams."
+    );
+    describe_counter!(
+        SESSION_JOINS,
+        "Joins made by session supervisors, by reason (initial, no_offer, session_limit, disconnected, requested)."
+    );
+    describe_histogram!(
+        SESSION_OFFER_SECONDS,
+        Unit::Seconds,
+        "Time from a supervisor's join to the caller's OFFER_RECEIVED report."
+    );
+    describe_counter!(
+        SESSIONS_GIVEN_UP,
+        "Maintained sessions that stopped, by reason (failure_budget, final_error, draining)."
+    );
+    describe_counter!(
+        STATE_STORE_ERRORS,
+        "Operations on the shared state store (Redis) that failed, by purpose (idempotency, lease)."
+    );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Joins answered from the idempotency ledger (a repeated key): nothing sent to KVS."
     );
     describe_counter!(
         RATE_LIMIT_REFUSED,
@@ -151,6 +182,30 @@ pub fn retry_quota_exhausted(operation: &'static str) {
 
 pub fn rate_limited(operation: &'static str) {
     counter!(RATE_LIMITED, "operation" => operation).increment(1);
+}
+
+pub fn sessions_maintained(sessions: usize) {
+    gauge!(SESSIONS_MAINTAINED).set(sessions as f64);
+}
+
+pub fn session_join(reason: &'static str) {
+    counter!(SESSION_JOINS, "reason" => reason).increment(1);
+}
+
+pub fn session_offer_latency(elapsed: Duration) {
+    histogram!(SESSION_OFFER_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub fn session_gave_up(reason: &'static str) {
+    counter!(SESSIONS_GIVEN_UP, "reason" => reason).increment(1);
+}
+
+pub fn state_store_error(purpose: &'static str) {
+    counter!(STATE_STORE_ERRORS, "purpose" => purpose).increment(1);
+}
+
+pub fn idempotent_replay() {
+    counter!(IDEMPOTENT_REPLAYS).increment(1);
 }
 
 pub fn rate_limit_refused(operation: &'static str) {

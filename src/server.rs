@@ -8,10 +8,9 @@ use std::{
     time::Duration,
 };
 
-use aws_config::{BehaviorVersion, Region, SdkConfig, sts::AssumeRoleProvider};
+use aws_config::{BehaviorVersion, Region, sts::AssumeRoleProvider};
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
 use axum::serve::ListenerExt;
-use http::Uri;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -22,15 +21,19 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     admin::{self, Readiness},
+    aws_env::{self, AwsEnv},
     clock::SystemClock,
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{self, WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
-    kvs::{KvsClient, credentials::Identities},
+    idempotency::JoinLedger,
+    kvs::{KvsClient, credentials::Identities, endpoint::EndpointSettings, http::Network},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     readiness::{self, StorageReadiness},
+    session::Sessions,
     signaling::Signaling,
+    store::SharedStore,
     tls::{self, TlsListener},
 };
 
@@ -46,6 +49,7 @@ pub struct Sidecar {
     admin_router: axum::Router,
     health: HealthReporter,
     ready: Readiness,
+    sessions: Arc<Sessions>,
     grace: Duration,
     identities: Arc<Identities>,
     emulating: bool,
@@ -60,20 +64,20 @@ impl Sidecar {
         config: &Config,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, BoxError> {
-        let (sdk, control_plane) = if config.emulate {
+        let aws = if config.emulate {
             emulated_kvs().await?
         } else {
-            aws(config).await?
+            aws_env::load(aws_env::Flags {
+                endpoint_url: config.kvs_endpoint_url.as_ref(),
+                ca_bundle: config.ca_bundle.as_deref(),
+            })
+            .await?
         };
-        let provider = sdk
-            .credentials_provider()
-            .ok_or("aws-config found no credential provider")?;
-        let roles = assumed_roles(config, &sdk).await;
+        let roles = assumed_roles(config, &aws.sdk).await;
         let (client, identities, clock) = KvsClient::build(
-            &config.client(),
-            provider,
+            config.client(aws.endpoints, aws.network),
+            aws.credentials,
             roles,
-            control_plane,
             Arc::new(SystemClock),
         )?;
         let client = Arc::new(client);
@@ -108,11 +112,31 @@ impl Sidecar {
             config.readiness_cache_ttl,
             readiness::CAPACITY,
         );
+        let store = config
+            .state_store
+            .as_deref()
+            .map(|url| SharedStore::open(url, config.state_store_timeout).map(Arc::new))
+            .transpose()?;
+        let sessions = Sessions::new(
+            config.max_maintained_sessions,
+            store.clone().map(|store| (store, config.session_lease)),
+        );
+        let ledger = match store {
+            // A claimed key outlives any call that could record it.
+            Some(store) => JoinLedger::shared(
+                store,
+                config.idempotency_window,
+                config.max_call_duration + Duration::from_secs(5),
+            ),
+            None => JoinLedger::new(config.idempotency_window, config.idempotency_keys),
+        };
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
             client,
             signaling,
             readiness,
             ChannelPolicy::new(config.allowed_channels.clone()),
+            ledger,
+            sessions.clone(),
             config.max_call_duration,
         ))
         // The largest valid request is ~1.3 KiB; tonic's 4 MiB default
@@ -158,6 +182,7 @@ impl Sidecar {
             admin_router,
             health,
             ready,
+            sessions,
             grace: config.shutdown_grace,
             identities,
             emulating: config.emulate,
@@ -224,6 +249,9 @@ impl Sidecar {
 
         tracing::info!(grace = ?self.grace, "draining");
         self.ready.set(false);
+        // Maintained sessions end now with a final event, so their callers'
+        // other replicas can take over while this one drains.
+        self.sessions.drain();
         self.health
             .set_not_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
             .await;
@@ -252,23 +280,12 @@ impl Sidecar {
     }
 }
 
-/// The AWS configuration (credential chain, STS settings) and the SDKs'
-/// endpoint override.
-async fn aws(config: &Config) -> Result<(SdkConfig, Option<Uri>), BoxError> {
-    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let control_plane = match &config.kvs_endpoint_url {
-        Some(url) => Some(url.clone()),
-        None => sdk.endpoint_url().map(str::parse).transpose()?,
-    };
-    Ok((sdk, control_plane))
-}
-
 /// One AssumeRole provider per mapped account, on top of the default chain
 /// (aws-config's provider; the credential cache in front of it refreshes
 /// ahead of expiry): (account, role ARN, provider).
 async fn assumed_roles(
     config: &Config,
-    sdk: &SdkConfig,
+    sdk: &aws_config::SdkConfig,
 ) -> Vec<(String, String, SharedCredentialsProvider)> {
     let mut roles = Vec::new();
     for role in &config.assume_roles {
@@ -286,7 +303,7 @@ async fn assumed_roles(
 
 /// A KVS emulator on loopback and the throwaway keys it accepts; the
 /// emulator answers STS too.
-async fn emulated_kvs() -> Result<(SdkConfig, Option<Uri>), BoxError> {
+async fn emulated_kvs() -> Result<AwsEnv, BoxError> {
     let emulator = Emulator::start(EmulatorCredentials::generate()).await?;
     let keys = emulator.credentials();
     let credentials = Credentials::new(
@@ -297,13 +314,23 @@ async fn emulated_kvs() -> Result<(SdkConfig, Option<Uri>), BoxError> {
         "kvs-sidecar-emulator",
     );
     tracing::info!(kvs = %emulator.url(), "emulating KVS on loopback: no AWS account is used");
+    // STS (`--assume-role`) goes to the emulator too.
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(emulator.url())
-        .credentials_provider(credentials)
+        .credentials_provider(credentials.clone())
         .load()
         .await;
-    Ok((sdk, Some(emulator.url().parse()?)))
+    Ok(AwsEnv {
+        sdk,
+        credentials: SharedCredentialsProvider::new(credentials),
+        endpoints: EndpointSettings {
+            override_url: Some(emulator.url().parse()?),
+            ..EndpointSettings::default()
+        },
+        // The emulator is on loopback: no proxy, and plain http.
+        network: Network::direct(),
+    })
 }
 
 /// A channel ARN for the emulator demo.

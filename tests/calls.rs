@@ -17,6 +17,7 @@ const VIEWER: &str = "/joinStorageSessionAsViewer";
 fn join(arn: &str) -> JoinStorageSessionRequest {
     JoinStorageSessionRequest {
         channel_arn: arn.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -24,6 +25,7 @@ fn viewer(arn: &str, client_id: &str) -> JoinStorageSessionAsViewerRequest {
     JoinStorageSessionAsViewerRequest {
         channel_arn: arn.to_owned(),
         client_id: client_id.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -530,7 +532,7 @@ async fn a_dead_kvs_is_unavailable_after_retries() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(
-        err.message().contains("could not reach KVS"),
+        err.message().contains("could not connect to KVS"),
         "{}",
         err.message()
     );
@@ -911,5 +913,138 @@ async fn a_burst_reuses_its_connections_to_kvs() {
     assert!(
         opened <= 5,
         "the second burst opened {opened} new connections"
+    );
+}
+
+/// With `--no-join-retry-after-send`, a join that may have reached KVS (and
+/// so made it send an offer) is never retried; one that cannot have reached
+/// it still is.
+#[tokio::test]
+async fn joins_that_may_have_sent_an_offer_are_not_retried_when_asked() {
+    let (fake, sidecar, client) = common::warmed(&["--no-join-retry-after-send"]).await;
+    let cases: Vec<(Vec<Reply>, Result<(), Code>, usize)> = vec![
+        // May have reached KVS: one attempt only.
+        (
+            vec![Reply::error(503, "ServiceUnavailable")],
+            Err(Code::Unavailable),
+            1,
+        ),
+        (vec![Reply::Reset], Err(Code::Unavailable), 1),
+        // Refused before KVS acted: retried as usual.
+        (
+            vec![Reply::error(400, "ClientLimitExceededException")],
+            Ok(()),
+            2,
+        ),
+    ];
+    for (replies, want, attempts) in cases {
+        let label = format!("{replies:?}");
+        let before = fake.received_on(JOIN).len();
+        fake.script(JOIN, replies);
+        let got = client.clone().join_storage_session(join(ARN)).await;
+        assert_eq!(got.map(drop).map_err(|s| s.code()), want, "{label}");
+        assert_eq!(fake.received_on(JOIN).len() - before, attempts, "{label}");
+    }
+    // A channel whose endpoint refuses connections: nothing was written, so
+    // every attempt is made.
+    let other = common::arn("refusing");
+    fake.set_webrtc_endpoint(&format!("http://127.0.0.1:{}", common::unused_port()));
+    let err = client
+        .clone()
+        .join_storage_session(join(&other))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert!(
+        metrics.contains(
+            r#"kvs_upstream_attempts_total{operation="JoinStorageSession",outcome="connect_error"} 3"#
+        ),
+        "{metrics}"
+    );
+}
+
+fn keyed(arn: &str, key: &str) -> JoinStorageSessionRequest {
+    JoinStorageSessionRequest {
+        channel_arn: arn.to_owned(),
+        idempotency_key: key.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_repeated_join_send_nothing() {
+    let (fake, sidecar, client) = common::warmed(&[]).await;
+    let joins = || fake.received_on(JOIN).len();
+    let before = joins();
+    let first = client
+        .clone()
+        .join_storage_session(keyed(ARN, "order-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .clone()
+        .join_storage_session(keyed(ARN, "order-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.aws_request_id, again.aws_request_id);
+    assert_eq!(joins() - before, 1, "one join reached KVS");
+
+    // A repeat while the first is in flight waits for it.
+    let before = joins();
+    fake.script(
+        JOIN,
+        [Reply::Slow(Duration::from_millis(400), Box::new(Reply::Ok))],
+    );
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.join_storage_session(keyed(ARN, "slow-1")).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for call in calls {
+        ids.push(call.await.unwrap().unwrap().into_inner().aws_request_id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    assert_eq!(joins() - before, 1, "one join for three calls");
+
+    // The first call's error is the answer too.
+    fake.script(JOIN, [Reply::error(404, "ResourceNotFoundException")]);
+    let failed = client
+        .clone()
+        .join_storage_session(keyed(ARN, "gone-1"))
+        .await
+        .unwrap_err();
+    let replayed = client
+        .clone()
+        .join_storage_session(keyed(ARN, "gone-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::NotFound);
+    assert_eq!(replayed.code(), Code::NotFound);
+    assert_eq!(failed.message(), replayed.message());
+
+    // The same key for another channel, and a malformed key, are refused
+    // with nothing sent.
+    let before = joins();
+    for (key, channel) in [
+        ("order-42", common::arn("elsewhere")),
+        ("bad key!", ARN.to_owned()),
+    ] {
+        let err = client
+            .clone()
+            .join_storage_session(keyed(&channel, key))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with("idempotency_key: "), "{err:?}");
+    }
+    assert_eq!(joins(), before);
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert_eq!(
+        common::metric(&metrics, "kvs_sidecar_idempotent_replays_total"),
+        Some(4.0)
     );
 }

@@ -18,6 +18,7 @@ fn other_account(name: &str) -> String {
 fn join(channel_arn: &str) -> JoinStorageSessionRequest {
     JoinStorageSessionRequest {
         channel_arn: channel_arn.into(),
+        ..Default::default()
     }
 }
 

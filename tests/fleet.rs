@@ -19,6 +19,7 @@ const DISCOVERY: &str = "/getSignalingChannelEndpoint";
 fn join(arn: &str, timeout: Duration) -> tonic::Request<JoinStorageSessionRequest> {
     let mut req = tonic::Request::new(JoinStorageSessionRequest {
         channel_arn: arn.into(),
+        ..Default::default()
     });
     req.set_timeout(timeout);
     req

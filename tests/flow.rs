@@ -170,6 +170,7 @@ async fn a_master_connected_with_the_presigned_url_receives_the_offer_of_each_jo
         client
             .join_storage_session(JoinStorageSessionRequest {
                 channel_arn: channel.clone(),
+                ..Default::default()
             })
             .await
             .expect("join");
@@ -211,6 +212,7 @@ async fn a_viewer_receives_the_offer_of_its_own_join_only() {
         .join_storage_session_as_viewer(JoinStorageSessionAsViewerRequest {
             channel_arn: channel.clone(),
             client_id: "viewer-1".into(),
+            ..Default::default()
         })
         .await
         .expect("viewer join");
@@ -220,6 +222,7 @@ async fn a_viewer_receives_the_offer_of_its_own_join_only() {
         .join_storage_session_as_viewer(JoinStorageSessionAsViewerRequest {
             channel_arn: channel.clone(),
             client_id: "viewer-2".into(),
+            ..Default::default()
         })
         .await
         .expect("viewer join");
@@ -253,6 +256,7 @@ async fn a_second_master_replaces_the_first() {
     client
         .join_storage_session(JoinStorageSessionRequest {
             channel_arn: channel.clone(),
+            ..Default::default()
         })
         .await
         .expect("join");

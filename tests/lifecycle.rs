@@ -14,6 +14,7 @@ use tonic::Code;
 fn join(arn: &str) -> JoinStorageSessionRequest {
     JoinStorageSessionRequest {
         channel_arn: arn.to_owned(),
+        ..Default::default()
     }
 }
 

@@ -50,6 +50,7 @@ async fn sidecar_with_calls() -> Sidecar {
         client
             .join_storage_session(JoinStorageSessionRequest {
                 channel_arn: ARN.into(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -57,6 +58,7 @@ async fn sidecar_with_calls() -> Sidecar {
     client
         .join_storage_session(JoinStorageSessionRequest {
             channel_arn: common::arn("missing-x"),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -18,6 +18,7 @@ const JOIN: &str = "/joinStorageSession";
 fn join(arn: &str) -> JoinStorageSessionRequest {
     JoinStorageSessionRequest {
         channel_arn: arn.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -132,6 +133,7 @@ async fn reflection_lists_and_describes_the_service_in_v1_and_v1alpha() {
         [
             "JoinStorageSession",
             "JoinStorageSessionAsViewer",
+            "MaintainStorageSession",
             "GetSignalingConnection",
             "CheckStorageReadiness"
         ]
@@ -398,7 +400,7 @@ async fn rejected_and_refused_calls_cannot_amplify_the_log() {
     );
     let rejected: Vec<_> = output
         .iter()
-        .filter(|l| l.contains("call rejected"))
+        .filter(|l| l.contains(r#""reason":"bad_channel_name""#))
         .collect();
     let refused: Vec<_> = output.iter().filter(|l| l.contains("refused-")).collect();
     println!(
@@ -549,6 +551,7 @@ async fn emulate_mode_needs_no_aws_account_and_shows_the_error_paths() {
     let viewer = kvs_sidecar::pb::JoinStorageSessionAsViewerRequest {
         channel_arn: ARN.into(),
         client_id: "demo-viewer".into(),
+        ..Default::default()
     };
     client.join_storage_session_as_viewer(viewer).await.unwrap();
     let missing = client

@@ -113,6 +113,7 @@ async fn a_minute_of_mixed_faults_loses_no_call_and_stays_healthy() {
                 while Instant::now() < until {
                     let mut req = tonic::Request::new(JoinStorageSessionRequest {
                         channel_arn: ARN.into(),
+                        ..Default::default()
                     });
                     req.set_timeout(Duration::from_secs(2));
                     calls += 1;

@@ -83,6 +83,7 @@ async fn call(channel: Channel) -> Result<(), tonic::Status> {
     WebRtcStorageServiceClient::new(channel)
         .join_storage_session(JoinStorageSessionRequest {
             channel_arn: ARN.into(),
+            ..Default::default()
         })
         .await
         .map(drop)

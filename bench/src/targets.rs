@@ -16,7 +16,7 @@ use hyper_util::{
 use kvs_sidecar::{
     clock::SystemClock,
     config::Config,
-    kvs::{Call, KvsClient, arn::ChannelArn},
+    kvs::{Call, KvsClient, arn::ChannelArn, endpoint::EndpointSettings, http::Network},
     pb::{
         JoinStorageSessionAsViewerRequest, JoinStorageSessionRequest,
         web_rtc_storage_service_client::WebRtcStorageServiceClient,
@@ -89,13 +89,17 @@ impl Target for Sidecar {
         let channel_arn = self.work.arn(n).to_owned();
         let result = match &self.work.client_id {
             None => client
-                .join_storage_session(JoinStorageSessionRequest { channel_arn })
+                .join_storage_session(JoinStorageSessionRequest {
+                    channel_arn,
+                    ..Default::default()
+                })
                 .await
                 .map(drop),
             Some(id) => client
                 .join_storage_session_as_viewer(JoinStorageSessionAsViewerRequest {
                     channel_arn,
                     client_id: id.to_string(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
@@ -125,11 +129,14 @@ impl Stack {
             "0",
         ])
         .expect("valid flags");
+        let endpoints = EndpointSettings {
+            override_url: Some(fake.parse().expect("a valid URL")),
+            ..EndpointSettings::default()
+        };
         let (client, _identities, _clock) = KvsClient::build(
-            &config.client(),
+            config.client(endpoints, Network::direct()),
             SharedCredentialsProvider::new(credentials()),
             Vec::new(),
-            Some(fake.parse().expect("a valid URL")),
             Arc::new(SystemClock),
         )
         .expect("build the KVS client");

@@ -7,6 +7,12 @@
 //	KVS_SIDECAR_ADDR=127.0.0.1:50051 go run . CHANNEL_ARN
 package main
 
+// grpc.Dial with grpc.WithInsecure() is used rather than grpc.NewClient and
+// credentials/insecure so that one source builds with current grpc-go (which
+// deprecates Dial and WithInsecure but keeps them) and with the grpc-go 1.33
+// that Debian ships (which has neither NewClient nor credentials/insecure),
+// as the kvs-sidecar tests build it.
+//
 //go:generate protoc -I../../proto --go_out=. --go-grpc_out=. --go_opt=module=example.com/kvs-sidecar-example --go-grpc_opt=module=example.com/kvs-sidecar-example --go_opt=Mkvs/webrtcstorage/v1/webrtc_storage.proto=example.com/kvs-sidecar-example/gen/webrtcstoragev1 --go-grpc_opt=Mkvs/webrtcstorage/v1/webrtc_storage.proto=example.com/kvs-sidecar-example/gen/webrtcstoragev1 kvs/webrtcstorage/v1/webrtc_storage.proto
 
 import (
@@ -17,7 +23,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -29,7 +34,9 @@ func main() {
 	if addr == "" {
 		addr = "127.0.0.1:50051"
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Plaintext: the sidecar listens on loopback. Use
+	// grpc.WithTransportCredentials instead when it serves TLS (--tls-cert).
+	conn, err := grpc.Dial(addr, grpc.WithInsecure())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

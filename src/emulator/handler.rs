@@ -328,7 +328,8 @@ impl Emulator {
                     .clone()
                     .unwrap_or_else(|| self.url());
                 serde_json::json!({"ResourceEndpointList": [
-                    {"Protocol": "WSS", "ResourceEndpoint": format!("ws://{}", self.addr)},
+                    // wss:// when the emulator serves TLS, as KVS's is.
+                    {"Protocol": "WSS", "ResourceEndpoint": self.url().replacen("http", "ws", 1)},
                     {"Protocol": "HTTPS", "ResourceEndpoint": self.url()},
                     {"Protocol": "WEBRTC", "ResourceEndpoint": webrtc},
                 ]})

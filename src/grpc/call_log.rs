@@ -59,14 +59,15 @@ pub fn log_call(
             status = ?code,
             latency_ms,
             suppressed,
-            "call rejected"
+            "call"
         ),
         Error::ChannelNotAllowed(_) => tracing::warn!(
             rpc,
             channel = arn,
             status = ?code,
             suppressed,
-            "call refused: the channel is outside --allowed-channels"
+            refused = "the channel is outside --allowed-channels",
+            "call"
         ),
         err => {
             let request_id = match err {

@@ -5,6 +5,7 @@ pub mod deadline;
 pub mod load_shed;
 pub mod metrics;
 mod service;
+mod session;
 pub mod status;
 
 /// gRPC is HTTP/2 only; an HTTP/1.x request on the gRPC port is answered

@@ -1,26 +1,30 @@
 //! The `WebRtcStorageService` implementation: validate, call KVS, answer.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use prost_types::Timestamp;
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{call_log::log_call, deadline::deadline, status::to_status};
 use crate::{
+    idempotency::{JoinLedger, JoinTarget},
     kvs::{
         Call, Error, Joined, KvsClient,
-        arn::{ChannelArn, ValidationError, validate_client_id},
+        arn::{ChannelArn, ValidationError, validate_client_id, validate_idempotency_key},
         endpoint::Role,
     },
     pb::{
         CheckStorageReadinessRequest, CheckStorageReadinessResponse, GetSignalingConnectionRequest,
         GetSignalingConnectionResponse, IceServer, JoinStorageSessionAsViewerRequest,
         JoinStorageSessionAsViewerResponse, JoinStorageSessionRequest, JoinStorageSessionResponse,
-        ReadinessProblem, SignalingRole, web_rtc_storage_service_server::WebRtcStorageService,
+        MaintainStorageSessionRequest, ReadinessProblem, SignalingRole,
+        maintain_storage_session_request::Kind,
+        web_rtc_storage_service_server::WebRtcStorageService,
     },
     policy::ChannelPolicy,
     readiness::StorageReadiness,
+    session::Sessions,
     signaling::{Connection, Signaling},
 };
 
@@ -29,6 +33,8 @@ pub struct WebRtcStorage {
     signaling: Signaling,
     readiness: StorageReadiness,
     policy: ChannelPolicy,
+    ledger: JoinLedger,
+    sessions: Arc<Sessions>,
     max_call_duration: Duration,
 }
 
@@ -40,6 +46,8 @@ impl WebRtcStorage {
         signaling: Signaling,
         readiness: StorageReadiness,
         policy: ChannelPolicy,
+        ledger: JoinLedger,
+        sessions: Arc<Sessions>,
         max_call_duration: Duration,
     ) -> Self {
         Self {
@@ -47,8 +55,29 @@ impl WebRtcStorage {
             signaling,
             readiness,
             policy,
+            ledger,
+            sessions,
             max_call_duration,
         }
+    }
+
+    /// Runs `join`, or, when the caller gave an idempotency key, answers
+    /// the outcome of the first join made with it.
+    async fn idempotent(
+        &self,
+        key: &str,
+        target: JoinTarget,
+        call: &Call,
+        join: impl Future<Output = Result<Joined, Error>>,
+    ) -> Result<Joined, Error> {
+        if key.is_empty() {
+            return join.await;
+        }
+        validate_idempotency_key(key).map_err(|reason| Error::InvalidRequest {
+            field: "idempotency_key",
+            reason,
+        })?;
+        self.ledger.join(key, target, call.deadline(), join).await
     }
 
     /// A valid ARN of a channel this sidecar may act on.
@@ -105,7 +134,14 @@ impl WebRtcStorageService for WebRtcStorage {
         let started = Instant::now();
         let result = async {
             let arn = self.channel(&msg.channel_arn)?;
-            self.client.join_storage_session(&call, &arn).await
+            let target = JoinTarget {
+                channel: arn.clone(),
+                role: Role::Master,
+                client_id: "".into(),
+            };
+            let join = self.client.join_storage_session(&call, &arn);
+            self.idempotent(&msg.idempotency_key, target, &call, join)
+                .await
         }
         .await;
         log_call(
@@ -134,8 +170,15 @@ impl WebRtcStorageService for WebRtcStorage {
                 field: "client_id",
                 reason,
             })?;
-            self.client
-                .join_storage_session_as_viewer(&call, &arn, &msg.client_id)
+            let target = JoinTarget {
+                channel: arn.clone(),
+                role: Role::Viewer,
+                client_id: msg.client_id.as_str().into(),
+            };
+            let join = self
+                .client
+                .join_storage_session_as_viewer(&call, &arn, &msg.client_id);
+            self.idempotent(&msg.idempotency_key, target, &call, join)
                 .await
         }
         .await;
@@ -150,6 +193,44 @@ impl WebRtcStorageService for WebRtcStorage {
         Ok(Response::new(JoinStorageSessionAsViewerResponse {
             aws_request_id: request_id,
         }))
+    }
+
+    type MaintainStorageSessionStream = super::session::EventStream;
+
+    async fn maintain_storage_session(
+        &self,
+        req: Request<Streaming<MaintainStorageSessionRequest>>,
+    ) -> Result<Response<Self::MaintainStorageSessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let Some(MaintainStorageSessionRequest {
+            kind: Some(Kind::Start(start)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument(
+                "start: the first message must be `start`",
+            ));
+        };
+        let channel = self
+            .channel(&start.channel_arn)
+            .map_err(|e| to_status(&e))?;
+        if !start.client_id.is_empty() {
+            validate_client_id(&start.client_id).map_err(|reason| {
+                to_status(&Error::InvalidRequest {
+                    field: "client_id",
+                    reason,
+                })
+            })?;
+        }
+        let events = super::session::maintain(
+            self.client.clone(),
+            &self.sessions,
+            channel,
+            &start,
+            self.max_call_duration,
+            inbound,
+        )
+        .await?;
+        Ok(Response::new(events))
     }
 
     async fn get_signaling_connection(
@@ -245,7 +326,10 @@ mod tests {
     use super::*;
     use crate::{
         clock::SkewCorrectedClock,
-        kvs::{KvsClient, credentials::Identities, endpoint_cache::EndpointCache},
+        kvs::{
+            KvsClient, credentials::Identities, endpoint::EndpointSettings,
+            endpoint_cache::EndpointCache,
+        },
     };
     use proptest::prelude::*;
 
@@ -261,7 +345,7 @@ mod tests {
         let client = Arc::new(KvsClient::new(
             upstream,
             EndpointCache::new(Duration::from_secs(60), 100),
-            None,
+            EndpointSettings::default(),
             identities.clone(),
         ));
         let signaling = Signaling::new(
@@ -276,6 +360,8 @@ mod tests {
             signaling,
             readiness,
             ChannelPolicy::default(),
+            JoinLedger::new(Duration::from_secs(60), 100),
+            Sessions::new(10, None),
             Duration::from_secs(1),
         )
     }

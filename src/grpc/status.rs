@@ -15,10 +15,16 @@ use crate::kvs::{Error, ErrorKind, ServiceError};
 /// The gRPC code for each error class.
 pub fn code(err: &Error) -> Code {
     match err {
-        Error::InvalidRequest { .. } | Error::UnknownPartition(_) => Code::InvalidArgument,
+        Error::InvalidRequest { .. } => Code::InvalidArgument,
+        // The sidecar's FIPS / dual-stack settings cannot reach this
+        // partition: its setup, not the request, must change.
+        Error::Endpoint(_) => Code::FailedPrecondition,
         Error::ChannelNotAllowed(_) | Error::CredentialsDenied(_) => Code::PermissionDenied,
         Error::Service(e) => service_code(e),
-        Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,
+        Error::Transport(_)
+        | Error::Connect(_)
+        | Error::AttemptTimeout(_)
+        | Error::Credentials(_) => Code::Unavailable,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
         Error::RateLimited { .. } => Code::ResourceExhausted,
         // Out of retries while being throttled is still throttling.
@@ -27,6 +33,7 @@ pub fn code(err: &Error) -> Code {
             _ => Code::Unavailable,
         },
         Error::Signing(_) | Error::MalformedResponse(_) => Code::Internal,
+        Error::Replayed { code, .. } => Code::from_i32(*code),
     }
 }
 
@@ -83,7 +90,7 @@ pub fn to_status(err: &Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::arn::ValidationError;
+    use crate::kvs::{arn::ValidationError, endpoint::EndpointError};
 
     fn kvs(http_status: u16, code: &str) -> Error {
         kvs_saying(http_status, code, "m")
@@ -142,6 +149,10 @@ mod tests {
             ),
             (Error::Transport("reset".into()), Code::Unavailable),
             (Error::DeadlineExceeded, Code::DeadlineExceeded),
+            (
+                Error::Endpoint(EndpointError::FipsUnsupported),
+                Code::FailedPrecondition,
+            ),
             (Error::Credentials("none".into()), Code::Unavailable),
             (
                 Error::ChannelNotAllowed("arn".into()),

@@ -44,7 +44,19 @@ pub enum ValidationError {
     #[error("channel id {0:?} is not [0-9]+")]
     BadChannelId(String),
     #[error("contains a character outside [a-zA-Z0-9_.-] at position {0}")]
-    BadClientIdChar(usize),
+    BadChar(usize),
+    #[error("was used for another channel, role or client id within the idempotency window")]
+    KeyReused,
+    /// Well formed, but the region lies in another partition than the ARN
+    /// names (checked when the endpoint is chosen, see `endpoint`).
+    #[error(
+        "partition {partition:?} does not hold region {region:?}, which is in {region_partition:?}"
+    )]
+    PartitionMismatch {
+        partition: String,
+        region: String,
+        region_partition: &'static str,
+    },
     /// A field that only one role takes (a master has no client id).
     #[error("must be empty for SIGNALING_ROLE_MASTER")]
     NotEmptyForMaster,
@@ -69,7 +81,9 @@ impl ValidationError {
             ValidationError::BadResourceType(_) => "bad_resource_type",
             ValidationError::BadChannelName(_) => "bad_channel_name",
             ValidationError::BadChannelId(_) => "bad_channel_id",
-            ValidationError::BadClientIdChar(_) => "bad_client_id_char",
+            ValidationError::BadChar(_) => "bad_char",
+            ValidationError::KeyReused => "key_reused",
+            ValidationError::PartitionMismatch { .. } => "partition_mismatch",
             ValidationError::NotEmptyForMaster => "not_empty_for_master",
             ValidationError::UnspecifiedRole => "unspecified",
         }
@@ -186,14 +200,24 @@ impl fmt::Debug for ChannelArn {
 
 /// Checks a viewer's `ClientId`: 1 to 256 characters of `[a-zA-Z0-9_.-]`.
 pub fn validate_client_id(s: &str) -> Result<(), ValidationError> {
+    validate_token(s, MAX_CLIENT_ID_LEN)
+}
+
+/// An idempotency key: 1 to 128 characters of the client id's alphabet.
+pub fn validate_idempotency_key(s: &str) -> Result<(), ValidationError> {
+    const MAX_KEY_LEN: usize = 128;
+    validate_token(s, MAX_KEY_LEN)
+}
+
+fn validate_token(s: &str, max_len: usize) -> Result<(), ValidationError> {
     if s.is_empty() {
         return Err(ValidationError::Empty);
     }
     if let Some(pos) = s.bytes().position(|b| !is_name_byte(b)) {
-        return Err(ValidationError::BadClientIdChar(pos));
+        return Err(ValidationError::BadChar(pos));
     }
-    if s.len() > MAX_CLIENT_ID_LEN {
-        return Err(ValidationError::TooLong(s.len(), MAX_CLIENT_ID_LEN));
+    if s.len() > max_len {
+        return Err(ValidationError::TooLong(s.len(), max_len));
     }
     Ok(())
 }
@@ -317,14 +341,8 @@ mod tests {
             validate_client_id(&"x".repeat(257)),
             Err(ValidationError::TooLong(257, 256))
         );
-        assert_eq!(
-            validate_client_id("a/b"),
-            Err(ValidationError::BadClientIdChar(1))
-        );
-        assert_eq!(
-            validate_client_id("é"),
-            Err(ValidationError::BadClientIdChar(0))
-        );
+        assert_eq!(validate_client_id("a/b"), Err(ValidationError::BadChar(1)));
+        assert_eq!(validate_client_id("é"), Err(ValidationError::BadChar(0)));
     }
 
     fn arn_like() -> impl Strategy<Value = String> {

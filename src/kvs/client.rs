@@ -21,20 +21,11 @@ use super::{
     Error, ErrorKind, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
     credentials::{CredentialCache, Identities},
-    endpoint::{self, Endpoints, Protocol, Role},
+    endpoint::{self, EndpointSettings, Endpoints, Protocol, Role},
     endpoint_cache::EndpointCache,
     stack::{self, StackConfig, Upstream},
 };
 use crate::clock::{SharedClock, SkewCorrectedClock};
-
-/// Everything the client is built from, as the composition root decides it.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientConfig {
-    pub stack: StackConfig,
-    pub credentials_timeout: std::time::Duration,
-    pub endpoint_cache_ttl: std::time::Duration,
-    pub endpoint_cache_capacity: u64,
-}
 
 /// One gRPC call's budget and bookkeeping, shared by its discovery and join.
 #[derive(Debug, Clone)]
@@ -51,14 +42,14 @@ impl Call {
         }
     }
 
+    /// No attempt starts after this instant.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Requests sent to KVS so far, discovery and retries included.
     pub fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::Relaxed)
-    }
-
-    /// Nothing the call does may wait past this.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
     }
 }
 
@@ -89,10 +80,21 @@ pub struct Joined {
     pub request_id: String,
 }
 
+/// Everything the client is built from, as plain values: the composition
+/// root fills it from the command line and the AWS environment.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub stack: StackConfig,
+    pub endpoints: EndpointSettings,
+    pub endpoint_cache_ttl: Duration,
+    pub endpoint_cache_capacity: u64,
+    pub credentials_timeout: Duration,
+}
+
 pub struct KvsClient {
     upstream: Upstream,
     endpoints: EndpointCache,
-    control_plane_override: Option<Uri>,
+    endpoint_settings: EndpointSettings,
     identities: Arc<Identities>,
 }
 
@@ -102,43 +104,44 @@ impl KvsClient {
     pub fn new(
         upstream: Upstream,
         endpoints: EndpointCache,
-        control_plane_override: Option<Uri>,
+        endpoint_settings: EndpointSettings,
         identities: Arc<Identities>,
     ) -> Self {
         Self {
             upstream,
             endpoints,
-            control_plane_override,
+            endpoint_settings,
             identities,
         }
     }
 
-    /// The client `config` describes: its tower stack, signing with what
+    /// The client `settings` describe: its tower stack, signing with what
     /// `provider` gives, or for a channel of a mapped account with what
     /// that account's `roles` provider gives (account id, role ARN,
     /// provider); and an empty endpoint cache. The credential caches (which
     /// the caller may warm) and the skew-corrected clock are returned too:
     /// presigned URLs are signed with them, outside the stack.
     pub fn build(
-        config: &ClientConfig,
+        settings: ClientSettings,
         provider: SharedCredentialsProvider,
         roles: Vec<(String, String, SharedCredentialsProvider)>,
-        control_plane: Option<Uri>,
         clock: SharedClock,
     ) -> Result<(Self, Arc<Identities>, Arc<SkewCorrectedClock>), Error> {
         let cache =
-            |provider| CredentialCache::new(provider, clock.clone(), config.credentials_timeout);
+            |provider| CredentialCache::new(provider, clock.clone(), settings.credentials_timeout);
         let mut identities = Identities::new(Arc::new(cache(provider)));
         for (account, role, provider) in roles {
             identities = identities.with_role(&account, Arc::new(cache(provider).with_role(&role)));
         }
         let identities = Arc::new(identities);
         let clock = Arc::new(SkewCorrectedClock::new(clock));
-        let upstream = stack::build(&config.stack, clock.clone())?;
-        let endpoints =
-            EndpointCache::new(config.endpoint_cache_ttl, config.endpoint_cache_capacity);
+        let upstream = stack::build(&settings.stack, clock.clone())?;
+        let endpoints = EndpointCache::new(
+            settings.endpoint_cache_ttl,
+            settings.endpoint_cache_capacity,
+        );
         Ok((
-            Self::new(upstream, endpoints, control_plane, identities.clone()),
+            Self::new(upstream, endpoints, settings.endpoints, identities.clone()),
             identities,
             clock,
         ))
@@ -217,7 +220,7 @@ impl KvsClient {
         operation: Operation,
         body: &impl Serialize,
     ) -> Result<Bytes, Error> {
-        let control_plane = endpoint::control_plane(arn, self.control_plane_override.as_ref())?;
+        let control_plane = endpoint::control_plane(arn, &self.endpoint_settings)?;
         let work = self.send(call, operation, control_plane, arn, json(body));
         tokio::time::timeout_at(call.deadline, work)
             .await
@@ -323,7 +326,7 @@ impl KvsClient {
                 role: role.as_str(),
             },
         });
-        let control_plane = endpoint::control_plane(arn, self.control_plane_override.as_ref())?;
+        let control_plane = endpoint::control_plane(arn, &self.endpoint_settings)?;
         let answer = self
             .send(
                 call,
@@ -363,7 +366,7 @@ impl KvsClient {
 fn endpoint_is_stale(err: &Error) -> bool {
     match err {
         Error::Service(e) => matches!(e.kind, ErrorKind::NotFound | ErrorKind::Transient),
-        Error::Transport(_) => true,
+        Error::Transport(_) | Error::Connect(_) => true,
         _ => false,
     }
 }

@@ -26,14 +26,21 @@ pub enum Error {
     /// The channel is outside the sidecar's allow-list; nothing was sent.
     #[error("channel_arn: this sidecar is not allowed to act on {0}")]
     ChannelNotAllowed(String),
-    /// The ARN is well formed but names a partition we have no endpoint for.
-    #[error("channel_arn: partition {0:?} is not one the sidecar knows an endpoint for")]
-    UnknownPartition(String),
+    /// The endpoint rules found no control-plane endpoint for the channel's
+    /// region under the configured FIPS / dual-stack settings.
+    #[error("no KVS endpoint for the channel's region: {0}")]
+    Endpoint(super::endpoint::EndpointError),
     /// KVS answered with an error.
     #[error("{0}")]
     Service(ServiceError),
+    /// The exchange failed after the request may have been written (a reset,
+    /// a dead pooled connection, a body cut short): KVS may have acted on it.
     #[error("could not reach KVS: {0}")]
     Transport(Arc<str>),
+    /// Connecting failed (refused, unreachable, TLS handshake, proxy): the
+    /// request was never written, so KVS cannot have acted on it.
+    #[error("could not connect to KVS: {0}")]
+    Connect(Arc<str>),
     #[error("KVS did not answer within the attempt timeout of {0:?}")]
     AttemptTimeout(Duration),
     #[error("the call's deadline passed")]
@@ -61,6 +68,10 @@ pub enum Error {
     CredentialsDenied(String),
     #[error("could not sign the request: {0}")]
     Signing(String),
+    /// The outcome of an earlier call with the same idempotency key, made
+    /// by another replica: its gRPC code and its (already safe) message.
+    #[error("{message}")]
+    Replayed { code: i32, message: Arc<str> },
     /// KVS answered 2xx with something we could not use.
     #[error("KVS answered a malformed response: {0}")]
     MalformedResponse(String),
@@ -70,6 +81,30 @@ impl Error {
     /// A transport failure with its whole source chain as text.
     pub fn transport(err: &(dyn std::error::Error + 'static)) -> Self {
         Error::Transport(redact::redact(&chain(err)).into())
+    }
+
+    /// A connect failure with its whole source chain as text.
+    pub fn connect(err: &(dyn std::error::Error + 'static)) -> Self {
+        Error::Connect(redact::redact(&chain(err)).into())
+    }
+
+    /// Whether the failed request may have been acted on by KVS, which for
+    /// a join means an SDP offer may have gone to the master. Throttling and
+    /// authentication refusals happen before KVS acts; a connect failure
+    /// happens before anything is written.
+    pub fn may_have_reached_kvs(&self) -> bool {
+        match self {
+            Error::Service(e) => !matches!(
+                e.kind,
+                ErrorKind::Throttling
+                    | ErrorKind::ViewerLimit
+                    | ErrorKind::AuthRejected
+                    | ErrorKind::ExpiredCredentials
+                    | ErrorKind::ClockSkew
+            ),
+            Error::Transport(_) | Error::AttemptTimeout(_) => true,
+            _ => false,
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use self::{
-    client::{Call, ClientConfig, Joined, KvsClient, TurnServer},
+    client::{Call, ClientSettings, Joined, KvsClient, TurnServer},
     error::{BoxError, Error, ErrorKind, ServiceError},
 };
 
@@ -58,6 +58,15 @@ impl Operation {
             Operation::DescribeMediaStorageConfiguration => "DescribeMediaStorageConfiguration",
             Operation::DescribeStream => "DescribeStream",
         }
+    }
+
+    /// Whether each call makes KVS send an SDP offer to the master: not
+    /// idempotent.
+    pub fn is_join(self) -> bool {
+        matches!(
+            self,
+            Operation::JoinStorageSession | Operation::JoinStorageSessionAsViewer
+        )
     }
 
     /// The REST path of the operation (restJson1, always POST).

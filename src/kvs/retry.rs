@@ -61,7 +61,7 @@ pub fn classify(err: &Error) -> Option<RetryKind> {
             | ErrorKind::AuthRejected
             | ErrorKind::Other => None,
         },
-        Error::Transport(_) => Some(RetryKind::Transport),
+        Error::Transport(_) | Error::Connect(_) => Some(RetryKind::Transport),
         Error::AttemptTimeout(_) => Some(RetryKind::Timeout),
         _ => None,
     }
@@ -179,6 +179,8 @@ impl RetryQuota {
 pub struct RetryPolicy {
     max_attempts: u32,
     backoff: Backoff,
+    /// Whether a join that may have reached KVS is retried (a second offer).
+    retry_sent_joins: bool,
     quota: Arc<RetryQuota>,
     clock: Arc<SkewCorrectedClock>,
     attempts: u32,
@@ -193,12 +195,14 @@ impl RetryPolicy {
     pub fn new(
         max_attempts: u32,
         backoff: Backoff,
+        retry_sent_joins: bool,
         quota: Arc<RetryQuota>,
         clock: Arc<SkewCorrectedClock>,
     ) -> Self {
         Self {
             max_attempts: max_attempts.max(1),
             backoff,
+            retry_sent_joins,
             quota,
             clock,
             attempts: 1,
@@ -231,6 +235,9 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         };
         let kind = classify(err)?;
         let operation = req.operation.name();
+        if !self.retry_sent_joins && req.operation.is_join() && err.may_have_reached_kvs() {
+            return None;
+        }
 
         if kind == RetryKind::ExpiredCredentials {
             // One forced refresh per call, outside the attempt budget: the

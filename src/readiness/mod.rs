@@ -355,7 +355,10 @@ mod tests {
         let client = KvsClient::new(
             upstream,
             EndpointCache::new(Duration::from_secs(60), 10),
-            Some("http://127.0.0.1:1".parse().unwrap()),
+            crate::kvs::endpoint::EndpointSettings {
+                override_url: Some("http://127.0.0.1:1".parse().unwrap()),
+                ..Default::default()
+            },
             crate::kvs::credentials::Identities::for_tests(),
         );
         StorageReadiness::new(Arc::new(client), Duration::from_secs(60), capacity)

@@ -22,7 +22,7 @@ use crate::{
         Call, Error, KvsClient, TurnServer,
         arn::ChannelArn,
         credentials::Identities,
-        endpoint::{Protocol, Role, dns_suffix},
+        endpoint::{Protocol, Role, partition},
     },
 };
 
@@ -85,7 +85,7 @@ impl Signaling {
         role: Role,
         client_id: Option<&str>,
     ) -> Result<Connection, Error> {
-        let stun = stun_server(arn)?;
+        let stun = stun_server(arn);
         let work = async {
             let endpoints = self.client.discover_endpoints(call, arn, role).await?;
             let wss = endpoints.get(Protocol::Wss)?;
@@ -126,14 +126,10 @@ impl Signaling {
     }
 }
 
-/// KVS's STUN server for the channel's region.
-fn stun_server(arn: &ChannelArn) -> Result<String, Error> {
-    let suffix = dns_suffix(arn.partition())
-        .ok_or_else(|| Error::UnknownPartition(arn.partition().to_owned()))?;
-    Ok(format!(
-        "stun:stun.kinesisvideo.{}.{suffix}:443",
-        arn.region()
-    ))
+/// KVS's STUN server for the channel's region, in the region's partition.
+fn stun_server(arn: &ChannelArn) -> String {
+    let suffix = partition(arn.region()).dns_suffix;
+    format!("stun:stun.kinesisvideo.{}.{suffix}:443", arn.region())
 }
 
 #[cfg(test)]
@@ -144,16 +140,12 @@ mod tests {
     fn stun_server_follows_region_and_partition() {
         let arn = |s: &str| ChannelArn::parse(s).unwrap();
         assert_eq!(
-            stun_server(&arn("arn:aws:kinesisvideo:eu-central-1:1:channel/c/1")).unwrap(),
+            stun_server(&arn("arn:aws:kinesisvideo:eu-central-1:1:channel/c/1")),
             "stun:stun.kinesisvideo.eu-central-1.amazonaws.com:443"
         );
         assert_eq!(
-            stun_server(&arn("arn:aws-cn:kinesisvideo:cn-north-1:1:channel/c/1")).unwrap(),
+            stun_server(&arn("arn:aws-cn:kinesisvideo:cn-north-1:1:channel/c/1")),
             "stun:stun.kinesisvideo.cn-north-1.amazonaws.com.cn:443"
         );
-        assert!(matches!(
-            stun_server(&arn("arn:aws-mars:kinesisvideo:x-1:1:channel/c/1")),
-            Err(Error::UnknownPartition(_))
-        ));
     }
 }

@@ -29,6 +29,7 @@ pub async fn warmed(args: &[&str]) -> (Emulator, Sidecar, WebRtcStorageServiceCl
     client
         .join_storage_session(JoinStorageSessionRequest {
             channel_arn: ARN.into(),
+            ..Default::default()
         })
         .await
         .expect("warm-up join");
@@ -139,6 +140,7 @@ pub fn slow_joins(
                 client
                     .join_storage_session(JoinStorageSessionRequest {
                         channel_arn: ARN.into(),
+                        ..Default::default()
                     })
                     .await
             })

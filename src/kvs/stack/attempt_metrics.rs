@@ -92,6 +92,7 @@ fn outcome(err: Option<&Error>) -> &'static str {
         None => "success",
         Some(Error::Service(e)) => e.kind.as_str(),
         Some(Error::Transport(_)) => "transport_error",
+        Some(Error::Connect(_)) => "connect_error",
         Some(Error::AttemptTimeout(_)) => "timeout",
         Some(Error::Credentials(_)) => "credentials_error",
         Some(_) => "error",

@@ -47,10 +47,12 @@ use crate::clock::SkewCorrectedClock;
 /// The assembled stack, cheap to clone for each call.
 pub type Upstream = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, Error>;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StackConfig {
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// Retry a join that may have reached KVS (and so sent an offer)?
+    pub retry_sent_joins: bool,
     /// Tokens in the process-wide retry quota.
     pub retry_quota: u32,
     pub rate_limits: RateLimits,
@@ -61,7 +63,13 @@ pub struct StackConfig {
 
 pub fn build(config: &StackConfig, clock: Arc<SkewCorrectedClock>) -> Result<Upstream, Error> {
     let quota = Arc::new(RetryQuota::new(config.retry_quota));
-    let retry = RetryPolicy::new(config.max_attempts, config.backoff, quota, clock.clone());
+    let retry = RetryPolicy::new(
+        config.max_attempts,
+        config.backoff,
+        config.retry_sent_joins,
+        quota,
+        clock.clone(),
+    );
     let stack = ServiceBuilder::new()
         .layer(RetryLayer::new(retry))
         .layer(RateLimitLayer::new(config.rate_limits))
@@ -70,7 +78,7 @@ pub fn build(config: &StackConfig, clock: Arc<SkewCorrectedClock>) -> Result<Ups
         .layer(AttemptMetricsLayer)
         .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
         .layer(SignLayer::new(clock))
-        .service(HttpClient::new(config.http)?);
+        .service(HttpClient::new(config.http.clone())?);
     Ok(BoxCloneSyncService::new(stack))
 }
 

@@ -1,0 +1,251 @@
+//! The `MaintainStorageSession` stream at the edge: validates the `start`,
+//! claims the session, runs its supervisor (`crate::session`), relays the
+//! caller's reports in and the supervisor's events out.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::status::{code, to_status};
+use crate::{
+    kvs::{Error, KvsClient, arn::ChannelArn},
+    pb::{
+        GiveUpReason, JoinReason, MaintainStorageSessionRequest, MaintainStorageSessionResponse,
+        SessionGaveUp, SessionJoinFailed, SessionJoined, SessionReportKind, SessionStart,
+        maintain_storage_session_request::Kind, maintain_storage_session_response,
+    },
+    session::{Event, GiveUp, Reason, Refusal, Report, Sessions, Settings, Stop, Supervisor},
+};
+
+pub type EventStream = ReceiverStream<Result<MaintainStorageSessionResponse, Status>>;
+
+/// Events and reports in flight per stream: a slow reader holds up its own
+/// supervisor, never memory.
+const QUEUE: usize = 16;
+
+/// Starts maintaining the session `start` names on `channel`; the returned
+/// stream carries its events.
+pub async fn maintain(
+    client: Arc<KvsClient>,
+    sessions: &Arc<Sessions>,
+    channel: ChannelArn,
+    start: &SessionStart,
+    join_timeout: Duration,
+    mut inbound: Streaming<MaintainStorageSessionRequest>,
+) -> Result<EventStream, Status> {
+    let settings = settings(start)?;
+    let claim =
+        sessions
+            .claim(&channel, &start.client_id)
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::AlreadyMaintained => Status::already_exists(format!(
+                    "{channel} (client id {:?}) is already maintained by this sidecar",
+                    start.client_id
+                )),
+                Refusal::MaintainedElsewhere => Status::already_exists(format!(
+                    "{channel} (client id {:?}) is already maintained by another replica",
+                    start.client_id
+                )),
+                Refusal::StoreUnavailable => Status::unavailable(
+                    "the shared state store is unreachable, so the session cannot be leased",
+                ),
+                Refusal::AtCapacity(n) => Status::resource_exhausted(format!(
+                    "this sidecar already maintains {n} sessions, its limit"
+                )),
+                Refusal::Draining => Status::unavailable("the sidecar is draining"),
+            })?;
+    let (reports_tx, reports) = mpsc::channel(QUEUE);
+    let (events, mut events_rx) = mpsc::channel(QUEUE);
+    let (out, out_rx) = mpsc::channel(QUEUE);
+    let supervisor = Supervisor {
+        client,
+        channel,
+        client_id: start.client_id.clone(),
+        settings,
+        join_timeout,
+        claim,
+    };
+    tokio::spawn(supervisor.run(reports, events));
+    // The relay owns the supervisor's inputs: when it ends (the caller ended
+    // or left its stream), the supervisor sees them close and stops.
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                event = events_rx.recv() => {
+                    let Some(event) = event else { return };
+                    let last = matches!(event, Event::GaveUp { .. });
+                    for item in answers(event) {
+                        if out.send(item).await.is_err() {
+                            return;
+                        }
+                    }
+                    if last {
+                        return;
+                    }
+                }
+                message = inbound.message() => {
+                    let report = match message {
+                        Ok(Some(MaintainStorageSessionRequest { kind: Some(Kind::Report(r)) })) => report(r.kind()),
+                        Ok(Some(_)) => Err(Status::invalid_argument(
+                            "start: only the first message may be `start`; later ones are `report`s",
+                        )),
+                        // The caller ended its stream or went away.
+                        Ok(None) | Err(_) => return,
+                    };
+                    match report {
+                        Ok(report) => {
+                            if reports_tx.send(report).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(status) => {
+                            let _ = out.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+                () = out.closed() => return,
+            }
+        }
+    });
+    Ok(ReceiverStream::new(out_rx))
+}
+
+/// The session settings `start` asks for, each within its bounds.
+fn settings(start: &SessionStart) -> Result<Settings, Status> {
+    let mut settings = Settings::default();
+    let bounded = |field: &str, value: Option<prost_types::Duration>, min: u64, max: u64| {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let d = Duration::try_from(value).unwrap_or(Duration::MAX);
+        if d.is_zero() {
+            return Ok(None);
+        }
+        if d < Duration::from_secs(min) || d > Duration::from_secs(max) {
+            return Err(Status::invalid_argument(format!(
+                "start.{field}: must be from {min} s to {max} s"
+            )));
+        }
+        Ok(Some(d))
+    };
+    if let Some(d) = bounded("offer_wait", start.offer_wait, 1, 60)? {
+        settings.offer_wait = d;
+    }
+    if let Some(d) = bounded("rejoin_after", start.rejoin_after, 1, 59 * 60)? {
+        settings.rejoin_after = d;
+    }
+    if let Some(d) = bounded("failure_window", start.failure_window, 1, 24 * 3600)? {
+        settings.failure_window = d;
+    }
+    match start.failure_budget {
+        0 => {}
+        n @ 1..=100 => settings.failure_budget = n,
+        _ => {
+            return Err(Status::invalid_argument(
+                "start.failure_budget: must be from 1 to 100",
+            ));
+        }
+    }
+    Ok(settings)
+}
+
+fn report(kind: SessionReportKind) -> Result<Report, Status> {
+    Ok(match kind {
+        SessionReportKind::OfferReceived => Report::OfferReceived,
+        SessionReportKind::Connected => Report::Connected,
+        SessionReportKind::Disconnected => Report::Disconnected,
+        SessionReportKind::RejoinRequested => Report::RejoinRequested,
+        SessionReportKind::Unspecified => {
+            return Err(Status::invalid_argument(
+                "report.kind: must be set to one of the SessionReportKind values",
+            ));
+        }
+    })
+}
+
+/// The stream items for one event: the event, and after the last one the
+/// status the stream ends with.
+fn answers(event: Event) -> Vec<Result<MaintainStorageSessionResponse, Status>> {
+    use maintain_storage_session_response::Event as Pb;
+    let respond = |event| {
+        Ok(MaintainStorageSessionResponse {
+            time: Some(std::time::SystemTime::now().into()),
+            event: Some(event),
+        })
+    };
+    match event {
+        Event::Joined {
+            attempt,
+            request_id,
+            reason,
+        } => vec![respond(Pb::Joined(SessionJoined {
+            attempt,
+            aws_request_id: request_id,
+            reason: join_reason(reason).into(),
+        }))],
+        Event::JoinFailed {
+            attempt,
+            error,
+            next_attempt_in,
+        } => vec![respond(Pb::JoinFailed(SessionJoinFailed {
+            attempt,
+            code: code(&error).into(),
+            message: to_status(&error).message().to_owned(),
+            next_attempt_in: next_attempt_in.and_then(|d| d.try_into().ok()),
+        }))],
+        Event::GaveUp { why, error } => {
+            let (reason, end) = match why {
+                Stop::Policy(GiveUp::FailureBudget) => (
+                    GiveUpReason::FailureBudget,
+                    Status::unavailable(format!(
+                        "gave up: too many failed joins in the failure window{}",
+                        last(error.as_ref())
+                    )),
+                ),
+                Stop::Policy(GiveUp::Final) => (
+                    GiveUpReason::FinalError,
+                    error
+                        .as_ref()
+                        .map_or_else(|| Status::unknown("gave up on a final error"), to_status),
+                ),
+                Stop::Draining => (
+                    GiveUpReason::Draining,
+                    Status::unavailable("draining: the sidecar is shutting down"),
+                ),
+                Stop::LeaseLost => (
+                    GiveUpReason::LeaseLost,
+                    Status::unavailable(
+                        "the session's lease in the shared store was lost; another replica may maintain it",
+                    ),
+                ),
+            };
+            let gave_up = SessionGaveUp {
+                reason: reason.into(),
+                code: error.as_ref().map_or(0, |e| code(e).into()),
+                message: error
+                    .as_ref()
+                    .map(|e| to_status(e).message().to_owned())
+                    .unwrap_or_default(),
+            };
+            vec![respond(Pb::GaveUp(gave_up)), Err(end)]
+        }
+    }
+}
+
+fn last(error: Option<&Error>) -> String {
+    error.map_or_else(String::new, |e| format!("; the last: {e}"))
+}
+
+fn join_reason(reason: Reason) -> JoinReason {
+    match reason {
+        Reason::Initial => JoinReason::Initial,
+        Reason::NoOffer => JoinReason::NoOffer,
+        Reason::SessionLimit => JoinReason::SessionLimit,
+        Reason::Disconnected => JoinReason::Disconnected,
+        Reason::Requested => JoinReason::Requested,
+    }
+}

@@ -1,0 +1,379 @@
+//! Keeps a channel's storage session recorded: a supervisor per maintained
+//! session that joins, watches what the caller reports from its signaling
+//! connection, and joins again when the session needs it (see [`policy`]).
+//!
+//! [`Sessions`] is the registry (one supervisor per channel and client id,
+//! at most `capacity` at once, all told to stop when the sidecar drains;
+//! with a shared store, one per channel across every replica, through a
+//! lease each supervisor renews while it lives);
+//! [`Supervisor::run`] is the driver that runs a [`Policy`] over the KVS
+//! client and turns what happens into [`Event`]s.
+
+pub mod policy;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+pub use self::policy::{Action, GiveUp, Policy, Reason, Report, Settings};
+use crate::{
+    kvs::{Call, Error, ErrorKind, Joined, KvsClient, arn::ChannelArn},
+    metrics,
+    store::SharedStore,
+};
+
+/// What a maintained session does, for the caller's event stream.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Joined {
+        attempt: u32,
+        request_id: String,
+        reason: Reason,
+    },
+    JoinFailed {
+        attempt: u32,
+        error: Error,
+        next_attempt_in: Option<Duration>,
+    },
+    /// The last event: the supervisor stopped.
+    GaveUp { why: Stop, error: Option<Error> },
+}
+
+/// Why a supervisor stopped for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Policy(GiveUp),
+    /// The sidecar is shutting down; the caller's other replica may take
+    /// over.
+    Draining,
+    /// The session's lease in the shared store could not be renewed: another
+    /// replica may own the session now.
+    LeaseLost,
+}
+
+/// Why a session could not be started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    AlreadyMaintained,
+    /// Another replica holds the session's lease.
+    MaintainedElsewhere,
+    AtCapacity(usize),
+    Draining,
+    /// The shared store could not be reached to take the lease.
+    StoreUnavailable,
+}
+
+type Key = (ChannelArn, Box<str>);
+
+/// The maintained sessions of this sidecar.
+#[derive(Debug)]
+pub struct Sessions {
+    active: Mutex<HashSet<Key>>,
+    capacity: usize,
+    draining: watch::Sender<bool>,
+    /// The fleet's store and the lease time, when replicas share sessions.
+    shared: Option<(Arc<SharedStore>, Duration)>,
+}
+
+/// A session's place in the registry (and its lease), given back when
+/// dropped.
+#[derive(Debug)]
+pub struct Claim {
+    sessions: Arc<Sessions>,
+    key: Key,
+    lease: Option<Lease>,
+}
+
+/// A session's lease in the shared store, renewed in the background.
+#[derive(Debug)]
+struct Lease {
+    key: String,
+    renewal: JoinHandle<()>,
+    lost: watch::Receiver<bool>,
+}
+
+// === impl Sessions ===
+
+impl Sessions {
+    /// A registry of this process's sessions; with `shared`, leased in the
+    /// fleet's store for `lease` at a time.
+    pub fn new(capacity: usize, shared: Option<(Arc<SharedStore>, Duration)>) -> Arc<Self> {
+        Arc::new(Self {
+            active: Mutex::default(),
+            capacity,
+            draining: watch::Sender::new(false),
+            shared,
+        })
+    }
+
+    /// Takes the one place for `channel` and `client_id`: in this process,
+    /// then, with a shared store, in the fleet.
+    pub async fn claim(
+        self: &Arc<Self>,
+        channel: &ChannelArn,
+        client_id: &str,
+    ) -> Result<Claim, Refusal> {
+        if *self.draining.borrow() {
+            return Err(Refusal::Draining);
+        }
+        let key = (channel.clone(), Box::<str>::from(client_id));
+        {
+            let mut active = self.lock();
+            if active.len() >= self.capacity {
+                return Err(Refusal::AtCapacity(self.capacity));
+            }
+            if !active.insert(key.clone()) {
+                return Err(Refusal::AlreadyMaintained);
+            }
+            metrics::sessions_maintained(active.len());
+        }
+        // From here on, dropping the claim gives the place back.
+        let mut claim = Claim {
+            sessions: self.clone(),
+            key,
+            lease: None,
+        };
+        if let Some((store, ttl)) = &self.shared {
+            let lease_key = format!("session:{channel}:{client_id}");
+            match store.insert_new(&lease_key, store.token(), *ttl).await {
+                Ok(true) => claim.lease = Some(Lease::keep(store.clone(), lease_key, *ttl)),
+                Ok(false) => return Err(Refusal::MaintainedElsewhere),
+                Err(error) => {
+                    metrics::state_store_error("lease");
+                    tracing::warn!(%error, "state store unreachable; cannot lease the session");
+                    return Err(Refusal::StoreUnavailable);
+                }
+            }
+        }
+        Ok(claim)
+    }
+
+    /// Tells every supervisor to stop (SIGTERM), and refuses new ones.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Key>> {
+        // Every update is one insert or remove; poison cannot leave it torn.
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// === impl Claim ===
+
+impl Claim {
+    /// Resolves if the lease was lost; never without a shared store.
+    async fn lost(&mut self) {
+        match &mut self.lease {
+            Some(lease) => {
+                let _ = lease.lost.wait_for(|lost| *lost).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut active = self.sessions.lock();
+        active.remove(&self.key);
+        metrics::sessions_maintained(active.len());
+        drop(active);
+        if let (Some(lease), Some((store, _))) = (self.lease.take(), &self.sessions.shared) {
+            lease.renewal.abort();
+            // Give the lease up now rather than make the next replica wait
+            // for it to expire.
+            let store = store.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if store.release(&lease.key, store.token()).await.is_err() {
+                        metrics::state_store_error("lease");
+                    }
+                });
+            }
+        }
+    }
+}
+
+// === impl Lease ===
+
+impl Lease {
+    /// Renews `key` every third of `ttl` until aborted; marks it lost when
+    /// another holder has it, or when it could not be renewed before it
+    /// would have expired.
+    fn keep(store: Arc<SharedStore>, key: String, ttl: Duration) -> Self {
+        let (lost_tx, lost) = watch::channel(false);
+        let renewal = tokio::spawn({
+            let key = key.clone();
+            async move {
+                let mut held_until = Instant::now() + ttl;
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match store.renew(&key, store.token(), ttl).await {
+                        Ok(true) => held_until = Instant::now() + ttl,
+                        Ok(false) => break,
+                        Err(_) => {
+                            metrics::state_store_error("lease");
+                            if Instant::now() + ttl / 3 >= held_until {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = lost_tx.send(true);
+            }
+        });
+        Self { key, renewal, lost }
+    }
+}
+
+/// One maintained session: the policy and what it needs to act.
+pub struct Supervisor {
+    pub client: Arc<KvsClient>,
+    pub channel: ChannelArn,
+    /// Empty for the master; the viewer's client id otherwise.
+    pub client_id: String,
+    pub settings: Settings,
+    /// Deadline of each join.
+    pub join_timeout: Duration,
+    pub claim: Claim,
+}
+
+// === impl Supervisor ===
+
+impl Supervisor {
+    /// Runs until the policy gives up, the sidecar drains, the caller stops
+    /// sending reports (its stream ended) or stops listening (`events`
+    /// closed). No join starts after the caller went away, and a join in
+    /// flight then is abandoned.
+    pub async fn run(self, mut reports: mpsc::Receiver<Report>, events: mpsc::Sender<Event>) {
+        let Self {
+            client,
+            channel,
+            client_id,
+            settings,
+            join_timeout,
+            mut claim,
+        } = self;
+        let mut draining = claim.sessions.draining.subscribe();
+        let join = || async {
+            let call = Call::new(Instant::now() + join_timeout);
+            if client_id.is_empty() {
+                client.join_storage_session(&call, &channel).await
+            } else {
+                client
+                    .join_storage_session_as_viewer(&call, &channel, &client_id)
+                    .await
+            }
+        };
+        let mut policy = Policy::new(settings, Instant::now());
+        let mut attempt = 0u32;
+        let mut joined_at: Option<Instant> = None;
+        let mut last_error: Option<Error> = None;
+        let stop = loop {
+            let wake = match policy.next(Instant::now()) {
+                Action::Stop(why) => break Some(Stop::Policy(why)),
+                Action::Join(reason) => {
+                    attempt += 1;
+                    metrics::session_join(reason.as_str());
+                    let result = tokio::select! {
+                        result = join() => result,
+                        () = events.closed() => break None,
+                        _ = draining.wait_for(|d| *d) => break Some(Stop::Draining),
+                        () = claim.lost() => break Some(Stop::LeaseLost),
+                    };
+                    let now = Instant::now();
+                    let event = match result {
+                        Ok(Joined { request_id }) => {
+                            policy.joined(now, fastrand::f64());
+                            joined_at = Some(now);
+                            Event::Joined {
+                                attempt,
+                                request_id,
+                                reason,
+                            }
+                        }
+                        Err(error) => {
+                            let next_attempt_in =
+                                policy.join_failed(now, is_final(&error), fastrand::f64());
+                            last_error = Some(error.clone());
+                            Event::JoinFailed {
+                                attempt,
+                                error,
+                                next_attempt_in,
+                            }
+                        }
+                    };
+                    if events.send(event).await.is_err() {
+                        break None;
+                    }
+                    continue;
+                }
+                Action::WaitUntil(at) => Some(at),
+                Action::WaitForReport => None,
+            };
+            tokio::select! {
+                () = sleep_until(wake) => {}
+                report = reports.recv() => match report {
+                    Some(report) => {
+                        if report == Report::OfferReceived
+                            && let Some(at) = joined_at.take()
+                        {
+                            metrics::session_offer_latency(at.elapsed());
+                        }
+                        policy.report(report, Instant::now());
+                    }
+                    None => break None,
+                },
+                () = events.closed() => break None,
+                _ = draining.wait_for(|d| *d) => break Some(Stop::Draining),
+                () = claim.lost() => break Some(Stop::LeaseLost),
+            }
+        };
+        // The caller went away: nothing to tell it.
+        let Some(why) = stop else { return };
+        metrics::session_gave_up(match why {
+            Stop::Policy(GiveUp::FailureBudget) => "failure_budget",
+            Stop::Policy(GiveUp::Final) => "final_error",
+            Stop::Draining => "draining",
+            Stop::LeaseLost => "lease_lost",
+        });
+        let error = match why {
+            Stop::Policy(_) => last_error,
+            Stop::Draining | Stop::LeaseLost => None,
+        };
+        let _ = events.send(Event::GaveUp { why, error }).await;
+    }
+}
+
+/// A join failure no later join can fix: the channel is gone or refused,
+/// the request is wrong, or the session has all the viewers it allows.
+fn is_final(err: &Error) -> bool {
+    match err {
+        Error::Service(e) => matches!(
+            e.kind,
+            ErrorKind::NotFound
+                | ErrorKind::AccessDenied
+                | ErrorKind::InvalidArgument
+                | ErrorKind::ResourceInUse
+                | ErrorKind::ViewerLimit
+        ),
+        Error::InvalidRequest { .. } | Error::ChannelNotAllowed(_) | Error::Endpoint(_) => true,
+        _ => false,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

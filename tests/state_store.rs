@@ -1,0 +1,230 @@
+//! Replicas sharing a real Redis (Debian's `redis-server`, started here on a
+//! loopback port): idempotency keys and session ownership hold across
+//! replicas, a dead replica's session can be taken over, and an
+//! unreachable Redis has the documented effect.
+
+mod common;
+
+use std::{
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{ARN, Reply, Sidecar};
+use kvs_sidecar::pb::{
+    JoinStorageSessionRequest, MaintainStorageSessionRequest, SessionStart,
+    maintain_storage_session_request::Kind,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+const JOIN: &str = "/joinStorageSession";
+
+/// A throwaway `redis-server` on a loopback port, stopped when dropped.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = common::unused_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs Debian's redis-server)");
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keyed(key: &str) -> JoinStorageSessionRequest {
+    JoinStorageSessionRequest {
+        channel_arn: ARN.into(),
+        idempotency_key: key.into(),
+    }
+}
+
+/// Starts maintaining `arn`'s session; the sender keeps the stream open.
+async fn maintain(
+    sidecar: &Sidecar,
+    arn: &str,
+) -> Result<
+    (
+        mpsc::Sender<MaintainStorageSessionRequest>,
+        tonic::Streaming<kvs_sidecar::pb::MaintainStorageSessionResponse>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(MaintainStorageSessionRequest {
+        kind: Some(Kind::Start(SessionStart {
+            channel_arn: arn.into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let events = sidecar
+        .client()
+        .await
+        .maintain_storage_session(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, events))
+}
+
+#[tokio::test]
+async fn an_idempotency_key_holds_across_replicas() {
+    let redis = Redis::start();
+    let fake = common::kvs().await;
+    let args = ["--state-store", redis.url.as_str()];
+    let (one, two) = (Sidecar::start(&fake, &args), Sidecar::start(&fake, &args));
+    let (mut a, mut b) = (one.client().await, two.client().await);
+
+    let first = a
+        .join_storage_session(keyed("k-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let joins = fake.received_on(JOIN).len();
+    let again = b
+        .join_storage_session(keyed("k-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.aws_request_id, again.aws_request_id);
+    assert_eq!(
+        fake.received_on(JOIN).len(),
+        joins,
+        "the retry on replica 2 sent nothing"
+    );
+
+    // A retry on replica 2 while replica 1's join is in flight waits for it.
+    fake.script(
+        JOIN,
+        [Reply::Slow(Duration::from_millis(600), Box::new(Reply::Ok))],
+    );
+    let joins = fake.received_on(JOIN).len();
+    let in_flight = tokio::spawn(async move { a.join_storage_session(keyed("k-2")).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let waited = b
+        .join_storage_session(keyed("k-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = in_flight.await.unwrap().unwrap().into_inner();
+    assert_eq!(first.aws_request_id, waited.aws_request_id);
+    assert_eq!(fake.received_on(JOIN).len() - joins, 1, "one join for both");
+
+    // The same key for another channel is refused on any replica.
+    let err = b
+        .join_storage_session(JoinStorageSessionRequest {
+            channel_arn: common::arn("elsewhere"),
+            idempotency_key: "k-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn one_replica_maintains_a_channel_and_another_takes_over_when_it_dies() {
+    let redis = Redis::start();
+    let fake = common::kvs().await;
+    let args = ["--state-store", redis.url.as_str(), "--session-lease", "2s"];
+    let (one, two) = (Sidecar::start(&fake, &args), Sidecar::start(&fake, &args));
+    let (_keep, mut events) = maintain(&one, ARN).await.unwrap();
+    events.message().await.unwrap().expect("the first join");
+
+    let Err(refused) = maintain(&two, ARN).await else {
+        panic!("owned by replica 1")
+    };
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    assert!(refused.message().contains("another replica"), "{refused:?}");
+
+    // Replica 1 dies without releasing its lease: replica 2 takes over
+    // once it expires.
+    one.signal("KILL");
+    let died = Instant::now();
+    let until = died + Duration::from_secs(8);
+    let (_keep, mut events) = loop {
+        match maintain(&two, ARN).await {
+            Ok(session) => break session,
+            Err(status) if status.code() == Code::AlreadyExists && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("not taken over: {status:?}"),
+        }
+    };
+    events.message().await.unwrap().expect("replica 2 joins");
+    println!(
+        "replica 2 took over {:?} after replica 1 died",
+        died.elapsed()
+    );
+
+    // A replica that stops normally gives the lease up at once.
+    drop(events);
+    drop(_keep);
+    let three = Sidecar::start(&fake, &args);
+    let until = Instant::now() + Duration::from_secs(1);
+    loop {
+        match maintain(&three, ARN).await {
+            Ok(_) => break,
+            Err(status) if Instant::now() < until => {
+                assert_eq!(status.code(), Code::AlreadyExists);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("the lease was not released: {status:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_store_leaves_joins_working_and_refuses_sessions() {
+    let fake = common::kvs().await;
+    let url = format!("redis://127.0.0.1:{}/0", common::unused_port());
+    let sidecar = Sidecar::start(&fake, &["--state-store", &url]);
+    let mut client = sidecar.client().await;
+    // Joins go ahead, without idempotency: each call is a real join.
+    client.join_storage_session(keyed("k")).await.unwrap();
+    let joins = fake.received_on(JOIN).len();
+    client.join_storage_session(keyed("k")).await.unwrap();
+    assert_eq!(fake.received_on(JOIN).len(), joins + 1);
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    let errors = common::metric(
+        &metrics,
+        r#"kvs_sidecar_state_store_errors_total{purpose="idempotency"}"#,
+    );
+    assert!(errors >= Some(2.0), "{errors:?}");
+
+    let Err(refused) = maintain(&sidecar, ARN).await else {
+        panic!("no lease, no session")
+    };
+    assert_eq!(refused.code(), Code::Unavailable);
+}
