@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod kvs;
 pub mod metrics;
 pub mod policy;
+pub mod serve;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

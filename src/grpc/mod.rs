@@ -1,10 +1,16 @@
 //! The gRPC side: the service, its status mapping, deadlines and metrics.
 
+pub mod buffer_request;
 pub mod deadline;
 pub mod load_shed;
 pub mod metrics;
+pub mod request_deadline;
 mod service;
 pub mod status;
+
+/// The paths of the storage service's calls: the ones that are limited
+/// (load shedding) and read whole before they are served.
+pub const STORAGE_PREFIX: &str = "/kvs.webrtcstorage.v1.WebRtcStorageService/";
 
 /// gRPC is HTTP/2 only; an HTTP/1.x request on the gRPC port is answered
 /// 505 instead of being half-served as gRPC.
