@@ -197,7 +197,7 @@ pub struct Config {
     #[arg(
         long,
         env = "KVS_SIDECAR_MAX_CALLS_PER_CONNECTION",
-        default_value_t = 128
+        default_value_t = 256
     )]
     pub max_calls_per_connection: u32,
 
