@@ -6,10 +6,9 @@
 //! high-water mark (as it did with purging turned off) can be walked up to
 //! its limit by a few bursts (issue 13). Two things are needed for that:
 //!
-//! - a finite purge delay. [`PURGE_DELAY_MS`] (and an arena multiplier of 1,
-//!   mimalloc's default being 10 × the delay for whole arena ranges) keeps
-//!   freed pages for reuse through a burst, so steady traffic does not purge
-//!   and fault the same pages again, while returning them soon after;
+//! - a finite purge delay. [`PURGE_DELAY_MS`] keeps freed pages for reuse
+//!   through a burst, so steady traffic does not purge and fault the same
+//!   pages again, while returning them soon after;
 //! - something that carries the purges out. mimalloc purges only when a
 //!   thread calls into it, and a sidecar that went quiet after a spike calls
 //!   into it rarely: [`collect_periodically`] asks once a second.
@@ -17,17 +16,15 @@
 //! Measured with the release build (README, Security): a spike of 48 MiB
 //! of buffered requests came back within about a second; the join p99 at
 //! 1,000 calls/s was unchanged against no purging at all.
-//! `MIMALLOC_PURGE_DELAY` and `MIMALLOC_ARENA_PURGE_MULT` set in the
-//! environment still win.
+//! `MIMALLOC_PURGE_DELAY` set in the environment still wins.
 
 use std::{ffi::c_long, time::Duration};
 
 use libmimalloc_sys::{mi_collect, mi_option_get, mi_option_set, mi_option_t};
 
-/// Option numbers in the bundled mimalloc v3 (`mimalloc.h`); the -sys crate
-/// does not export the names. The test below pins them by their defaults.
+/// `mi_option_purge_delay` in the bundled mimalloc v3 (`mimalloc.h`); the
+/// -sys crate does not export the name. The test below pins the number.
 const PURGE_DELAY: mi_option_t = 15;
-const ARENA_PURGE_MULT: mi_option_t = 24;
 
 /// How long freed memory is kept for reuse before it goes back to the OS.
 pub const PURGE_DELAY_MS: c_long = 250;
@@ -36,10 +33,6 @@ pub fn tune() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: setting an option has no memory-safety preconditions.
         unsafe { mi_option_set(PURGE_DELAY, PURGE_DELAY_MS) };
-    }
-    if std::env::var_os("MIMALLOC_ARENA_PURGE_MULT").is_none() {
-        // SAFETY: as above.
-        unsafe { mi_option_set(ARENA_PURGE_MULT, 1) };
     }
 }
 
@@ -67,20 +60,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn option_numbers_are_the_purge_delay_and_the_arena_multiplier() {
-        // mimalloc v3's documented defaults are a 1000 ms purge delay and an
-        // arena multiplier of 10; other options at these numbers have other
-        // defaults, so a mimalloc upgrade that renumbers options fails here.
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()
-            && std::env::var_os("MIMALLOC_ARENA_PURGE_MULT").is_none()
-        {
+    fn option_number_is_the_purge_delay() {
+        // mimalloc v3's documented default purge delay is 1000 ms; any
+        // other option at this number has another default, so a mimalloc
+        // upgrade that renumbers options fails here.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             assert_eq!(purge_delay_ms(), 1000);
-            // SAFETY: reading an option has no memory-safety preconditions.
-            assert_eq!(unsafe { mi_option_get(ARENA_PURGE_MULT) }, 10);
             tune();
             assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
-            // SAFETY: as above.
-            assert_eq!(unsafe { mi_option_get(ARENA_PURGE_MULT) }, 1);
         }
     }
 }
