@@ -8,7 +8,9 @@ use http::Uri;
 
 use crate::{
     kvs::{
-        http::HttpConfig,
+        ClientSettings,
+        endpoint::EndpointSettings,
+        http::{HttpConfig, Network},
         retry::Backoff,
         stack::{RateLimits, StackConfig},
     },
@@ -72,10 +74,19 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Control-plane endpoint override, as the AWS SDKs read it. Falls back
-    /// to AWS_ENDPOINT_URL; the WEBRTC endpoint always comes from discovery.
-    #[arg(long, env = "AWS_ENDPOINT_URL_KINESIS_VIDEO")]
+    /// Control-plane endpoint override. Without it the AWS SDKs' settings
+    /// apply (AWS_ENDPOINT_URL_KINESIS_VIDEO, AWS_ENDPOINT_URL, the profile's
+    /// services section, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS); this flag is
+    /// explicit configuration, which those leave alone. Joins always go to
+    /// the endpoint discovery returns.
+    #[arg(long)]
     pub kvs_endpoint_url: Option<Uri>,
+
+    /// PEM CA certificates to trust for KVS on top of the bundled Mozilla
+    /// roots, the platform's store (SSL_CERT_FILE / SSL_CERT_DIR) and
+    /// AWS_CA_BUNDLE: a TLS-inspecting proxy's CA, or a private endpoint's.
+    #[arg(long, env = "KVS_SIDECAR_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Attempts per KVS request, the first included (AWS standard mode: 3).
     #[arg(long, env = "KVS_SIDECAR_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
@@ -89,12 +100,12 @@ pub struct Config {
     /// Client-side limit on GetSignalingChannelEndpoint requests per second
     /// (KVS allows 300 per account; lower it when several pods share one).
     /// Adapts down when KVS throttles. 0 turns it off.
-    #[arg(long, env = "KVS_SIDECAR_DISCOVERY_RATE", default_value_t = 300.0)]
+    #[arg(long, env = "KVS_SIDECAR_DISCOVERY_RATE", default_value_t = 300.0, value_parser = rate)]
     pub discovery_rate: f64,
 
     /// Client-side limit on join requests per second; 0 (the default) turns
     /// it off. Adapts down when KVS throttles.
-    #[arg(long, env = "KVS_SIDECAR_JOIN_RATE", default_value_t = 0.0)]
+    #[arg(long, env = "KVS_SIDECAR_JOIN_RATE", default_value_t = 0.0, value_parser = rate)]
     pub join_rate: f64,
 
     /// Backoff base for retries of server errors, resets and timeouts.
@@ -106,19 +117,19 @@ pub struct Config {
     pub retry_throttling_base_delay: Duration,
 
     /// Longest wait between two attempts.
-    #[arg(long, env = "KVS_SIDECAR_RETRY_MAX_BACKOFF", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVS_SIDECAR_RETRY_MAX_BACKOFF", default_value = "20s", value_parser = positive_duration)]
     pub retry_max_backoff: Duration,
 
     /// Timeout of one attempt (connect, send, answer).
-    #[arg(long, env = "KVS_SIDECAR_ATTEMPT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVS_SIDECAR_ATTEMPT_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub attempt_timeout: Duration,
 
     /// TCP connect timeout to KVS.
-    #[arg(long, env = "KVS_SIDECAR_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVS_SIDECAR_CONNECT_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub connect_timeout: Duration,
 
     /// Deadline of a call whose caller set none (or a longer one).
-    #[arg(long, env = "KVS_SIDECAR_MAX_CALL_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVS_SIDECAR_MAX_CALL_DURATION", default_value = "30s", value_parser = positive_duration)]
     pub max_call_duration: Duration,
 
     /// Requests to KVS in flight at once; further ones wait for a slot
@@ -126,12 +137,13 @@ pub struct Config {
     #[arg(
         long,
         env = "KVS_SIDECAR_MAX_UPSTREAM_CONCURRENCY",
-        default_value_t = 256
+        default_value_t = 256,
+        value_parser = count
     )]
     pub max_upstream_concurrency: usize,
 
     /// How long an idle pooled connection to KVS is kept.
-    #[arg(long, env = "KVS_SIDECAR_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVS_SIDECAR_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = positive_duration)]
     pub pool_idle_timeout: Duration,
 
     /// Idle pooled connections kept per KVS host; by default as many as
@@ -142,11 +154,21 @@ pub struct Config {
 
     /// How long a discovered WEBRTC endpoint is reused (the KVS WebRTC C SDK
     /// keeps them 10 hours).
-    #[arg(long, env = "KVS_SIDECAR_ENDPOINT_CACHE_TTL", default_value = "10h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVS_SIDECAR_ENDPOINT_CACHE_TTL", default_value = "10h", value_parser = positive_duration)]
     pub endpoint_cache_ttl: Duration,
 
+    /// Most channel endpoints cached (per channel and role, about 1 KiB
+    /// each); the least recently used go first.
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_ENDPOINT_CACHE_CAPACITY",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000)
+    )]
+    pub endpoint_cache_capacity: u64,
+
     /// Longest wait for the credential provider chain.
-    #[arg(long, env = "KVS_SIDECAR_CREDENTIALS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVS_SIDECAR_CREDENTIALS_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub credentials_timeout: Duration,
 
     /// Channels this sidecar may act on: comma-separated ARN patterns with
@@ -158,12 +180,12 @@ pub struct Config {
 
     /// Calls in flight at once; past it, calls are refused at once with
     /// RESOURCE_EXHAUSTED rather than queued.
-    #[arg(long, env = "KVS_SIDECAR_MAX_CONCURRENT_CALLS", default_value_t = 1024)]
+    #[arg(long, env = "KVS_SIDECAR_MAX_CONCURRENT_CALLS", default_value_t = 1024, value_parser = count)]
     pub max_concurrent_calls: usize,
 
     /// Largest request message accepted, in bytes. A valid request is at
     /// most ~1.3 KiB (a 1024-character ARN and a 256-character client id).
-    #[arg(long, env = "KVS_SIDECAR_MAX_REQUEST_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "KVS_SIDECAR_MAX_REQUEST_BYTES", default_value_t = 4096, value_parser = request_bytes)]
     pub max_request_bytes: usize,
 
     /// After SIGTERM/SIGINT, how long in-flight calls may take to finish.
@@ -184,12 +206,12 @@ pub struct Config {
 
     /// Open connections to the gRPC port (TCP, TLS and Unix socket
     /// together); further connections are closed at once.
-    #[arg(long, env = "KVS_SIDECAR_MAX_CONNECTIONS", default_value_t = 1000)]
+    #[arg(long, env = "KVS_SIDECAR_MAX_CONNECTIONS", default_value_t = 1000, value_parser = count)]
     pub max_connections: usize,
 
     /// Open connections to the admin port; kept apart from --max-connections
     /// so probes still get through when the gRPC port is full.
-    #[arg(long, env = "KVS_SIDECAR_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    #[arg(long, env = "KVS_SIDECAR_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = count)]
     pub admin_max_connections: usize,
 
     /// Calls in flight on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS),
@@ -197,7 +219,8 @@ pub struct Config {
     #[arg(
         long,
         env = "KVS_SIDECAR_MAX_CALLS_PER_CONNECTION",
-        default_value_t = 256
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_calls_per_connection: u32,
 
@@ -227,8 +250,66 @@ pub enum LogFormat {
     Json,
 }
 
+/// A rate in requests per second: 0 (off) or a finite positive number no
+/// larger than any KVS quota could make useful.
+fn rate(s: &str) -> Result<f64, String> {
+    const MAX: f64 = 100_000.0;
+    let rate: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of requests per second"))?;
+    if !rate.is_finite() || !(0.0..=MAX).contains(&rate) {
+        return Err(format!(
+            "{s:?} is not a rate from 0 (off) to {MAX} requests per second"
+        ));
+    }
+    Ok(rate)
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than 0".into());
+    }
+    Ok(d)
+}
+
+/// A count of things in flight or kept: at least one, at most a million.
+fn count(s: &str) -> Result<usize, String> {
+    const MAX: usize = 1_000_000;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number from 1 to {MAX}")),
+    }
+}
+
+/// The largest request message: big enough for the largest valid request
+/// (~1.3 KiB), small enough that it bounds what a caller makes us buffer.
+fn request_bytes(s: &str) -> Result<usize, String> {
+    const RANGE: std::ops::RangeInclusive<usize> = 2048..=1024 * 1024;
+    match s.parse::<usize>() {
+        Ok(n) if RANGE.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a size from {} to {} bytes",
+            RANGE.start(),
+            RANGE.end()
+        )),
+    }
+}
+
 impl Config {
-    pub fn stack(&self) -> StackConfig {
+    /// The KVS client's settings: this configuration, with the endpoint
+    /// choice and network the AWS environment gave.
+    pub fn client(&self, endpoints: EndpointSettings, network: Network) -> ClientSettings {
+        ClientSettings {
+            stack: self.stack(network),
+            endpoints,
+            endpoint_cache_ttl: self.endpoint_cache_ttl,
+            endpoint_cache_capacity: self.endpoint_cache_capacity,
+            credentials_timeout: self.credentials_timeout,
+        }
+    }
+
+    pub fn stack(&self, network: Network) -> StackConfig {
         StackConfig {
             max_attempts: self.max_attempts,
             backoff: Backoff {
@@ -242,13 +323,14 @@ impl Config {
                 join: (self.join_rate > 0.0).then_some(self.join_rate),
             },
             attempt_timeout: self.attempt_timeout,
-            max_concurrency: self.max_upstream_concurrency.max(1),
+            max_concurrency: self.max_upstream_concurrency,
             http: HttpConfig {
                 connect_timeout: self.connect_timeout,
                 pool_idle_timeout: self.pool_idle_timeout,
                 pool_max_idle_per_host: self
                     .pool_max_idle_per_host
-                    .unwrap_or(self.max_upstream_concurrency.max(1)),
+                    .unwrap_or(self.max_upstream_concurrency),
+                network,
             },
         }
     }
@@ -278,7 +360,37 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.attempt_timeout, Duration::from_millis(250));
-        assert_eq!(c.stack().max_attempts, 5);
+        assert_eq!(c.stack(Network::direct()).max_attempts, 5);
         assert!(Config::try_parse_from(["kvs-sidecar", "--max-attempts", "0"]).is_err());
+    }
+
+    #[test]
+    fn refuses_negative_nan_zero_and_absurd_values_with_a_reason() {
+        for (flag, value, reason) in [
+            ("--discovery-rate", "-1", "not a rate"),
+            ("--discovery-rate", "NaN", "not a rate"),
+            ("--join-rate", "inf", "not a rate"),
+            ("--join-rate", "1e12", "not a rate"),
+            ("--attempt-timeout", "0s", "longer than 0"),
+            ("--max-call-duration", "0ms", "longer than 0"),
+            ("--endpoint-cache-ttl", "0s", "longer than 0"),
+            ("--max-upstream-concurrency", "0", "from 1 to"),
+            ("--max-concurrent-calls", "-5", "from 1 to"),
+            ("--max-request-bytes", "10", "from 2048"),
+            ("--endpoint-cache-capacity", "0", "0"),
+        ] {
+            let err = Config::try_parse_from(["kvs-sidecar", &format!("{flag}={value}")])
+                .expect_err(&format!("{flag} {value}"))
+                .to_string();
+            assert!(
+                err.contains(flag) && err.contains(reason),
+                "{flag} {value}: {err}"
+            );
+        }
+        let ok =
+            Config::try_parse_from(["kvs-sidecar", "--discovery-rate", "0", "--join-rate", "2.5"])
+                .unwrap();
+        assert!(ok.stack(Network::direct()).rate_limits.discovery.is_none());
+        assert_eq!(ok.stack(Network::direct()).rate_limits.join, Some(2.5));
     }
 }

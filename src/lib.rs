@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod alloc;
+pub mod aws_env;
 pub mod clock;
 pub mod config;
 pub mod emulator;

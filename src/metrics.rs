@@ -12,8 +12,6 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::kvs::retry::RetryKind;
-
 pub const GRPC_STARTED: &str = "grpc_server_started_total";
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
 pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
@@ -25,8 +23,11 @@ pub const RETRY_QUOTA: &str = "kvs_retry_quota_tokens";
 pub const RETRY_QUOTA_EXHAUSTED: &str = "kvs_retry_quota_exhausted_total";
 pub const RATE_LIMITED: &str = "kvs_rate_limited_total";
 pub const RATE_LIMIT: &str = "kvs_rate_limit_per_second";
+pub const RATE_LIMIT_REFUSED: &str = "kvs_rate_limit_refused_total";
 pub const CLOCK_SKEW: &str = "kvs_clock_skew_seconds";
 pub const ENDPOINT_CACHE: &str = "kvs_endpoint_cache_lookups_total";
+pub const ENDPOINT_CACHE_ENTRIES: &str = "kvs_endpoint_cache_entries";
+pub const ENDPOINT_CACHE_EVICTIONS: &str = "kvs_endpoint_cache_evictions_total";
 pub const CREDENTIAL_REFRESHES: &str = "kvs_credential_refreshes_total";
 pub const CONNECTIONS: &str = "kvs_sidecar_connections";
 pub const CONNECTIONS_REFUSED: &str = "kvs_sidecar_connections_refused_total";
@@ -79,6 +80,18 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED,
         "KVS requests delayed locally by the client-side rate limit, by operation."
+    );
+    describe_counter!(
+        RATE_LIMIT_REFUSED,
+        "KVS requests refused locally because the client-side rate had no token before their deadline, by operation."
+    );
+    describe_gauge!(
+        ENDPOINT_CACHE_ENTRIES,
+        "WEBRTC endpoints cached (channel and role pairs)."
+    );
+    describe_counter!(
+        ENDPOINT_CACHE_EVICTIONS,
+        "WEBRTC endpoints dropped from the cache, by cause (expired, size, invalidated)."
     );
     describe_gauge!(
         RATE_LIMIT,
@@ -136,8 +149,8 @@ pub fn upstream_attempt(operation: &'static str, outcome: &'static str, elapsed:
     histogram!(UPSTREAM_ATTEMPT_SECONDS, "operation" => operation).record(elapsed.as_secs_f64());
 }
 
-pub fn retry(operation: &'static str, kind: RetryKind) {
-    counter!(UPSTREAM_RETRIES, "operation" => operation, "reason" => kind.as_str()).increment(1);
+pub fn retry(operation: &'static str, reason: &'static str) {
+    counter!(UPSTREAM_RETRIES, "operation" => operation, "reason" => reason).increment(1);
 }
 
 pub fn retry_quota(tokens: u32) {
@@ -150,6 +163,18 @@ pub fn retry_quota_exhausted(operation: &'static str) {
 
 pub fn rate_limited(operation: &'static str) {
     counter!(RATE_LIMITED, "operation" => operation).increment(1);
+}
+
+pub fn rate_limit_refused(operation: &'static str) {
+    counter!(RATE_LIMIT_REFUSED, "operation" => operation).increment(1);
+}
+
+pub fn endpoint_cache_entries(entries: u64) {
+    gauge!(ENDPOINT_CACHE_ENTRIES).set(entries as f64);
+}
+
+pub fn endpoint_cache_eviction(cause: &'static str) {
+    counter!(ENDPOINT_CACHE_EVICTIONS, "cause" => cause).increment(1);
 }
 
 pub fn rate_limit(operation: &'static str, per_second: f64) {

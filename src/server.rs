@@ -2,9 +2,7 @@
 
 use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-use aws_config::BehaviorVersion;
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
-use http::Uri;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -14,6 +12,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     admin::{self, Readiness},
+    aws_env::{self, AwsEnv},
     clock::SystemClock,
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
@@ -21,7 +20,7 @@ use crate::{
         self, WebRtcStorage, buffer_request::BufferRequestLayer, load_shed::LoadShedLayer,
         metrics::GrpcMetricsLayer, request_deadline::RequestDeadlineLayer,
     },
-    kvs::{KvsClient, credentials::CredentialCache},
+    kvs::{KvsClient, credentials::CredentialCache, endpoint::EndpointSettings, http::Network},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     serve::{self, Cap, Settings, Tcp, Unix},
@@ -65,14 +64,31 @@ impl Sidecar {
         config: &Config,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, BoxError> {
-        let (provider, control_plane) = if config.emulate {
+        let aws = if config.emulate {
             emulated_kvs().await?
         } else {
-            aws(config).await?
+            aws_env::load(aws_env::Flags {
+                endpoint_url: config.kvs_endpoint_url.as_ref(),
+                ca_bundle: config.ca_bundle.as_deref(),
+            })
+            .await?
         };
-        let (client, credentials) =
-            KvsClient::from_config(config, provider, control_plane, Arc::new(SystemClock))?;
+        let (client, credentials) = KvsClient::build(
+            config.client(aws.endpoints, aws.network),
+            aws.credentials,
+            Arc::new(SystemClock),
+        )?;
         let client = Arc::new(client);
+        // moka drops expired entries as a side effect of later lookups; a
+        // timer frees them on an idle sidecar too and keeps the gauge fresh.
+        let sweeper = client.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                sweeper.endpoints().sweep().await;
+            }
+        });
 
         // Every service has a decode limit sized to its requests: tonic's
         // 4 MiB default let a few unfinished health messages hold hundreds
@@ -114,7 +130,7 @@ impl Sidecar {
             .prepare()
             .into_axum_router()
             .layer(axum::middleware::from_fn(grpc::require_http2))
-            .layer(LoadShedLayer::new(config.max_concurrent_calls.max(1)))
+            .layer(LoadShedLayer::new(config.max_concurrent_calls))
             // Before the load-shed permit: a call takes a slot only once
             // its request is complete.
             .layer(BufferRequestLayer::new(
@@ -141,7 +157,7 @@ impl Sidecar {
         let grpc_settings = Settings {
             port: "grpc",
             max_connections: config.max_connections,
-            max_streams: config.max_calls_per_connection.max(1),
+            max_streams: config.max_calls_per_connection,
             handshake_timeout: config.handshake_timeout,
             keepalive_interval: config.keepalive_interval,
             keepalive_timeout: config.keepalive_timeout,
@@ -287,21 +303,8 @@ impl Sidecar {
     }
 }
 
-/// The AWS credential chain and the SDKs' endpoint override.
-async fn aws(config: &Config) -> Result<(SharedCredentialsProvider, Option<Uri>), BoxError> {
-    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let provider = sdk
-        .credentials_provider()
-        .ok_or("aws-config found no credential provider")?;
-    let control_plane = match &config.kvs_endpoint_url {
-        Some(url) => Some(url.clone()),
-        None => sdk.endpoint_url().map(str::parse).transpose()?,
-    };
-    Ok((provider, control_plane))
-}
-
 /// A KVS emulator on loopback and the throwaway keys it accepts.
-async fn emulated_kvs() -> Result<(SharedCredentialsProvider, Option<Uri>), BoxError> {
+async fn emulated_kvs() -> Result<AwsEnv, BoxError> {
     let emulator = Emulator::start(EmulatorCredentials::generate()).await?;
     let keys = emulator.credentials();
     let credentials = Credentials::new(
@@ -312,10 +315,15 @@ async fn emulated_kvs() -> Result<(SharedCredentialsProvider, Option<Uri>), BoxE
         "kvs-sidecar-emulator",
     );
     tracing::info!(kvs = %emulator.url(), "emulating KVS on loopback: no AWS account is used");
-    Ok((
-        SharedCredentialsProvider::new(credentials),
-        Some(emulator.url().parse()?),
-    ))
+    Ok(AwsEnv {
+        credentials: SharedCredentialsProvider::new(credentials),
+        endpoints: EndpointSettings {
+            override_url: Some(emulator.url().parse()?),
+            ..EndpointSettings::default()
+        },
+        // The emulator is on loopback: no proxy, and plain http.
+        network: Network::direct(),
+    })
 }
 
 /// A channel ARN for the emulator demo.

@@ -255,7 +255,8 @@ async fn retries_transient_faults_up_to_the_attempt_limit() {
         (vec![Reply::Reset, Reply::error(502, "")], Ok(()), 3),
         (vec![slow_ok()], Ok(()), 2),
         (vec![Reply::error(429, "")], Ok(()), 2),
-        // Three failures: the limit is reached.
+        // Three failures: the limit is reached. (The 429 above and these
+        // three throttles are the 4 attempts counted as `throttling`.)
         (vec![Reply::error(504, ""); 3], Err(Code::Unavailable), 3),
         (
             vec![Reply::error(400, "ClientLimitExceededException"); 3],
@@ -291,7 +292,7 @@ async fn retries_transient_faults_up_to_the_attempt_limit() {
         r#"kvs_upstream_retries_total{operation="JoinStorageSession",reason="throttling"}"#,
         r#"kvs_upstream_retries_total{operation="JoinStorageSession",reason="transport"}"#,
         r#"kvs_upstream_retries_total{operation="JoinStorageSession",reason="timeout"}"#,
-        r#"kvs_upstream_attempts_total{operation="JoinStorageSession",outcome="ClientLimitExceededException"} 3"#,
+        r#"kvs_upstream_attempts_total{operation="JoinStorageSession",outcome="throttling"} 4"#,
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
@@ -815,24 +816,44 @@ async fn a_skew_that_persists_after_correction_is_not_retried_forever() {
 }
 
 #[tokio::test]
-async fn the_client_side_rate_limit_spreads_bursts_and_slows_down_on_throttling() {
+async fn the_client_side_rate_limit_spreads_bursts_refuses_beyond_a_second_and_slows_down() {
     let (fake, sidecar, client) = common::warmed(&["--join-rate", "5"]).await;
     let started = Instant::now();
     let calls: Vec<_> = (0..15)
         .map(|_| {
             let mut client = client.clone();
-            tokio::spawn(async move { client.join_storage_session(join(ARN)).await })
+            tokio::spawn(async move {
+                let answer = client.join_storage_session(join(ARN)).await;
+                (answer, Instant::now())
+            })
         })
         .collect();
+    let (mut joined, mut refused, mut last_join) = (0, 0, started);
     for call in calls {
-        call.await.unwrap().unwrap();
+        match call.await.unwrap() {
+            (Ok(_), at) => {
+                joined += 1;
+                last_join = last_join.max(at);
+            }
+            (Err(status), at) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("client-side rate"), "{status:?}");
+                assert!(at - started < Duration::from_millis(500), "refused at once");
+                refused += 1;
+            }
+        }
     }
-    // A burst of 5 (less the warm-up join's token), then 5 a second: the
-    // last of 15 cannot go before ~2 s.
+    // A burst of 5 (less the warm-up join's token) goes at once, a second's
+    // worth more (5) queues, spread over that second; the rest is refused
+    // without waiting rather than queued behind it.
     assert!(
-        started.elapsed() >= Duration::from_millis(1800),
+        (8..=11).contains(&joined),
+        "{joined} joined, {refused} refused"
+    );
+    assert!(
+        last_join - started >= Duration::from_millis(700),
         "{:?}",
-        started.elapsed()
+        last_join - started
     );
     let (_, metrics) = sidecar.admin_get("/metrics");
     let delayed = common::metric(
@@ -840,7 +861,15 @@ async fn the_client_side_rate_limit_spreads_bursts_and_slows_down_on_throttling(
         r#"kvs_rate_limited_total{operation="JoinStorageSession"}"#,
     )
     .unwrap();
-    assert!(delayed >= 9.0, "{delayed} calls delayed locally");
+    assert!(delayed >= 4.0, "{delayed} calls delayed locally");
+    let refused_metric = common::metric(
+        &metrics,
+        r#"kvs_rate_limit_refused_total{operation="JoinStorageSession"}"#,
+    )
+    .unwrap();
+    assert_eq!(refused_metric, f64::from(refused));
+    // Let the bucket fill again before the throttling part.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     fake.script(JOIN, [Reply::error(400, "ClientLimitExceededException")]);
     client

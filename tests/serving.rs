@@ -259,6 +259,124 @@ async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
     }
 }
 
+/// AWS answers a signature that does not verify with the canonical request
+/// it expected, every signed header included (the session token among
+/// them); the emulator does the same. None of it may reach the caller, a log
+/// line at any level, or the metrics.
+#[tokio::test]
+async fn kvs_text_echoing_the_session_token_reaches_no_caller_log_or_metric() {
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start_with_env(
+        &fake,
+        &["--log-level", "trace"],
+        &[
+            ("RUST_LOG", "trace"),
+            // The right key id and token with the wrong secret: KVS knows
+            // who is calling, but the signature does not verify.
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYWRONGKEY",
+            ),
+        ],
+    );
+    let mut client = sidecar.client().await;
+    let token = fake.credentials().session_token.clone().unwrap();
+    let status = client.join_storage_session(join(ARN)).await.unwrap_err();
+    let answered = fake.received();
+    let refusal = answered
+        .last()
+        .and_then(|r| r.signature.clone().err())
+        .expect("the emulator refused the signature");
+    assert!(
+        refusal.contains(&token) && refusal.contains("Canonical String"),
+        "the emulator's answer echoes the token, as AWS's does: {refusal}"
+    );
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("InvalidSignatureException"),
+        "{status:?}"
+    );
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    let output = sidecar.output();
+    let details = String::from_utf8_lossy(status.details()).into_owned();
+    let metadata = format!("{:?}", status.metadata());
+    for (place, text) in [
+        ("status message", status.message()),
+        ("status details", details.as_str()),
+        ("status metadata", metadata.as_str()),
+        ("metrics", metrics.as_str()),
+    ]
+    .into_iter()
+    .chain(output.iter().map(|l| ("log", l.as_str())))
+    {
+        assert!(
+            !text.contains(&token),
+            "the session token reached the {place}: {text}"
+        );
+        assert!(
+            !text.contains("Canonical String"),
+            "KVS's canonical request reached the {place}: {text}"
+        );
+    }
+}
+
+/// A caller that sends bad or refused requests as fast as it can gets a few
+/// log lines a second, none of them echoing its input.
+#[tokio::test]
+async fn rejected_and_refused_calls_cannot_amplify_the_log() {
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(
+        &fake,
+        &[
+            "--allowed-channels",
+            "arn:aws:kinesisvideo:*:123456789012:channel/allowed-*/*",
+        ],
+    );
+    let mut client = sidecar.client().await;
+    let marker = "RejectedInputMarker";
+    let started = Instant::now();
+    for i in 0..300 {
+        let bad = format!("arn:aws:kinesisvideo:eu-central-1:123456789012:channel/{marker}!{i}/1");
+        let err = client.join_storage_session(join(&bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let refused = common::arn(&format!("refused-{i}"));
+        let err = client
+            .join_storage_session(join(&refused))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let output = sidecar.output();
+    assert!(
+        output.iter().all(|l| !l.contains(marker)),
+        "a rejected value was logged"
+    );
+    let rejected: Vec<_> = output
+        .iter()
+        .filter(|l| l.contains(r#""reason":"bad_channel_name""#))
+        .collect();
+    let refused: Vec<_> = output.iter().filter(|l| l.contains("refused-")).collect();
+    println!(
+        "600 bad calls in {seconds} s: {} lines for rejected input, {} for refused channels",
+        rejected.len(),
+        refused.len()
+    );
+    for (kind, lines) in [("rejected", &rejected), ("refused", &refused)] {
+        assert!(!lines.is_empty(), "no {kind} line at all");
+        assert!(
+            lines.len() as u64 <= 6 * seconds,
+            "{} {kind} lines in {seconds} s",
+            lines.len()
+        );
+    }
+    for line in refused {
+        assert_eq!(line.matches("refused-").count(), 1, "logged twice: {line}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let (fake, mut sidecar, client) = common::warmed(&[]).await;

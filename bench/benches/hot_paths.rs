@@ -13,7 +13,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use kvs_sidecar::kvs::{
     Error, ServiceError,
     arn::{self, ChannelArn},
-    endpoint::{EndpointCache, Role},
+    endpoint::Role,
+    endpoint_cache::EndpointCache,
     retry, sign,
 };
 
@@ -66,29 +67,46 @@ fn signing(c: &mut Criterion) {
     });
 }
 
+/// Reading a KVS error answer: parsing, classifying once into an
+/// `ErrorKind` and making the message safe; then the retry decision, which
+/// only matches on the kind.
 fn classification(c: &mut Criterion) {
-    let throttled = Error::Service(ServiceError {
-        http_status: 400,
-        code: Some("ClientLimitExceededException".into()),
-        message: "slow down".into(),
-        request_id: None,
-        server_date: None,
-    });
-    let not_found = Error::Service(ServiceError {
-        http_status: 404,
-        code: Some("ResourceNotFoundException".into()),
-        message: String::new(),
-        request_id: None,
-        server_date: None,
-    });
-    let reset = Error::Transport("connection reset by peer".into());
-    let mut group = c.benchmark_group("classify");
-    for (name, err) in [
-        ("throttling", &throttled),
-        ("not_found", &not_found),
-        ("transport", &reset),
+    let header = |code: &'static str| {
+        http::HeaderMap::from_iter([(
+            http::HeaderName::from_static("x-amzn-errortype"),
+            http::HeaderValue::from_static(code),
+        )])
+    };
+    let throttled = header("ClientLimitExceededException");
+    let not_found = header("ResourceNotFoundException");
+    let body = br#"{"message":"The requested channel is not found or not active."}"#;
+    let mut group = c.benchmark_group("read_error");
+    for (name, headers, status) in [
+        ("throttling", &throttled, 400),
+        ("not_found", &not_found, 404),
     ] {
-        group.bench_function(name, |b| b.iter(|| retry::classify(black_box(err))));
+        group.bench_function(name, |b| {
+            b.iter(|| ServiceError::from_response(status, black_box(headers), black_box(body)))
+        });
+    }
+    group.finish();
+    let errors = [
+        (
+            "throttling",
+            Error::Service(ServiceError::from_response(400, &throttled, body)),
+        ),
+        (
+            "not_found",
+            Error::Service(ServiceError::from_response(404, &not_found, body)),
+        ),
+        (
+            "transport",
+            Error::Transport("connection reset by peer".into()),
+        ),
+    ];
+    let mut group = c.benchmark_group("classify");
+    for (name, err) in &errors {
+        group.bench_function(*name, |b| b.iter(|| retry::classify(black_box(err))));
     }
     group.finish();
 }
@@ -98,7 +116,7 @@ fn endpoint_cache(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let cache = EndpointCache::new(Duration::from_secs(3600));
+    let cache = EndpointCache::new(Duration::from_secs(3600), 20_000);
     let endpoint: http::Uri = "https://w-1234.kinesisvideo.us-west-2.amazonaws.com"
         .parse()
         .unwrap();

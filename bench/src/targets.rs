@@ -16,7 +16,7 @@ use hyper_util::{
 use kvs_sidecar::{
     clock::SystemClock,
     config::Config,
-    kvs::{Call, KvsClient, arn::ChannelArn},
+    kvs::{Call, KvsClient, arn::ChannelArn, endpoint::EndpointSettings, http::Network},
     pb::{
         JoinStorageSessionAsViewerRequest, JoinStorageSessionRequest,
         web_rtc_storage_service_client::WebRtcStorageServiceClient,
@@ -125,10 +125,13 @@ impl Stack {
             "0",
         ])
         .expect("valid flags");
-        let (client, _credentials) = KvsClient::from_config(
-            &config,
+        let endpoints = EndpointSettings {
+            override_url: Some(fake.parse().expect("a valid URL")),
+            ..EndpointSettings::default()
+        };
+        let (client, _credentials) = KvsClient::build(
+            config.client(endpoints, Network::direct()),
             SharedCredentialsProvider::new(credentials()),
-            Some(fake.parse().expect("a valid URL")),
             Arc::new(SystemClock),
         )
         .expect("build the KVS client");

@@ -43,7 +43,15 @@ impl Emulator {
                 body: body.clone(),
                 signature: signature.clone(),
             });
-            state.script.get_mut(&path).and_then(|q| q.pop_front())
+            let throttled = state
+                .throttled
+                .get(&path)
+                .is_some_and(|until| std::time::Instant::now() < *until);
+            state
+                .script
+                .get_mut(&path)
+                .and_then(|q| q.pop_front())
+                .or_else(|| throttled.then(|| Reply::error(400, "ClientLimitExceededException")))
         };
         let mut answer = match self.authenticate(&parts.headers, signature) {
             Ok(scope) => {
@@ -125,10 +133,12 @@ impl Emulator {
                 "Credential should be scoped to correct service: 'kinesisvideo'.",
             ),
             Ok(scope) => Ok(scope),
-            Err(_) => deny(
-                "InvalidSignatureException",
-                "The request signature we calculated does not match the signature you provided.",
-            ),
+            // A well-formed signature that does not verify gets AWS's long
+            // answer, canonical request and string to sign included.
+            Err(reason) if reason.starts_with(sigv4::MISMATCH) => {
+                Err(("InvalidSignatureException", reason))
+            }
+            Err(_) => deny("InvalidSignatureException", sigv4::MISMATCH),
         }
     }
 

@@ -145,6 +145,8 @@ const RECEIVED_KEPT: usize = 1024;
 struct State {
     received: VecDeque<Received>,
     script: HashMap<String, VecDeque<Reply>>,
+    /// Paths answering `ClientLimitExceededException` until an instant.
+    throttled: HashMap<String, std::time::Instant>,
     webrtc_endpoint: Option<String>,
     credential_loads: usize,
     /// TCP connections accepted, to see whether callers reuse them.
@@ -156,6 +158,8 @@ struct State {
 #[derive(Clone)]
 pub struct Emulator {
     addr: SocketAddr,
+    /// Serving https (see [`Emulator::start_tls`]) rather than plain http.
+    tls: bool,
     credentials: Arc<EmulatorCredentials>,
     state: Arc<Mutex<State>>,
 }
@@ -166,9 +170,45 @@ impl Emulator {
     /// Starts on an ephemeral port of 127.0.0.1. The server runs until the
     /// runtime stops.
     pub async fn start(credentials: EmulatorCredentials) -> std::io::Result<Self> {
+        Self::serve(credentials, None).await
+    }
+
+    /// As [`Emulator::start`], over TLS with this PEM certificate chain and
+    /// key, so tests can check which CAs the client trusts (the certificate
+    /// needs an IP address SAN of 127.0.0.1).
+    pub async fn start_tls(
+        credentials: EmulatorCredentials,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> std::io::Result<Self> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let invalid = |e: &dyn fmt::Display| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+        };
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| invalid(&e))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid(&e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve(credentials, Some(acceptor)).await
+    }
+
+    async fn serve(
+        credentials: EmulatorCredentials,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let emulator = Self {
             addr: listener.local_addr()?,
+            tls: tls.is_some(),
             credentials: Arc::new(credentials),
             state: Arc::default(),
         };
@@ -180,23 +220,37 @@ impl Emulator {
                 };
                 server.lock().connections += 1;
                 let emulator = server.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let emulator = emulator.clone();
                         async move { emulator.handle(req).await }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                        // A client that does not trust the certificate
+                        // ends the handshake; nothing to serve then.
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => http.serve_connection(TokioIo::new(stream), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
         Ok(emulator)
     }
 
-    /// The control-plane URL, `http://127.0.0.1:PORT`.
+    /// The control-plane URL, `http://127.0.0.1:PORT` (`https://` when
+    /// started with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn credentials(&self) -> &EmulatorCredentials {
@@ -216,6 +270,16 @@ impl Emulator {
             .entry(path.to_owned())
             .or_default()
             .extend(replies);
+    }
+
+    /// Throttles every request to `path` for `duration`, as KVS does when
+    /// the account's quota for an operation is used up (other pods sharing
+    /// it, say): HTTP 400 `ClientLimitExceededException`. Scripted answers
+    /// still come first.
+    pub fn throttle(&self, path: &str, duration: Duration) {
+        self.lock()
+            .throttled
+            .insert(path.to_owned(), std::time::Instant::now() + duration);
     }
 
     /// Scripted answers for `path` not used yet.

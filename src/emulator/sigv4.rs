@@ -17,6 +17,10 @@ pub struct Scope {
     pub service: String,
 }
 
+/// How AWS's answer to a signature that does not verify begins.
+pub const MISMATCH: &str =
+    "The request signature we calculated does not match the signature you provided.";
+
 /// Verifies the `Authorization` header of a request. Returns the credential
 /// scope it was signed for, or why it does not verify.
 pub fn verify(
@@ -97,8 +101,10 @@ pub fn verify(
     }
     let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
     if expected != signature {
+        // AWS's own answer, which echoes every signed header (the session
+        // token among them): clients must not pass it on verbatim.
         return Err(format!(
-            "signature mismatch; canonical request was:\n{canonical_request}"
+            "{MISMATCH} Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'{canonical_request}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"
         ));
     }
     Ok(Scope {

@@ -1,6 +1,7 @@
 //! The gRPC side: the service, its status mapping, deadlines and metrics.
 
 pub mod buffer_request;
+mod call_log;
 pub mod deadline;
 pub mod load_shed;
 pub mod metrics;

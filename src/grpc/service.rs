@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::{deadline::deadline, status::to_status};
+use super::{call_log::log_call, deadline::deadline, status::to_status};
 use crate::{
     kvs::{
         Call, Error, Joined, KvsClient,
@@ -114,62 +114,10 @@ impl WebRtcStorageService for WebRtcStorage {
     }
 }
 
-/// The one log line of a call. Successes log at DEBUG: at thousands of calls
-/// a second in every pod an INFO line each would cost more CPU than the rest
-/// of the call path's bookkeeping, and the metrics already count them.
-/// A rejected ARN is logged only by its length: it is caller input that
-/// failed validation and may be anything.
-fn log_call(
-    rpc: &'static str,
-    arn: &str,
-    call: &Call,
-    started: Instant,
-    result: &Result<Joined, Error>,
-) {
-    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    let attempts = call.attempts();
-    match result {
-        Ok(joined) => tracing::debug!(
-            rpc,
-            channel = arn,
-            status = "OK",
-            attempts,
-            latency_ms,
-            request_id = joined.request_id,
-            "call"
-        ),
-        Err(err @ Error::InvalidRequest { .. }) => tracing::info!(
-            rpc,
-            channel_len = arn.len(),
-            status = ?super::status::code(err),
-            attempts,
-            latency_ms,
-            error = %err,
-            "call"
-        ),
-        Err(err) => {
-            let request_id = match err {
-                Error::Service(e) => e.request_id.as_deref(),
-                _ => None,
-            };
-            tracing::warn!(
-                rpc,
-                channel = arn,
-                status = ?super::status::code(err),
-                attempts,
-                latency_ms,
-                request_id,
-                error = %err,
-                "call"
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::{KvsClient, endpoint::EndpointCache};
+    use crate::kvs::{KvsClient, endpoint::EndpointSettings, endpoint_cache::EndpointCache};
     use proptest::prelude::*;
 
     /// A service whose upstream would fail if reached: these tests only
@@ -180,7 +128,11 @@ mod tests {
                 Err(Error::Transport("unreachable in this test".into()))
             },
         ));
-        let client = KvsClient::new(upstream, EndpointCache::new(Duration::from_secs(60)), None);
+        let client = KvsClient::new(
+            upstream,
+            EndpointCache::new(Duration::from_secs(60), 100),
+            EndpointSettings::default(),
+        );
         WebRtcStorage::new(
             Arc::new(client),
             ChannelPolicy::default(),

@@ -10,40 +10,53 @@ use std::collections::HashMap;
 use tonic::{Code, Status, metadata::MetadataValue};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::kvs::{Error, ServiceError};
+use crate::kvs::{Error, ErrorKind, ServiceError};
 
 /// The gRPC code for each error class.
 pub fn code(err: &Error) -> Code {
     match err {
-        Error::InvalidRequest { .. } | Error::UnknownPartition(_) => Code::InvalidArgument,
+        Error::InvalidRequest { .. } => Code::InvalidArgument,
+        // The sidecar's FIPS / dual-stack settings cannot reach this
+        // partition: its setup, not the request, must change.
+        Error::Endpoint(_) => Code::FailedPrecondition,
         Error::ChannelNotAllowed(_) => Code::PermissionDenied,
         Error::Service(e) => service_code(e),
         Error::Transport(_) | Error::AttemptTimeout(_) | Error::Credentials(_) => Code::Unavailable,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
-        Error::RetryQuotaExhausted(_) => Code::Unavailable,
+        Error::RateLimited { .. } => Code::ResourceExhausted,
+        // Out of retries while being throttled is still throttling.
+        Error::RetryQuotaExhausted(last) => match code(last) {
+            Code::ResourceExhausted => Code::ResourceExhausted,
+            _ => Code::Unavailable,
+        },
         Error::Signing(_) | Error::MalformedResponse(_) => Code::Internal,
     }
 }
 
 fn service_code(e: &ServiceError) -> Code {
-    match e.code() {
-        "ResourceNotFoundException" => Code::NotFound,
-        "AccessDeniedException" => Code::PermissionDenied,
-        "InvalidArgumentException" => Code::InvalidArgument,
-        "ClientLimitExceededException" | "ThrottlingException" => Code::ResourceExhausted,
-        // KVS rejected the sidecar's own credentials or signature: a fault of
-        // this pod's setup, not of the caller's request.
-        "ExpiredTokenException"
-        | "InvalidSignatureException"
-        | "IncompleteSignature"
-        | "MissingAuthenticationTokenException"
-        | "UnrecognizedClientException"
-        | "RequestTimeTooSkewed"
-        | "RequestExpired"
-        | "RequestInTheFuture" => Code::Unavailable,
-        _ if e.http_status == 429 => Code::ResourceExhausted,
-        _ if e.http_status >= 500 => Code::Unavailable,
-        _ => Code::Unknown,
+    match e.kind {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AccessDenied => Code::PermissionDenied,
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::ResourceInUse => Code::FailedPrecondition,
+        ErrorKind::Throttling | ErrorKind::ViewerLimit => Code::ResourceExhausted,
+        // KVS rejected the sidecar's own credentials, signature or clock: a
+        // fault of this pod's setup, not of the caller's request.
+        ErrorKind::ExpiredCredentials | ErrorKind::AuthRejected | ErrorKind::ClockSkew => {
+            Code::Unavailable
+        }
+        ErrorKind::Transient => Code::Unavailable,
+        ErrorKind::Other if e.http_status >= 500 => Code::Unavailable,
+        ErrorKind::Other => Code::Unknown,
+    }
+}
+
+/// The `ErrorInfo` reason: KVS's code, except where the sidecar decided
+/// something KVS's code alone does not say.
+fn reason(e: &ServiceError) -> &str {
+    match e.kind {
+        ErrorKind::ViewerLimit => "ViewerLimitReached",
+        _ => e.code(),
     }
 }
 
@@ -58,7 +71,7 @@ pub fn to_status(err: &Error) -> Status {
         metadata.insert("aws_request_id".to_owned(), id.clone());
         details.set_request_info(id.clone(), "");
     }
-    details.set_error_info(e.code(), "kinesisvideo.amazonaws.com", metadata);
+    details.set_error_info(reason(e), "kinesisvideo.amazonaws.com", metadata);
     let mut status = Status::with_error_details(code, err.to_string(), details);
     if let Some(id) = e
         .request_id
@@ -73,16 +86,24 @@ pub fn to_status(err: &Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::arn::ValidationError;
+    use crate::kvs::{arn::ValidationError, endpoint::EndpointError};
 
     fn kvs(http_status: u16, code: &str) -> Error {
-        Error::Service(ServiceError {
+        kvs_saying(http_status, code, "m")
+    }
+
+    fn kvs_saying(http_status: u16, code: &str, message: &str) -> Error {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-amzn-requestid", "rid-7".parse().unwrap());
+        if !code.is_empty() {
+            headers.insert("x-amzn-errortype", code.parse().unwrap());
+        }
+        let body = serde_json::json!({ "message": message }).to_string();
+        Error::Service(ServiceError::from_response(
             http_status,
-            code: (!code.is_empty()).then(|| code.to_owned()),
-            message: "m".into(),
-            request_id: Some("rid-7".into()),
-            server_date: None,
-        })
+            &headers,
+            body.as_bytes(),
+        ))
     }
 
     #[test]
@@ -99,8 +120,35 @@ mod tests {
             (kvs(503, ""), Code::Unavailable),
             (kvs(403, "ExpiredTokenException"), Code::Unavailable),
             (kvs(409, "SomethingNew"), Code::Unknown),
+            (kvs(400, "ResourceInUseException"), Code::FailedPrecondition),
+            (
+                kvs_saying(
+                    400,
+                    "ClientLimitExceededException",
+                    "The maximum number of viewers connected to the session has been reached",
+                ),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::RetryQuotaExhausted(Box::new(kvs(400, "ClientLimitExceededException"))),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::RetryQuotaExhausted(Box::new(kvs(503, ""))),
+                Code::Unavailable,
+            ),
+            (
+                Error::RateLimited {
+                    operation: "GetSignalingChannelEndpoint",
+                },
+                Code::ResourceExhausted,
+            ),
             (Error::Transport("reset".into()), Code::Unavailable),
             (Error::DeadlineExceeded, Code::DeadlineExceeded),
+            (
+                Error::Endpoint(EndpointError::FipsUnsupported),
+                Code::FailedPrecondition,
+            ),
             (Error::Credentials("none".into()), Code::Unavailable),
             (
                 Error::ChannelNotAllowed("arn".into()),
@@ -130,6 +178,17 @@ mod tests {
         let info = details.error_info().unwrap();
         assert_eq!(info.reason, "ResourceNotFoundException");
         assert_eq!(info.metadata["http_status"], "404");
+    }
+
+    #[test]
+    fn the_viewer_limit_has_its_own_reason() {
+        let status = to_status(&kvs_saying(
+            400,
+            "ClientLimitExceededException",
+            "The maximum number of viewers connected to the session has been reached",
+        ));
+        let info = status.get_error_details().error_info().unwrap().clone();
+        assert_eq!(info.reason, "ViewerLimitReached");
     }
 
     #[test]

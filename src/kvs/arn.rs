@@ -45,6 +45,39 @@ pub enum ValidationError {
     BadChannelId(String),
     #[error("contains a character outside [a-zA-Z0-9_.-] at position {0}")]
     BadClientIdChar(usize),
+    /// Well formed, but the region lies in another partition than the ARN
+    /// names (checked when the endpoint is chosen, see `endpoint`).
+    #[error(
+        "partition {partition:?} does not hold region {region:?}, which is in {region_partition:?}"
+    )]
+    PartitionMismatch {
+        partition: String,
+        region: String,
+        region_partition: &'static str,
+    },
+}
+
+impl ValidationError {
+    /// What was wrong, without the rejected value: for log lines, where
+    /// caller input must not be echoed.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ValidationError::Empty => "empty",
+            ValidationError::TooLong(..) => "too_long",
+            ValidationError::NotAnArn => "not_an_arn",
+            ValidationError::WrongPartCount(_) => "wrong_part_count",
+            ValidationError::BadPartition(_) => "bad_partition",
+            ValidationError::BadService(_) => "bad_service",
+            ValidationError::BadRegion(_) => "bad_region",
+            ValidationError::BadAccount(_) => "bad_account",
+            ValidationError::BadResource(_) => "bad_resource",
+            ValidationError::BadResourceType(_) => "bad_resource_type",
+            ValidationError::BadChannelName(_) => "bad_channel_name",
+            ValidationError::BadChannelId(_) => "bad_channel_id",
+            ValidationError::BadClientIdChar(_) => "bad_client_id_char",
+            ValidationError::PartitionMismatch { .. } => "partition_mismatch",
+        }
+    }
 }
 
 /// A channel ARN that matches the service model's pattern. Cheap to clone;

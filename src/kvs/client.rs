@@ -1,9 +1,12 @@
 //! The two joins, each preceded (once per channel and role) by endpoint
 //! discovery.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -14,13 +17,14 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::{
-    Error, Operation, UpstreamRequest, UpstreamResponse,
+    Error, ErrorKind, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
     credentials::CredentialCache,
-    endpoint::{self, EndpointCache, Role},
-    stack::{self, Upstream},
+    endpoint::{self, EndpointSettings, Role},
+    endpoint_cache::EndpointCache,
+    stack::{self, StackConfig, Upstream},
 };
-use crate::{clock::SharedClock, config::Config};
+use crate::clock::SharedClock;
 
 /// One gRPC call's budget and bookkeeping, shared by its discovery and join.
 #[derive(Debug, Clone)]
@@ -49,10 +53,21 @@ pub struct Joined {
     pub request_id: String,
 }
 
+/// Everything the client is built from, as plain values: the composition
+/// root fills it from the command line and the AWS environment.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub stack: StackConfig,
+    pub endpoints: EndpointSettings,
+    pub endpoint_cache_ttl: Duration,
+    pub endpoint_cache_capacity: u64,
+    pub credentials_timeout: Duration,
+}
+
 pub struct KvsClient {
     upstream: Upstream,
     endpoints: EndpointCache,
-    control_plane_override: Option<Uri>,
+    endpoint_settings: EndpointSettings,
 }
 
 // === impl KvsClient ===
@@ -61,32 +76,37 @@ impl KvsClient {
     pub fn new(
         upstream: Upstream,
         endpoints: EndpointCache,
-        control_plane_override: Option<Uri>,
+        endpoint_settings: EndpointSettings,
     ) -> Self {
         Self {
             upstream,
             endpoints,
-            control_plane_override,
+            endpoint_settings,
         }
     }
 
-    /// The client `config` describes: its tower stack signing with what
+    /// The client `settings` describe: its tower stack signing with what
     /// `provider` gives (through the returned cache, which the caller may
     /// warm), and an empty endpoint cache.
-    pub fn from_config(
-        config: &Config,
+    pub fn build(
+        settings: ClientSettings,
         provider: SharedCredentialsProvider,
-        control_plane: Option<Uri>,
         clock: SharedClock,
     ) -> Result<(Self, Arc<CredentialCache>), Error> {
         let credentials = Arc::new(CredentialCache::new(
             provider,
             clock.clone(),
-            config.credentials_timeout,
+            settings.credentials_timeout,
         ));
-        let upstream = stack::build(&config.stack(), credentials.clone(), clock)?;
-        let endpoints = EndpointCache::new(config.endpoint_cache_ttl);
-        Ok((Self::new(upstream, endpoints, control_plane), credentials))
+        let upstream = stack::build(&settings.stack, credentials.clone(), clock)?;
+        let endpoints = EndpointCache::new(
+            settings.endpoint_cache_ttl,
+            settings.endpoint_cache_capacity,
+        );
+        Ok((
+            Self::new(upstream, endpoints, settings.endpoints),
+            credentials,
+        ))
     }
 
     pub async fn join_storage_session(
@@ -151,7 +171,7 @@ impl KvsClient {
                 .await?;
             let answer = self.send(call, operation, endpoint, arn, body).await;
             if answer.as_ref().is_err_and(endpoint_is_stale) {
-                self.endpoints.invalidate(arn, role);
+                self.endpoints.invalidate(arn, role).await;
             }
             let answer = answer?;
             Ok(Joined {
@@ -186,17 +206,17 @@ impl KvsClient {
                 role: role.as_str(),
             },
         });
-        let control_plane = endpoint::control_plane(arn, self.control_plane_override.as_ref())?;
+        let control_plane = endpoint::control_plane(arn, &self.endpoint_settings)?;
         let answer = self
             .send(
                 call,
                 Operation::GetSignalingChannelEndpoint,
-                control_plane,
+                control_plane.clone(),
                 arn,
                 body,
             )
             .await?;
-        webrtc_endpoint(&answer.body)
+        webrtc_endpoint(&answer.body, &control_plane)
     }
 
     async fn send(
@@ -224,14 +244,17 @@ impl KvsClient {
 /// (connection failures or 5xx through every retry).
 fn endpoint_is_stale(err: &Error) -> bool {
     match err {
-        Error::Service(e) => e.code() == "ResourceNotFoundException" || e.http_status >= 500,
+        Error::Service(e) => matches!(e.kind, ErrorKind::NotFound | ErrorKind::Transient),
         Error::Transport(_) => true,
         _ => false,
     }
 }
 
-/// The WEBRTC endpoint in a `GetSignalingChannelEndpoint` answer.
-fn webrtc_endpoint(body: &[u8]) -> Result<Uri, Error> {
+/// The WEBRTC endpoint in a `GetSignalingChannelEndpoint` answer. Joins are
+/// signed with the session token, so an endpoint that would take them in
+/// clear text is refused unless the control plane itself is plain http (a
+/// local emulator).
+fn webrtc_endpoint(body: &[u8], control_plane: &Uri) -> Result<Uri, Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Answer {
@@ -259,7 +282,13 @@ fn webrtc_endpoint(body: &[u8]) -> Result<Uri, Error> {
     let uri: Uri = raw
         .parse()
         .map_err(|e| Error::MalformedResponse(format!("WEBRTC endpoint {raw:?}: {e}")))?;
+    let raw = super::redact::redact(&raw);
     match (uri.scheme_str(), uri.host()) {
+        (Some("http"), _) if control_plane.scheme_str() != Some("http") => {
+            Err(Error::MalformedResponse(format!(
+                "WEBRTC endpoint {raw:?} is plain http while the control plane is https; refusing to send signed requests in clear text"
+            )))
+        }
         (Some("https" | "http"), Some(host)) if !host.is_empty() => Ok(uri),
         _ => Err(Error::MalformedResponse(format!(
             "WEBRTC endpoint {raw:?} is not an http(s) URL with a host"
@@ -282,9 +311,26 @@ mod tests {
             {"Protocol":"WSS","ResourceEndpoint":"wss://m-1.kinesisvideo.us-west-2.amazonaws.com"},
             {"Protocol":"WEBRTC","ResourceEndpoint":"https://w-1.kinesisvideo.us-west-2.amazonaws.com"}]}"#;
         assert_eq!(
-            webrtc_endpoint(body).unwrap().host(),
+            webrtc_endpoint(body, &https()).unwrap().host(),
             Some("w-1.kinesisvideo.us-west-2.amazonaws.com")
         );
+    }
+
+    fn https() -> Uri {
+        "https://kinesisvideo.us-west-2.amazonaws.com"
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn refuses_a_plain_http_endpoint_behind_an_https_control_plane() {
+        let body = br#"{"ResourceEndpointList":[{"Protocol":"WEBRTC","ResourceEndpoint":"http://w-1.example"}]}"#;
+        assert!(matches!(
+            webrtc_endpoint(body, &https()),
+            Err(Error::MalformedResponse(m)) if m.contains("clear text")
+        ));
+        let emulator: Uri = "http://127.0.0.1:4566".parse().unwrap();
+        assert!(webrtc_endpoint(body, &emulator).is_ok());
     }
 
     #[test]
@@ -297,7 +343,7 @@ mod tests {
             b"not json",
         ] {
             assert!(matches!(
-                webrtc_endpoint(body),
+                webrtc_endpoint(body, &https()),
                 Err(Error::MalformedResponse(_))
             ));
         }

@@ -25,6 +25,11 @@ use crate::{clock::SharedClock, metrics};
 /// STS and container credentials live at least 15.
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
 
+/// Least time between two background refreshes. Credentials that arrive
+/// already inside the refresh window (a provider handing out 4-minute
+/// credentials) would otherwise start a reload on every call.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
 pub struct CredentialCache {
     provider: SharedCredentialsProvider,
     clock: SharedClock,
@@ -33,6 +38,8 @@ pub struct CredentialCache {
     /// Serializes provider calls, so concurrent misses make one.
     loading: tokio::sync::Mutex<()>,
     background: AtomicBool,
+    /// When the provider was last asked, whatever it answered.
+    last_load: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for CredentialCache {
@@ -59,6 +66,7 @@ impl CredentialCache {
             current: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
             background: AtomicBool::new(false),
+            last_load: std::sync::Mutex::new(None),
         }
     }
 
@@ -94,7 +102,12 @@ impl CredentialCache {
     }
 
     fn refresh_in_background(self: &Arc<Self>) {
-        if self.background.swap(true, Ordering::AcqRel) {
+        let recently = self
+            .last_load
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL);
+        if recently || self.background.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
@@ -115,6 +128,8 @@ impl CredentialCache {
         {
             return Ok(c);
         }
+        *self.last_load.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now());
         let loaded = tokio::time::timeout(self.load_timeout, self.provider.provide_credentials())
             .await
             .map_err(|_| {
@@ -199,16 +214,36 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn refreshes_ahead_of_expiry_without_blocking() {
         // Two minutes left: inside the refresh window, still valid.
         let (cache, calls) = cache(1_000, 1_120);
         assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID0");
+        tokio::time::sleep(MIN_REFRESH_INTERVAL).await;
         // The cached (old) credentials come back at once; a refresh starts.
         assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID0");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_inside_the_refresh_window_are_not_reloaded_back_to_back() {
+        // The provider only ever hands out credentials with two minutes
+        // left, inside the five-minute refresh window.
+        let (cache, calls) = cache(1_000, 1_120);
+        for _ in 0..20 {
+            cache.get().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // The first load only: no refresh within 30 s of it.
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for _ in 0..5 {
+            cache.get().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh, then a pause");
     }
 
     #[tokio::test]

@@ -1,45 +1,240 @@
-//! Where requests go: the partition-aware control-plane endpoint, and a cache
-//! of each channel's WEBRTC endpoint found by `GetSignalingChannelEndpoint`.
-
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+//! Where requests go: the partition-aware control-plane endpoint, and the
+//! roles a channel's WEBRTC endpoint is discovered for (cached in
+//! `endpoint_cache`).
 
 use http::Uri;
-use tokio::{sync::OnceCell, time::Instant};
 
-use super::{Error, arn::ChannelArn};
-use crate::metrics;
+use super::{
+    Error,
+    arn::{ChannelArn, ValidationError},
+};
 
-/// The DNS suffix of each partition's regional endpoints.
-fn dns_suffix(partition: &str) -> Option<&'static str> {
-    Some(match partition {
-        "aws" | "aws-us-gov" => "amazonaws.com",
-        "aws-cn" => "amazonaws.com.cn",
-        "aws-iso" => "c2s.ic.gov",
-        "aws-iso-b" => "sc2s.sgov.gov",
-        "aws-iso-e" => "cloud.adc-e.uk",
-        "aws-iso-f" => "csp.hci.ic.gov",
-        "aws-eusc" => "amazonaws.eu",
-        _ => return None,
-    })
+/// How the AWS environment asks for the control-plane endpoint to be chosen:
+/// the SDKs' `use_fips_endpoint`, `use_dualstack_endpoint` and configured
+/// endpoint URL, read by the composition root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointSettings {
+    pub use_fips: bool,
+    pub use_dual_stack: bool,
+    /// A configured endpoint (`--kvs-endpoint-url`,
+    /// `AWS_ENDPOINT_URL_KINESIS_VIDEO`, ...), used as it is for every region.
+    pub override_url: Option<Uri>,
 }
 
-/// The control-plane endpoint for a channel: the configured override (the
-/// SDKs' `AWS_ENDPOINT_URL_KINESIS_VIDEO` / `AWS_ENDPOINT_URL`) if any, else
-/// `https://kinesisvideo.{region}.{partition suffix}`.
-pub fn control_plane(arn: &ChannelArn, override_url: Option<&Uri>) -> Result<Uri, Error> {
-    if let Some(url) = override_url {
+impl EndpointSettings {
+    /// The settings, refused when they contradict each other the way the
+    /// SDKs' rules refuse them (on every request; we refuse once, at start).
+    pub fn new(
+        use_fips: bool,
+        use_dual_stack: bool,
+        override_url: Option<Uri>,
+    ) -> Result<Self, EndpointError> {
+        let settings = Self {
+            use_fips,
+            use_dual_stack,
+            override_url,
+        };
+        settings.check_override()?;
+        Ok(settings)
+    }
+
+    fn check_override(&self) -> Result<(), EndpointError> {
+        match (&self.override_url, self.use_fips, self.use_dual_stack) {
+            (Some(_), true, _) => Err(EndpointError::FipsWithOverride),
+            (Some(_), _, true) => Err(EndpointError::DualStackWithOverride),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why no endpoint could be chosen. The texts are those of the kinesisvideo
+/// endpoint rule set, so they match what an SDK would say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("Invalid Configuration: FIPS and custom endpoint are not supported")]
+    FipsWithOverride,
+    #[error("Invalid Configuration: Dualstack and custom endpoint are not supported")]
+    DualStackWithOverride,
+    #[error("Invalid Configuration: Missing Region")]
+    MissingRegion,
+    #[error("FIPS and DualStack are enabled, but this partition does not support one or both")]
+    FipsDualStackUnsupported,
+    #[error("FIPS is enabled but this partition does not support FIPS")]
+    FipsUnsupported,
+    #[error("DualStack is enabled but this partition does not support DualStack")]
+    DualStackUnsupported,
+    #[error("region {0:?} cannot be part of a host name")]
+    InvalidRegion(String),
+}
+
+/// One AWS partition, as AWS's `partitions.json` describes it (a copy, with
+/// its origin, is in `tests/data/endpoints/`; a test keeps this table equal
+/// to it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub id: &'static str,
+    pub dns_suffix: &'static str,
+    pub dual_stack_dns_suffix: &'static str,
+    pub supports_fips: bool,
+    pub supports_dual_stack: bool,
+    /// `regionRegex` is `^PREFIX\-\w+\-\d+$` for every partition; these are
+    /// its alternatives for PREFIX.
+    region_prefixes: &'static [&'static str],
+    /// Regions listed by name that the regex does not match (the
+    /// `*-global` pseudo-regions).
+    named_regions: &'static [&'static str],
+}
+
+/// In `partitions.json` order: the SDKs try the regexes in this order, and
+/// fall back to the first partition.
+pub const PARTITIONS: [Partition; 8] = [
+    Partition {
+        id: "aws",
+        dns_suffix: "amazonaws.com",
+        dual_stack_dns_suffix: "api.aws",
+        supports_fips: true,
+        supports_dual_stack: true,
+        region_prefixes: &["us", "eu", "ap", "sa", "ca", "me", "af", "il", "mx"],
+        named_regions: &["aws-global"],
+    },
+    Partition {
+        id: "aws-cn",
+        dns_suffix: "amazonaws.com.cn",
+        dual_stack_dns_suffix: "api.amazonwebservices.com.cn",
+        supports_fips: true,
+        supports_dual_stack: true,
+        region_prefixes: &["cn"],
+        named_regions: &["aws-cn-global"],
+    },
+    Partition {
+        id: "aws-eusc",
+        dns_suffix: "amazonaws.eu",
+        dual_stack_dns_suffix: "api.amazonwebservices.eu",
+        supports_fips: true,
+        supports_dual_stack: true,
+        region_prefixes: &["eusc-de"],
+        named_regions: &[],
+    },
+    Partition {
+        id: "aws-iso",
+        dns_suffix: "c2s.ic.gov",
+        dual_stack_dns_suffix: "api.aws.ic.gov",
+        supports_fips: true,
+        supports_dual_stack: true,
+        region_prefixes: &["us-iso"],
+        named_regions: &["aws-iso-global"],
+    },
+    Partition {
+        id: "aws-iso-b",
+        dns_suffix: "sc2s.sgov.gov",
+        dual_stack_dns_suffix: "api.aws.scloud",
+        supports_fips: true,
+        supports_dual_stack: true,
+        region_prefixes: &["us-isob"],
+        named_regions: &["aws-iso-b-global"],
+    },
+    Partition {
+        id: "aws-iso-e",
+        dns_suffix: "cloud.adc-e.uk",
+        dual_stack_dns_suffix: "api.cloud-aws.adc-e.uk",
+        supports_fips: true,
+        supports_dual_stack: true,
+        region_prefixes: &["eu-isoe"],
+        named_regions: &["aws-iso-e-global"],
+    },
+    Partition {
+        id: "aws-iso-f",
+        dns_suffix: "csp.hci.ic.gov",
+        dual_stack_dns_suffix: "api.aws.hci.ic.gov",
+        supports_fips: true,
+        supports_dual_stack: true,
+        region_prefixes: &["us-isof"],
+        named_regions: &["aws-iso-f-global"],
+    },
+    Partition {
+        id: "aws-us-gov",
+        dns_suffix: "amazonaws.com",
+        dual_stack_dns_suffix: "api.aws",
+        supports_fips: true,
+        supports_dual_stack: true,
+        region_prefixes: &["us-gov"],
+        named_regions: &["aws-us-gov-global"],
+    },
+];
+
+/// The partition a region belongs to, as the SDKs' `aws.partition` finds
+/// it: a region listed by name, else the first whose regex matches, else
+/// `aws` (so a region launched after this table still resolves).
+pub fn partition(region: &str) -> &'static Partition {
+    let named = PARTITIONS
+        .iter()
+        .find(|p| p.named_regions.contains(&region));
+    named
+        .or_else(|| {
+            let prefix = region_prefix(region)?;
+            PARTITIONS
+                .iter()
+                .find(|p| p.region_prefixes.contains(&prefix))
+        })
+        .unwrap_or(&PARTITIONS[0])
+}
+
+/// PREFIX of a region shaped `PREFIX-WORD-DIGITS` (`\w+` cannot hold a
+/// `-`, so WORD and DIGITS are the last two dash-separated parts).
+fn region_prefix(region: &str) -> Option<&str> {
+    let (rest, digits) = region.rsplit_once('-')?;
+    let (prefix, word) = rest.rsplit_once('-')?;
+    let is_word =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let digits_ok = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    (is_word(word) && digits_ok).then_some(prefix)
+}
+
+/// The kinesisvideo endpoint rule set: the override if configured, else the
+/// regional (FIPS, dual-stack) host in the region's partition.
+pub fn resolve(region: Option<&str>, settings: &EndpointSettings) -> Result<Uri, EndpointError> {
+    if let Some(url) = &settings.override_url {
+        settings.check_override()?;
         return Ok(url.clone());
     }
-    let suffix = dns_suffix(arn.partition())
-        .ok_or_else(|| Error::UnknownPartition(arn.partition().to_owned()))?;
-    format!("https://kinesisvideo.{}.{suffix}", arn.region())
-        .parse()
-        .map_err(|e| Error::MalformedResponse(format!("control-plane endpoint: {e}")))
+    let region = region.ok_or(EndpointError::MissingRegion)?;
+    let p = partition(region);
+    let (service, suffix) = match (settings.use_fips, settings.use_dual_stack) {
+        (true, true) if p.supports_fips && p.supports_dual_stack => {
+            ("kinesisvideo-fips", p.dual_stack_dns_suffix)
+        }
+        (true, true) => return Err(EndpointError::FipsDualStackUnsupported),
+        (true, false) if p.supports_fips => ("kinesisvideo-fips", p.dns_suffix),
+        (true, false) => return Err(EndpointError::FipsUnsupported),
+        (false, true) if p.supports_dual_stack => ("kinesisvideo", p.dual_stack_dns_suffix),
+        (false, true) => return Err(EndpointError::DualStackUnsupported),
+        (false, false) => ("kinesisvideo", p.dns_suffix),
+    };
+    Uri::builder()
+        .scheme("https")
+        .authority(format!("{service}.{region}.{suffix}"))
+        .path_and_query("/")
+        .build()
+        .map_err(|_| EndpointError::InvalidRegion(region.to_owned()))
+}
+
+/// The control-plane endpoint for a channel. The ARN's partition must be
+/// its region's (`arn:aws:...:cn-north-1:...` names no real channel, and
+/// signing it for one partition while sending it to another would fail
+/// obscurely), so a contradiction is refused before anything is sent.
+pub fn control_plane(arn: &ChannelArn, settings: &EndpointSettings) -> Result<Uri, Error> {
+    let region_partition = partition(arn.region()).id;
+    if region_partition != arn.partition() {
+        return Err(Error::InvalidRequest {
+            field: "channel_arn",
+            reason: ValidationError::PartitionMismatch {
+                partition: arn.partition().to_owned(),
+                region: arn.region().to_owned(),
+                region_partition,
+            },
+        });
+    }
+    resolve(Some(arn.region()), settings).map_err(Error::Endpoint)
 }
 
 /// The role a channel endpoint was discovered for. KVS may answer different
@@ -59,103 +254,9 @@ impl Role {
     }
 }
 
-type Key = (ChannelArn, Role);
-
-#[derive(Debug)]
-struct Entry {
-    endpoint: Uri,
-    expires: Instant,
-}
-
-/// WEBRTC endpoints per channel and role, each kept for `ttl`.
-///
-/// Concurrent misses for one key share one discovery (single flight): the
-/// first caller runs it and the others wait on the same cell. A failed
-/// discovery leaves the cell empty, so the next caller tries again.
-#[derive(Debug)]
-pub struct EndpointCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<Key, Arc<OnceCell<Entry>>>>,
-}
-
-// === impl EndpointCache ===
-
-impl EndpointCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: Mutex::default(),
-        }
-    }
-
-    /// The cached endpoint for `arn` and `role`, or the one `discover` finds.
-    pub async fn get_or_discover<F, Fut>(
-        &self,
-        arn: &ChannelArn,
-        role: Role,
-        discover: F,
-    ) -> Result<Uri, Error>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Uri, Error>>,
-    {
-        let cell = self.cell(arn, role);
-        let mut discovered = false;
-        let ttl = self.ttl;
-        let entry = cell
-            .get_or_try_init(|| {
-                discovered = true;
-                async move {
-                    let endpoint = discover().await?;
-                    Ok::<_, Error>(Entry {
-                        endpoint,
-                        expires: Instant::now() + ttl,
-                    })
-                }
-            })
-            .await?;
-        metrics::endpoint_cache(!discovered);
-        Ok(entry.endpoint.clone())
-    }
-
-    /// Forgets a channel's endpoint, so the next call discovers it again.
-    pub fn invalidate(&self, arn: &ChannelArn, role: Role) {
-        self.lock().remove(&(arn.clone(), role));
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn cell(&self, arn: &ChannelArn, role: Role) -> Arc<OnceCell<Entry>> {
-        let mut entries = self.lock();
-        let key = (arn.clone(), role);
-        if let Some(cell) = entries.get(&key) {
-            let expired = cell.get().is_some_and(|e| e.expires <= Instant::now());
-            if !expired {
-                return cell.clone();
-            }
-        }
-        let cell = Arc::new(OnceCell::new());
-        entries.insert(key, cell.clone());
-        cell
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<OnceCell<Entry>>>> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (every update is a single insert or remove), so poison is ignored.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn arn(region: &str, partition: &str) -> ChannelArn {
         ChannelArn::parse(&format!(
@@ -164,99 +265,273 @@ mod tests {
         .unwrap()
     }
 
+    fn settings(fips: bool, dual: bool) -> EndpointSettings {
+        EndpointSettings::new(fips, dual, None).unwrap()
+    }
+
     #[test]
-    fn control_plane_is_partition_aware() {
+    fn control_plane_follows_partition_fips_and_dual_stack() {
         let cases = [
             (
                 "aws",
                 "eu-central-1",
-                "https://kinesisvideo.eu-central-1.amazonaws.com/",
+                false,
+                false,
+                "kinesisvideo.eu-central-1.amazonaws.com",
+            ),
+            (
+                "aws",
+                "eu-central-1",
+                true,
+                false,
+                "kinesisvideo-fips.eu-central-1.amazonaws.com",
+            ),
+            (
+                "aws",
+                "eu-central-1",
+                false,
+                true,
+                "kinesisvideo.eu-central-1.api.aws",
+            ),
+            (
+                "aws",
+                "eu-central-1",
+                true,
+                true,
+                "kinesisvideo-fips.eu-central-1.api.aws",
             ),
             (
                 "aws-cn",
                 "cn-north-1",
-                "https://kinesisvideo.cn-north-1.amazonaws.com.cn/",
+                false,
+                false,
+                "kinesisvideo.cn-north-1.amazonaws.com.cn",
+            ),
+            (
+                "aws-cn",
+                "cn-north-1",
+                false,
+                true,
+                "kinesisvideo.cn-north-1.api.amazonwebservices.com.cn",
             ),
             (
                 "aws-us-gov",
                 "us-gov-west-1",
-                "https://kinesisvideo.us-gov-west-1.amazonaws.com/",
+                true,
+                false,
+                "kinesisvideo-fips.us-gov-west-1.amazonaws.com",
+            ),
+            (
+                "aws-iso",
+                "us-iso-east-1",
+                false,
+                true,
+                "kinesisvideo.us-iso-east-1.api.aws.ic.gov",
+            ),
+            (
+                "aws-iso-b",
+                "us-isob-east-1",
+                true,
+                false,
+                "kinesisvideo-fips.us-isob-east-1.sc2s.sgov.gov",
+            ),
+            (
+                "aws-iso-e",
+                "eu-isoe-west-1",
+                false,
+                false,
+                "kinesisvideo.eu-isoe-west-1.cloud.adc-e.uk",
+            ),
+            (
+                "aws-iso-f",
+                "us-isof-south-1",
+                true,
+                true,
+                "kinesisvideo-fips.us-isof-south-1.api.aws.hci.ic.gov",
+            ),
+            (
+                "aws-eusc",
+                "eusc-de-east-1",
+                false,
+                false,
+                "kinesisvideo.eusc-de-east-1.amazonaws.eu",
+            ),
+            (
+                "aws-eusc",
+                "eusc-de-east-1",
+                false,
+                true,
+                "kinesisvideo.eusc-de-east-1.api.amazonwebservices.eu",
+            ),
+            // A region launched after this table falls to its regex's partition.
+            (
+                "aws",
+                "mx-south-9",
+                false,
+                false,
+                "kinesisvideo.mx-south-9.amazonaws.com",
+            ),
+            (
+                "aws-cn",
+                "cn-south-3",
+                false,
+                false,
+                "kinesisvideo.cn-south-3.amazonaws.com.cn",
             ),
         ];
-        for (partition, region, want) in cases {
-            let got = control_plane(&arn(region, partition), None).unwrap();
-            assert_eq!(got.to_string(), want);
+        for (partition, region, fips, dual, host) in cases {
+            let got = control_plane(&arn(region, partition), &settings(fips, dual)).unwrap();
+            assert_eq!(
+                got.to_string(),
+                format!("https://{host}/"),
+                "{partition} {region} fips={fips} dual={dual}"
+            );
         }
-        assert!(matches!(
-            control_plane(&arn("us-east-1", "aws-mars"), None),
-            Err(Error::UnknownPartition(p)) if p == "aws-mars"
-        ));
+    }
+
+    #[test]
+    fn an_arn_whose_partition_contradicts_its_region_is_refused() {
+        let local =
+            EndpointSettings::new(false, false, Some("http://127.0.0.1:4566".parse().unwrap()))
+                .unwrap();
+        for (partition, region, region_partition) in [
+            ("aws", "cn-north-1", "aws-cn"),
+            ("aws-cn", "us-east-1", "aws"),
+            ("aws-us-gov", "us-east-1", "aws"),
+            ("aws", "us-gov-west-1", "aws-us-gov"),
+            ("aws-mars", "us-east-1", "aws"),
+        ] {
+            // Refused with or without an override: the ARN itself is wrong.
+            for settings in [settings(false, false), local.clone()] {
+                let err = control_plane(&arn(region, partition), &settings).unwrap_err();
+                let Error::InvalidRequest { field, reason } = &err else {
+                    panic!("{err:?}");
+                };
+                assert_eq!(*field, "channel_arn");
+                assert_eq!(
+                    *reason,
+                    ValidationError::PartitionMismatch {
+                        partition: partition.into(),
+                        region: region.into(),
+                        region_partition,
+                    }
+                );
+                assert!(err.to_string().starts_with("channel_arn: "), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_override_is_used_as_is_and_excludes_fips_and_dual_stack() {
         let local: Uri = "http://127.0.0.1:4566".parse().unwrap();
+        let settings = EndpointSettings::new(false, false, Some(local.clone())).unwrap();
         assert_eq!(
-            control_plane(&arn("us-east-1", "aws-mars"), Some(&local)).unwrap(),
+            control_plane(&arn("cn-north-1", "aws-cn"), &settings).unwrap(),
             local
+        );
+        assert_eq!(
+            EndpointSettings::new(true, false, Some(local.clone())),
+            Err(EndpointError::FipsWithOverride)
+        );
+        assert_eq!(
+            EndpointSettings::new(false, true, Some(local)),
+            Err(EndpointError::DualStackWithOverride)
         );
     }
 
-    #[tokio::test]
-    async fn concurrent_misses_share_one_discovery() {
-        let cache = Arc::new(EndpointCache::new(Duration::from_secs(3600)));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let a = arn("us-west-2", "aws");
-        let tasks: Vec<_> = (0..20)
-            .map(|_| {
-                let (cache, calls, a) = (cache.clone(), calls.clone(), a.clone());
-                tokio::spawn(async move {
-                    cache
-                        .get_or_discover(&a, Role::Master, || async {
-                            calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            Ok("https://r-1.example".parse().unwrap())
-                        })
-                        .await
-                })
-            })
-            .collect();
-        for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap(), "https://r-1.example");
+    #[test]
+    fn regions_find_their_partition_as_the_sdks_do() {
+        for (region, want) in [
+            ("us-east-1", "aws"),
+            ("aws-global", "aws"),
+            ("il-central-1", "aws"),
+            ("cn-northwest-1", "aws-cn"),
+            ("aws-cn-global", "aws-cn"),
+            ("us-gov-east-1", "aws-us-gov"),
+            ("us-iso-west-1", "aws-iso"),
+            ("us-isob-east-1", "aws-iso-b"),
+            ("eu-isoe-west-1", "aws-iso-e"),
+            ("us-isof-east-1", "aws-iso-f"),
+            ("eusc-de-east-1", "aws-eusc"),
+            // No regex matches: the SDKs fall back to the first partition.
+            ("eusc-fr-east-1", "aws"),
+            ("mars-north-1", "aws"),
+            ("us-east", "aws"),
+            ("local", "aws"),
+        ] {
+            assert_eq!(partition(region).id, want, "{region}");
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn failures_are_not_cached_and_entries_expire() {
-        let cache = EndpointCache::new(Duration::from_secs(60));
-        let a = arn("us-west-2", "aws");
-        let failed = cache
-            .get_or_discover(&a, Role::Viewer, || async { Err(Error::DeadlineExceeded) })
-            .await;
-        assert!(failed.is_err());
-
-        let found = |uri: &'static str| move || async move { Ok(uri.parse().unwrap()) };
-        let first = cache
-            .get_or_discover(&a, Role::Viewer, found("https://one"))
-            .await;
-        assert_eq!(first.unwrap(), "https://one");
-        let cached = cache
-            .get_or_discover(&a, Role::Viewer, found("https://two"))
-            .await;
-        assert_eq!(cached.unwrap(), "https://one");
-        // The master role is a different key.
-        let master = cache
-            .get_or_discover(&a, Role::Master, found("https://three"))
-            .await;
-        assert_eq!(master.unwrap(), "https://three");
-
-        tokio::time::advance(Duration::from_secs(61)).await;
-        let renewed = cache
-            .get_or_discover(&a, Role::Viewer, found("https://four"))
-            .await;
-        assert_eq!(renewed.unwrap(), "https://four");
-
-        cache.invalidate(&a, Role::Viewer);
-        let rediscovered = cache
-            .get_or_discover(&a, Role::Viewer, found("https://five"))
-            .await;
-        assert_eq!(rediscovered.unwrap(), "https://five");
+    /// The table is AWS's `partitions.json` (copied with its origin into
+    /// tests/data/endpoints/): same partitions in the same order, same
+    /// outputs, and each `regionRegex` agreeing with the hand-written
+    /// matcher on every listed region and on near misses.
+    #[test]
+    fn partition_table_matches_partitions_json() {
+        let data: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/data/endpoints/partitions.json"))
+                .unwrap();
+        let published = data["partitions"].as_array().unwrap();
+        assert_eq!(published.len(), PARTITIONS.len());
+        let mut all_regions = Vec::new();
+        for (p, ours) in published.iter().zip(&PARTITIONS) {
+            let out = &p["outputs"];
+            assert_eq!(p["id"], ours.id);
+            assert_eq!(out["dnsSuffix"], ours.dns_suffix, "{}", ours.id);
+            assert_eq!(
+                out["dualStackDnsSuffix"], ours.dual_stack_dns_suffix,
+                "{}",
+                ours.id
+            );
+            assert_eq!(out["supportsFIPS"], ours.supports_fips, "{}", ours.id);
+            assert_eq!(
+                out["supportsDualStack"], ours.supports_dual_stack,
+                "{}",
+                ours.id
+            );
+            let regions: Vec<&str> = p["regions"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            for region in &regions {
+                assert_eq!(partition(region).id, ours.id, "{region}");
+                all_regions.push(region.to_string());
+            }
+        }
+        // Near misses of every shape, to compare the regexes with ours.
+        for extra in [
+            "us-gov-1",
+            "us-west",
+            "us_west-1",
+            "usx-east-1",
+            "eusc-fr-east-1",
+            "cn-north-1a",
+            "eu-isoe-west-1",
+            "us-isob-west-9",
+            "ap-southeast-10",
+            "aws-global-1",
+            "",
+        ] {
+            all_regions.push(extra.to_owned());
+        }
+        for region in &all_regions {
+            let by_regex = published
+                .iter()
+                .find(|p| {
+                    regex::Regex::new(p["regionRegex"].as_str().unwrap())
+                        .unwrap()
+                        .is_match(region)
+                })
+                .map(|p| p["id"].as_str().unwrap());
+            let named = published
+                .iter()
+                .find(|p| p["regions"].get(region.as_str()).is_some())
+                .map(|p| p["id"].as_str().unwrap());
+            let want = named.or(by_regex).unwrap_or("aws");
+            assert_eq!(partition(region).id, want, "{region:?}");
+        }
     }
 }

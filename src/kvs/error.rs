@@ -1,15 +1,21 @@
-//! What can go wrong on the way to KVS and back. The mapping to gRPC status
-//! codes lives in one place, `crate::grpc::status`.
+//! What can go wrong on the way to KVS and back, and what each KVS answer
+//! means. Every KVS error answer is classified once, here, into a
+//! [`ErrorKind`]; retries, rate adaptation, endpoint invalidation, metrics and
+//! the gRPC status table (`crate::grpc::status`) all match on that enum and
+//! never on KVS's strings.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use super::arn::ValidationError;
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 
-/// A boxed error from the HTTP client: connect failures, resets, dead pooled
-/// connections.
+use super::{arn::ValidationError, redact};
+
+/// A shared error from the HTTP client: connect failures, resets, dead
+/// pooled connections. Shared so that callers waiting on one discovery can
+/// each get the error it ended with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The caller's request is malformed; nothing was sent.
     #[error("{field}: {reason}")]
@@ -20,18 +26,26 @@ pub enum Error {
     /// The channel is outside the sidecar's allow-list; nothing was sent.
     #[error("channel_arn: this sidecar is not allowed to act on {0}")]
     ChannelNotAllowed(String),
-    /// The ARN is well formed but names a partition we have no endpoint for.
-    #[error("channel_arn: partition {0:?} is not one the sidecar knows an endpoint for")]
-    UnknownPartition(String),
+    /// The endpoint rules found no control-plane endpoint for the channel's
+    /// region under the configured FIPS / dual-stack settings.
+    #[error("no KVS endpoint for the channel's region: {0}")]
+    Endpoint(super::endpoint::EndpointError),
     /// KVS answered with an error.
     #[error("{0}")]
     Service(ServiceError),
-    #[error("could not reach KVS: {}", chain(.0.as_ref()))]
-    Transport(#[source] BoxError),
+    #[error("could not reach KVS: {0}")]
+    Transport(Arc<str>),
     #[error("KVS did not answer within the attempt timeout of {0:?}")]
     AttemptTimeout(Duration),
     #[error("the call's deadline passed")]
     DeadlineExceeded,
+    /// The client-side rate limit for an operation has no token the call
+    /// could get before its deadline (or its queue holds a second's worth
+    /// already); nothing was sent.
+    #[error(
+        "the client-side rate for {operation} is exhausted (KVS has been throttling this account); retry with backoff"
+    )]
+    RateLimited { operation: &'static str },
     /// The process-wide retry quota is empty (KVS is failing broadly), so
     /// the sidecar stopped retrying; the attempt's own error is kept.
     #[error(
@@ -49,6 +63,119 @@ pub enum Error {
     MalformedResponse(String),
 }
 
+impl Error {
+    /// A transport failure with its whole source chain as text.
+    pub fn transport(err: &(dyn std::error::Error + 'static)) -> Self {
+        Error::Transport(redact::redact(&chain(err)).into())
+    }
+}
+
+/// What a KVS error answer means for the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// KVS asked us to slow down (`ClientLimitExceededException`, the AWS
+    /// throttling codes, HTTP 429).
+    Throttling,
+    /// `ClientLimitExceededException` saying the session already has the
+    /// most viewers it allows: final, waiting does not help.
+    ViewerLimit,
+    /// A server fault or request timeout that is usually gone on the next
+    /// attempt (HTTP 500/502/503/504, the AWS transient codes).
+    Transient,
+    NotFound,
+    AccessDenied,
+    InvalidArgument,
+    /// The resource is in a state that does not allow the request.
+    ResourceInUse,
+    /// The credentials expired: reload them and try once more.
+    ExpiredCredentials,
+    /// KVS refused the request's time: correct the clock, try once more.
+    ClockSkew,
+    /// KVS rejected the signature or the credentials outright.
+    AuthRejected,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorKind {
+    /// A bounded, stable label (metrics, `ErrorInfo` reasons of sidecar
+    /// decisions).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Throttling => "throttling",
+            ErrorKind::ViewerLimit => "viewer_limit",
+            ErrorKind::Transient => "server_error",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::ResourceInUse => "resource_in_use",
+            ErrorKind::ExpiredCredentials => "expired_credentials",
+            ErrorKind::ClockSkew => "clock_skew",
+            ErrorKind::AuthRejected => "auth_rejected",
+            ErrorKind::Other => "other_error",
+        }
+    }
+
+    /// The one classification of a KVS error answer.
+    pub fn classify(http_status: u16, code: &str, message: &str) -> Self {
+        const SKEW_CODES: &[&str] = &[
+            "RequestTimeTooSkewed",
+            "RequestExpired",
+            "RequestInTheFuture",
+        ];
+        const EXPIRED_CODES: &[&str] = &["ExpiredTokenException", "ExpiredToken"];
+        const AUTH_CODES: &[&str] = &[
+            "InvalidSignatureException",
+            "IncompleteSignature",
+            "IncompleteSignatureException",
+            "MissingAuthenticationToken",
+            "MissingAuthenticationTokenException",
+            "UnrecognizedClientException",
+            "InvalidClientTokenId",
+            "SignatureDoesNotMatch",
+            "AuthFailure",
+        ];
+        match code {
+            // KVS's own throttling code; AWS's JS sample treats the viewer
+            // variant as final.
+            "ClientLimitExceededException" if names_the_viewer_limit(message) => {
+                ErrorKind::ViewerLimit
+            }
+            "ClientLimitExceededException" => ErrorKind::Throttling,
+            c if THROTTLING_ERRORS.contains(&c) => ErrorKind::Throttling,
+            c if SKEW_CODES.contains(&c) => ErrorKind::ClockSkew,
+            "InvalidSignatureException"
+                if message.contains("Signature expired")
+                    || message.contains("Signature not yet current") =>
+            {
+                ErrorKind::ClockSkew
+            }
+            c if EXPIRED_CODES.contains(&c) => ErrorKind::ExpiredCredentials,
+            // STS-style: a token revoked early is named in a 403's message.
+            _ if http_status == 403
+                && message.contains("security token")
+                && message.contains("expired") =>
+            {
+                ErrorKind::ExpiredCredentials
+            }
+            c if AUTH_CODES.contains(&c) => ErrorKind::AuthRejected,
+            "ResourceNotFoundException" => ErrorKind::NotFound,
+            "AccessDeniedException" => ErrorKind::AccessDenied,
+            "InvalidArgumentException" => ErrorKind::InvalidArgument,
+            "ResourceInUseException" => ErrorKind::ResourceInUse,
+            c if TRANSIENT_ERRORS.contains(&c) => ErrorKind::Transient,
+            _ if http_status == 429 => ErrorKind::Throttling,
+            _ if matches!(http_status, 500 | 502 | 503 | 504) => ErrorKind::Transient,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+fn names_the_viewer_limit(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("maximum number of viewers")
+}
+
 /// An error answer from KVS, read from any of the dialects KVS uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceError {
@@ -56,10 +183,16 @@ pub struct ServiceError {
     /// The error code with its namespace and suffix stripped, such as
     /// `ResourceNotFoundException`; `None` when KVS named none.
     pub code: Option<String>,
+    pub kind: ErrorKind,
+    /// KVS's message, made safe to show: signature and credential errors
+    /// keep their first sentence only, and anything shaped like a key, a
+    /// token, a signature or a credential scope is redacted.
     pub message: String,
     pub request_id: Option<String>,
     /// The server's `Date` header: its notion of now, for skew correction.
     pub server_date: Option<std::time::SystemTime>,
+    /// `x-amz-retry-after`: how long KVS asked us to wait before retrying.
+    pub retry_after: Option<Duration>,
 }
 
 impl std::fmt::Display for ServiceError {
@@ -77,17 +210,24 @@ impl std::fmt::Display for ServiceError {
 
 impl ServiceError {
     /// Reads an error answer. KVS names the error in the `x-amzn-ErrorType`
-    /// header (`Code:namespace-uri`), a JSON `__type` (`namespace#Code`) or a
-    /// JSON `code`; the header wins because proxies rewrite bodies less often.
+    /// header (`Code:namespace-uri`), a JSON `code` or a JSON `__type`
+    /// (`namespace#Code`), in that order of precedence, as the SDKs read
+    /// restJson errors.
     pub fn from_response(http_status: u16, headers: &http::HeaderMap, body: &[u8]) -> Self {
+        // Each spelling is its own field: serde aliases would reject a body
+        // that carries both `message` and `Message`.
         #[derive(serde::Deserialize, Default)]
         struct Body {
             #[serde(rename = "__type")]
             ty: Option<String>,
-            #[serde(alias = "Code")]
             code: Option<String>,
-            #[serde(alias = "Message", alias = "errorMessage")]
+            #[serde(rename = "Code")]
+            code_upper: Option<String>,
             message: Option<String>,
+            #[serde(rename = "Message")]
+            message_upper: Option<String>,
+            #[serde(rename = "errorMessage")]
+            error_message: Option<String>,
         }
         let parsed: Body = serde_json::from_slice(body).unwrap_or_default();
         let header_code = headers
@@ -95,17 +235,34 @@ impl ServiceError {
             .and_then(|v| v.to_str().ok())
             .map(sanitize_code);
         let code = header_code
+            .or_else(|| {
+                parsed
+                    .code
+                    .or(parsed.code_upper)
+                    .as_deref()
+                    .map(sanitize_code)
+            })
             .or_else(|| parsed.ty.as_deref().map(sanitize_code))
-            .or_else(|| parsed.code.as_deref().map(sanitize_code))
             .filter(|c| !c.is_empty());
+        let raw_message = parsed
+            .message
+            .or(parsed.message_upper)
+            .or(parsed.error_message)
+            .unwrap_or_default();
+        let kind = ErrorKind::classify(http_status, code.as_deref().unwrap_or(""), &raw_message);
         Self {
             http_status,
             code,
-            message: parsed.message.unwrap_or_default(),
+            kind,
+            message: redact::kvs_message(kind, &raw_message),
             request_id: request_id(headers),
             server_date: headers
                 .get(http::header::DATE)
                 .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok()),
+            retry_after: headers
+                .get("x-amz-retry-after")
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .map(Duration::from_millis),
         }
     }
 
@@ -196,12 +353,118 @@ mod tests {
     }
 
     #[test]
-    fn header_wins_over_body_and_garbage_body_is_tolerated() {
+    fn header_wins_then_code_then_type_and_garbage_is_tolerated() {
         let h = headers(&[("x-amzn-errortype", "ClientLimitExceededException")]);
         let e = ServiceError::from_response(400, &h, b"<html>not json</html>");
         assert_eq!(e.code(), "ClientLimitExceededException");
         assert_eq!(e.message, "");
         let none = ServiceError::from_response(502, &http::HeaderMap::new(), b"");
         assert_eq!(none.code, None);
+        let both = ServiceError::from_response(
+            400,
+            &http::HeaderMap::new(),
+            br#"{"__type":"ns#ResourceInUseException","code":"InvalidArgumentException"}"#,
+        );
+        assert_eq!(
+            both.code(),
+            "InvalidArgumentException",
+            "code before __type"
+        );
+    }
+
+    #[test]
+    fn a_body_with_both_message_spellings_still_parses() {
+        let e = ServiceError::from_response(
+            404,
+            &http::HeaderMap::new(),
+            br#"{"__type":"ResourceNotFoundException","message":"lower","Message":"upper"}"#,
+        );
+        assert_eq!(e.code(), "ResourceNotFoundException");
+        assert_eq!(e.message, "lower");
+    }
+
+    #[test]
+    fn reads_retry_after_in_milliseconds() {
+        let h = headers(&[("x-amz-retry-after", "1500")]);
+        let e = ServiceError::from_response(429, &h, b"");
+        assert_eq!(e.retry_after, Some(Duration::from_millis(1500)));
+        let bad = headers(&[("x-amz-retry-after", "soon")]);
+        assert_eq!(
+            ServiceError::from_response(429, &bad, b"").retry_after,
+            None
+        );
+    }
+
+    #[test]
+    fn classifies_every_answer_once() {
+        use ErrorKind::*;
+        let cases = [
+            (400, "ClientLimitExceededException", "", Throttling),
+            (
+                400,
+                "ClientLimitExceededException",
+                "The maximum number of viewers connected to the session has been reached.",
+                ViewerLimit,
+            ),
+            (400, "ThrottlingException", "", Throttling),
+            (400, "TooManyRequestsException", "", Throttling),
+            (429, "", "", Throttling),
+            (500, "", "", Transient),
+            (502, "", "", Transient),
+            (503, "ServiceUnavailable", "", Transient),
+            (504, "", "", Transient),
+            (408, "RequestTimeoutException", "", Transient),
+            (501, "", "", Other),
+            (404, "ResourceNotFoundException", "", NotFound),
+            (403, "AccessDeniedException", "", AccessDenied),
+            (400, "InvalidArgumentException", "", InvalidArgument),
+            (400, "ResourceInUseException", "", ResourceInUse),
+            (403, "ExpiredTokenException", "", ExpiredCredentials),
+            (
+                403,
+                "UnrecognizedClientException",
+                "The security token included in the request is expired",
+                ExpiredCredentials,
+            ),
+            (
+                403,
+                "UnrecognizedClientException",
+                "bad token",
+                AuthRejected,
+            ),
+            (
+                403,
+                "InvalidSignatureException",
+                "does not match",
+                AuthRejected,
+            ),
+            (
+                403,
+                "InvalidSignatureException",
+                "Signature expired: 20250101T000000Z is now earlier than 20250101T010000Z",
+                ClockSkew,
+            ),
+            (403, "RequestTimeTooSkewed", "", ClockSkew),
+            (409, "SomethingNew", "", Other),
+        ];
+        for (status, code, message, want) in cases {
+            assert_eq!(
+                ErrorKind::classify(status, code, message),
+                want,
+                "{status} {code} {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_in_kvs_text_never_reach_the_error() {
+        let body = serde_json::json!({
+            "message": "The request signature we calculated does not match the signature you provided.\nThe Canonical String for this request should have been\nx-amz-security-token:IQoJb3JpZ2luX2VjEJr0123456789abcdef"
+        });
+        let h = headers(&[("x-amzn-errortype", "InvalidSignatureException")]);
+        let e = ServiceError::from_response(403, &h, body.to_string().as_bytes());
+        assert_eq!(e.kind, ErrorKind::AuthRejected);
+        assert!(!e.to_string().contains("IQoJ"), "{e}");
+        assert!(!e.to_string().contains("Canonical"), "{e}");
     }
 }

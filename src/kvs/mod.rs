@@ -8,8 +8,10 @@ pub mod arn;
 mod client;
 pub mod credentials;
 pub mod endpoint;
+pub mod endpoint_cache;
 mod error;
 pub mod http;
+mod redact;
 pub mod retry;
 pub mod sign;
 pub mod stack;
@@ -23,8 +25,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use self::{
-    client::{Call, Joined, KvsClient},
-    error::{BoxError, Error, ServiceError},
+    client::{Call, ClientSettings, Joined, KvsClient},
+    error::{BoxError, Error, ErrorKind, ServiceError},
 };
 
 /// Identifies the sidecar to AWS (CloudTrail's userAgent field).

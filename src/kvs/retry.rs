@@ -9,7 +9,9 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{Error, ServiceError, UpstreamRequest, UpstreamResponse, credentials::CredentialCache};
+use super::{
+    Error, ErrorKind, ServiceError, UpstreamRequest, UpstreamResponse, credentials::CredentialCache,
+};
 use crate::{clock::SkewCorrectedClock, metrics};
 
 /// Why a failed attempt may be retried.
@@ -43,58 +45,28 @@ impl RetryKind {
     }
 }
 
-const THROTTLING_CODES: &[&str] = &[
-    "ClientLimitExceededException",
-    "ThrottlingException",
-    "Throttling",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "SlowDown",
-];
-const TRANSIENT_STATUSES: &[u16] = &[500, 502, 503, 504];
-const EXPIRED_CREDENTIAL_CODES: &[&str] = &["ExpiredTokenException", "ExpiredToken"];
-
 /// Whether an attempt's failure is retryable, and as what. Client faults
-/// (InvalidArgument, AccessDenied, ResourceNotFound, ...) never are.
+/// (InvalidArgument, AccessDenied, ResourceNotFound, the viewer limit, ...)
+/// never are.
 pub fn classify(err: &Error) -> Option<RetryKind> {
     match err {
-        Error::Service(e) if THROTTLING_CODES.contains(&e.code()) || e.http_status == 429 => {
-            Some(RetryKind::Throttling)
-        }
-        Error::Service(e) if is_clock_skew(e) => Some(RetryKind::ClockSkew),
-        Error::Service(e) if EXPIRED_CREDENTIAL_CODES.contains(&e.code()) || names_the_token(e) => {
-            Some(RetryKind::ExpiredCredentials)
-        }
-        Error::Service(e) if TRANSIENT_STATUSES.contains(&e.http_status) => {
-            Some(RetryKind::TransientServer)
-        }
+        Error::Service(e) => match e.kind {
+            ErrorKind::Throttling => Some(RetryKind::Throttling),
+            ErrorKind::Transient => Some(RetryKind::TransientServer),
+            ErrorKind::ExpiredCredentials => Some(RetryKind::ExpiredCredentials),
+            ErrorKind::ClockSkew => Some(RetryKind::ClockSkew),
+            ErrorKind::ViewerLimit
+            | ErrorKind::NotFound
+            | ErrorKind::AccessDenied
+            | ErrorKind::InvalidArgument
+            | ErrorKind::ResourceInUse
+            | ErrorKind::AuthRejected
+            | ErrorKind::Other => None,
+        },
         Error::Transport(_) => Some(RetryKind::Transport),
         Error::AttemptTimeout(_) => Some(RetryKind::Timeout),
         _ => None,
     }
-}
-
-/// A 403 whose message blames the security token (STS answers
-/// `UnrecognizedClientException: The security token included in the request
-/// is expired` for a token revoked early): worth one reload of credentials.
-fn names_the_token(e: &ServiceError) -> bool {
-    e.http_status == 403 && e.message.contains("security token") && e.message.contains("expired")
-}
-
-/// Whether KVS refused the request for its time: the dedicated codes, or
-/// the signature errors whose message says the time is off.
-fn is_clock_skew(e: &ServiceError) -> bool {
-    const CODES: &[&str] = &[
-        "RequestTimeTooSkewed",
-        "RequestExpired",
-        "RequestInTheFuture",
-    ];
-    CODES.contains(&e.code())
-        || (e.code() == "InvalidSignatureException"
-            && (e.message.contains("Signature expired")
-                || e.message.contains("Signature not yet current")))
 }
 
 /// Exponential backoff with full jitter: before retry `n` (1-based), wait
@@ -118,6 +90,19 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The wait before retrying after `err`: KVS's `x-amz-retry-after` when
+    /// it sent one (as the SDKs honour it), never beyond our longest
+    /// backoff; the jittered backoff otherwise.
+    pub fn delay_after(&self, err: &Error, kind: RetryKind, retry: u32, jitter: f64) -> Duration {
+        match err {
+            Error::Service(ServiceError {
+                retry_after: Some(asked),
+                ..
+            }) => (*asked).min(self.max),
+            _ => self.delay(kind, retry, jitter),
+        }
+    }
+
     pub fn delay(&self, kind: RetryKind, retry: u32, jitter: f64) -> Duration {
         let base = match kind {
             RetryKind::Throttling => self.throttling_base,
@@ -259,7 +244,7 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
                 return None;
             }
             self.refreshed_credentials = true;
-            metrics::retry(operation, kind);
+            metrics::retry(operation, kind.as_str());
             let credentials = self.credentials.clone();
             return Some(Box::pin(async move { credentials.invalidate() }));
         }
@@ -284,14 +269,16 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
                 "KVS says our clock is off; correcting by its Date header"
             );
             metrics::clock_skew(skew);
-            metrics::retry(operation, kind);
+            metrics::retry(operation, kind.as_str());
             return Some(Box::pin(std::future::ready(())));
         }
 
         if self.attempts >= self.max_attempts {
             return None;
         }
-        let delay = self.backoff.delay(kind, self.attempts, fastrand::f64());
+        let delay = self
+            .backoff
+            .delay_after(err, kind, self.attempts, fastrand::f64());
         // Waiting past the deadline only to be cut off would hide the real
         // error behind DEADLINE_EXCEEDED; answer with the real one now.
         if Instant::now() + delay >= req.deadline {
@@ -305,7 +292,7 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         };
         self.last_cost = Some(cost);
         self.attempts += 1;
-        metrics::retry(operation, kind);
+        metrics::retry(operation, kind.as_str());
         tracing::debug!(
             operation,
             reason = kind.as_str(),
@@ -325,39 +312,45 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
 mod tests {
     use super::*;
 
-    fn service(status: u16, code: Option<&str>) -> Error {
-        Error::Service(ServiceError {
-            http_status: status,
-            code: code.map(str::to_owned),
-            message: String::new(),
-            request_id: None,
-            server_date: None,
-        })
+    fn service(status: u16, code: &str) -> Error {
+        Error::Service(ServiceError::from_response(
+            status,
+            &http::HeaderMap::from_iter([(
+                http::HeaderName::from_static("x-amzn-errortype"),
+                http::HeaderValue::from_str(code).unwrap(),
+            )]),
+            b"",
+        ))
     }
 
     #[test]
-    fn classifies_like_standard_mode() {
+    fn retries_what_standard_mode_retries_and_kvs_throttling() {
         let cases = [
             (
-                service(400, Some("ClientLimitExceededException")),
+                service(400, "ClientLimitExceededException"),
                 Some(RetryKind::Throttling),
             ),
-            (service(429, None), Some(RetryKind::Throttling)),
-            (service(500, None), Some(RetryKind::TransientServer)),
-            (service(502, None), Some(RetryKind::TransientServer)),
+            (service(429, "x"), Some(RetryKind::Throttling)),
             (
-                service(503, Some("ServiceUnavailable")),
+                service(503, "ServiceUnavailable"),
                 Some(RetryKind::TransientServer),
             ),
-            (service(504, None), Some(RetryKind::TransientServer)),
-            (service(501, None), None),
             (
-                service(403, Some("ExpiredTokenException")),
+                service(400, "RequestTimeoutException"),
+                Some(RetryKind::TransientServer),
+            ),
+            (service(501, "x"), None),
+            (
+                service(403, "ExpiredTokenException"),
                 Some(RetryKind::ExpiredCredentials),
             ),
-            (service(400, Some("InvalidArgumentException")), None),
-            (service(403, Some("AccessDeniedException")), None),
-            (service(404, Some("ResourceNotFoundException")), None),
+            (
+                service(403, "RequestTimeTooSkewed"),
+                Some(RetryKind::ClockSkew),
+            ),
+            (service(400, "InvalidArgumentException"), None),
+            (service(400, "ResourceInUseException"), None),
+            (service(403, "InvalidSignatureException"), None),
             (
                 Error::Transport("connection refused".into()),
                 Some(RetryKind::Transport),
@@ -367,40 +360,12 @@ mod tests {
                 Some(RetryKind::Timeout),
             ),
             (Error::DeadlineExceeded, None),
-            (
-                service(403, Some("RequestTimeTooSkewed")),
-                Some(RetryKind::ClockSkew),
-            ),
-            (service(403, Some("InvalidSignatureException")), None),
+            (Error::RateLimited { operation: "x" }, None),
             (Error::Credentials("no provider".into()), None),
         ];
         for (err, want) in cases {
             assert_eq!(classify(&err), want, "{err:?}");
         }
-    }
-
-    #[test]
-    fn signature_errors_about_time_are_clock_skew() {
-        let mut e = ServiceError {
-            http_status: 403,
-            code: Some("InvalidSignatureException".into()),
-            message: "Signature expired: 20250101T000000Z is now earlier than 20250101T010000Z"
-                .into(),
-            request_id: None,
-            server_date: None,
-        };
-        assert_eq!(
-            classify(&Error::Service(e.clone())),
-            Some(RetryKind::ClockSkew)
-        );
-        e.message = "The request signature we calculated does not match".into();
-        assert_eq!(classify(&Error::Service(e.clone())), None);
-        e.code = Some("UnrecognizedClientException".into());
-        e.message = "The security token included in the request is expired".into();
-        assert_eq!(
-            classify(&Error::Service(e)),
-            Some(RetryKind::ExpiredCredentials)
-        );
     }
 
     #[test]
@@ -449,5 +414,31 @@ mod tests {
         );
         assert_eq!(b.delay(RetryKind::TransientServer, 2, 0.0), Duration::ZERO);
         assert_eq!(full(RetryKind::ExpiredCredentials, 1), Duration::ZERO);
+
+        let asked = |ms: &'static str| {
+            Error::Service(ServiceError::from_response(
+                429,
+                &http::HeaderMap::from_iter([(
+                    http::HeaderName::from_static("x-amz-retry-after"),
+                    http::HeaderValue::from_static(ms),
+                )]),
+                b"",
+            ))
+        };
+        let kind = RetryKind::Throttling;
+        assert_eq!(
+            b.delay_after(&asked("1500"), kind, 1, 0.1),
+            Duration::from_millis(1500),
+            "KVS's wait replaces the jittered backoff"
+        );
+        assert_eq!(
+            b.delay_after(&asked("600000"), kind, 1, 0.1),
+            Duration::from_secs(2),
+            "bounded by the longest backoff"
+        );
+        assert_eq!(
+            b.delay_after(&service(429, "x"), kind, 1, 1.0),
+            Duration::from_millis(500)
+        );
     }
 }

@@ -59,6 +59,26 @@ impl Sidecar {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        let set: Vec<_> = env.iter().filter(|(_, v)| !v.is_empty()).copied().collect();
+        let unset: Vec<_> = env
+            .iter()
+            .filter(|(_, v)| v.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        Self::try_launch(kvs_url, keys, args, &set, &unset)
+            .unwrap_or_else(|output| panic!("sidecar did not start: {output:#?}"))
+    }
+
+    /// As `launch`, but `env` is set exactly as given (an empty value stays
+    /// set, and empty), `unset` is removed, and a sidecar that does not
+    /// start gives back everything it printed.
+    pub fn try_launch(
+        kvs_url: &str,
+        keys: &EmulatorCredentials,
+        args: &[&str],
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Result<Self, Vec<String>> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs-sidecar"));
         // Defaults through the environment, so a test's flags override them.
         cmd.args(args)
@@ -83,11 +103,11 @@ impl Sidecar {
             .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_url)
             .env("KVS_SIDECAR_RETRY_BASE_DELAY", "10ms")
             .env("KVS_SIDECAR_RETRY_THROTTLING_BASE_DELAY", "20ms")
-            .envs(env.iter().filter(|(_, v)| !v.is_empty()).copied())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
+        for k in unset {
             cmd.env_remove(k);
         }
         let mut child = cmd.spawn().expect("start kvs-sidecar");
@@ -118,15 +138,16 @@ impl Sidecar {
             Ok((Ok(g), Ok(a))) => (g, a),
             _ => {
                 let _ = child.kill();
-                panic!("sidecar did not start: {:#?}", output.lock().unwrap());
+                let _ = child.wait();
+                return Err(output.lock().unwrap().clone());
             }
         };
-        Self {
+        Ok(Self {
             child,
             grpc,
             admin,
             output,
-        }
+        })
     }
 
     pub async fn client(&self) -> WebRtcStorageServiceClient<Channel> {

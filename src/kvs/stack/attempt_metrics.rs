@@ -10,8 +10,9 @@ use std::{
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
+use super::Authorized;
 use crate::{
-    kvs::{Error, Operation, UpstreamRequest},
+    kvs::{Error, Operation},
     metrics,
 };
 
@@ -42,9 +43,9 @@ impl<S> tower::Layer<S> for AttemptMetricsLayer {
 
 // === impl AttemptMetrics ===
 
-impl<S> tower::Service<UpstreamRequest> for AttemptMetrics<S>
+impl<S> tower::Service<Authorized> for AttemptMetrics<S>
 where
-    S: tower::Service<UpstreamRequest, Error = Error>,
+    S: tower::Service<Authorized, Error = Error>,
 {
     type Response = S::Response;
     type Error = Error;
@@ -54,10 +55,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
-        req.count_attempt();
+    fn call(&mut self, req: Authorized) -> Self::Future {
+        req.request.count_attempt();
         ResponseFuture {
-            operation: req.operation,
+            operation: req.request.operation,
             start: Instant::now(),
             inner: self.inner.call(req),
         }
@@ -84,32 +85,12 @@ where
     }
 }
 
-/// A bounded label for an attempt's outcome: KVS's own error codes where we
-/// know them, a class otherwise, so a misbehaving endpoint cannot blow up the
-/// metric's cardinality.
+/// A bounded label for an attempt's outcome: the class of KVS's answer, so
+/// a misbehaving endpoint cannot blow up the metric's cardinality.
 fn outcome(err: Option<&Error>) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "AccessDeniedException",
-        "ClientLimitExceededException",
-        "InvalidArgumentException",
-        "ResourceNotFoundException",
-        "ExpiredTokenException",
-        "InvalidSignatureException",
-        "UnrecognizedClientException",
-    ];
     match err {
         None => "success",
-        Some(Error::Service(e)) => {
-            KNOWN
-                .iter()
-                .find(|k| **k == e.code())
-                .copied()
-                .unwrap_or(if e.http_status >= 500 {
-                    "server_error"
-                } else {
-                    "client_error"
-                })
-        }
+        Some(Error::Service(e)) => e.kind.as_str(),
         Some(Error::Transport(_)) => "transport_error",
         Some(Error::AttemptTimeout(_)) => "timeout",
         Some(Error::Credentials(_)) => "credentials_error",

@@ -1,29 +1,38 @@
-//! The tower stack every KVS request goes through, outermost first:
+//! The tower stack every KVS request goes through, outermost first, in the
+//! order it waits for things:
 //!
 //! 1. retry: standard-mode retries within a process-wide quota, never past
 //!    the call's deadline;
 //! 2. rate limit: per-operation token buckets, slowing down on throttling;
-//! 3. attempt metrics: per-attempt count, outcome and latency;
-//! 4. attempt timeout: one stalled attempt becomes a retryable timeout;
-//! 5. sign: cached credentials, SigV4 for the channel's region, with the
-//!    clock corrected by KVS's `Date` when KVS reported skew;
-//! 6. concurrency limit: bounds requests (and so connections) in flight;
-//! 7. the pooled hyper client.
+//!    a wait that cannot end before the deadline fails at once;
+//! 3. authorize: waits for credentials from the cache;
+//! 4. concurrency limit: waits for an upstream slot, taken only now, after
+//!    every other wait, and held for the attempt alone;
+//! 5. attempt metrics: per-attempt count, outcome and latency;
+//! 6. attempt timeout: one stalled attempt becomes a retryable timeout;
+//! 7. sign: SigV4 for the channel's region, with the clock corrected by
+//!    KVS's `Date` when KVS reported skew;
+//! 8. the pooled hyper client.
+//!
+//! Nothing below the concurrency limit waits for anything but KVS, so an
+//! upstream slot is never held by a call that is sleeping.
 
 mod attempt_metrics;
 mod attempt_timeout;
+mod authorize;
+mod concurrency;
 pub mod rate_limit;
 mod sign;
 
 use std::{sync::Arc, time::Duration};
 
-use tower::{
-    ServiceBuilder, limit::ConcurrencyLimitLayer, retry::RetryLayer, util::BoxCloneSyncService,
-};
+use tower::{ServiceBuilder, retry::RetryLayer, util::BoxCloneSyncService};
 
 pub use self::{
     attempt_metrics::AttemptMetricsLayer,
     attempt_timeout::AttemptTimeoutLayer,
+    authorize::{AuthorizeLayer, Authorized},
+    concurrency::ConcurrencyLimitLayer,
     rate_limit::{RateLimitLayer, RateLimits},
     sign::SignLayer,
 };
@@ -38,7 +47,7 @@ use crate::clock::{SharedClock, SkewCorrectedClock};
 /// The assembled stack, cheap to clone for each call.
 pub type Upstream = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, Error>;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StackConfig {
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -67,18 +76,64 @@ pub fn build(
     let stack = ServiceBuilder::new()
         .layer(RetryLayer::new(retry))
         .layer(RateLimitLayer::new(config.rate_limits))
+        .layer(AuthorizeLayer::new(credentials))
+        .layer(ConcurrencyLimitLayer::new(config.max_concurrency))
         .layer(AttemptMetricsLayer)
         .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
-        .layer(SignLayer::new(credentials, clock))
-        .layer(ConcurrencyLimitLayer::new(config.max_concurrency))
-        .service(HttpClient::new(config.http)?);
+        .layer(SignLayer::new(clock))
+        .service(HttpClient::new(config.http.clone())?);
     Ok(BoxCloneSyncService::new(stack))
 }
 
-/// Takes the service that `poll_ready` made ready (it may hold a
-/// concurrency permit) for a call that outlives `&mut self`, leaving a fresh
+/// Takes the service that `poll_ready` made ready for a call that outlives `&mut self`, leaving a fresh
 /// clone behind for the next `poll_ready`.
 fn take_ready<S: Clone>(service: &mut S) -> S {
     let fresh = service.clone();
     std::mem::replace(service, fresh)
+}
+
+/// tower-test's mock speaking the stack's error type, for the layers' unit
+/// tests.
+#[cfg(test)]
+pub(crate) mod mock {
+    use std::{
+        future::Future,
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    pub use tower_test::mock::Handle;
+
+    use crate::kvs::{BoxError, Error};
+
+    #[derive(Clone)]
+    pub struct Mock<Req, Rsp>(tower_test::mock::Mock<Req, Rsp>);
+
+    pub fn pair<Req, Rsp>() -> (Mock<Req, Rsp>, Handle<Req, Rsp>) {
+        let (mock, handle) = tower_test::mock::pair();
+        (Mock(mock), handle)
+    }
+
+    /// Errors sent through the handle come back as the [`Error`] they were.
+    fn unbox(e: BoxError) -> Error {
+        match e.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(e) => Error::Transport(e.to_string().into()),
+        }
+    }
+
+    impl<Req, Rsp: Send + 'static> tower::Service<Req> for Mock<Req, Rsp> {
+        type Response = Rsp;
+        type Error = Error;
+        type Future = Pin<Box<dyn Future<Output = Result<Rsp, Error>> + Send>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            self.0.poll_ready(cx).map_err(unbox)
+        }
+
+        fn call(&mut self, req: Req) -> Self::Future {
+            let answer = self.0.call(req);
+            Box::pin(async move { answer.await.map_err(unbox) })
+        }
+    }
 }

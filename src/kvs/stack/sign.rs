@@ -1,37 +1,38 @@
-//! Turns an [`UpstreamRequest`] into a signed HTTP request, with credentials
-//! from the cache and the time from the injected clock.
+//! Turns an [`Authorized`] request into a signed HTTP request, with the time
+//! from the injected clock. Pure computation: the credentials were waited for
+//! above the upstream slot (`authorize.rs`).
 
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
 use http_body_util::Full;
 
+use super::Authorized;
 use crate::{
     clock::SharedClock,
-    kvs::{Error, UpstreamRequest, credentials::CredentialCache, sign},
+    kvs::{Error, sign},
 };
 
 #[derive(Debug, Clone)]
 pub struct SignLayer {
-    credentials: Arc<CredentialCache>,
     clock: SharedClock,
 }
 
 #[derive(Debug, Clone)]
 pub struct Sign<S> {
     inner: S,
-    credentials: Arc<CredentialCache>,
     clock: SharedClock,
 }
 
+// === impl SignLayer ===
+
 impl SignLayer {
-    pub fn new(credentials: Arc<CredentialCache>, clock: SharedClock) -> Self {
-        Self { credentials, clock }
+    pub fn new(clock: SharedClock) -> Self {
+        Self { clock }
     }
 }
 
@@ -41,7 +42,6 @@ impl<S> tower::Layer<S> for SignLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Sign {
             inner,
-            credentials: self.credentials.clone(),
             clock: self.clock.clone(),
         }
     }
@@ -49,10 +49,11 @@ impl<S> tower::Layer<S> for SignLayer {
 
 // === impl Sign ===
 
-impl<S> tower::Service<UpstreamRequest> for Sign<S>
+impl<S> tower::Service<Authorized> for Sign<S>
 where
-    S: tower::Service<http::Request<Full<Bytes>>, Error = Error> + Clone + Send + 'static,
-    S::Future: Send,
+    S: tower::Service<http::Request<Full<Bytes>>, Error = Error>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
 {
     type Response = S::Response;
     type Error = Error;
@@ -62,21 +63,24 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
-        let mut inner = super::take_ready(&mut self.inner);
-        let credentials = self.credentials.clone();
-        let clock = self.clock.clone();
-        Box::pin(async move {
-            let credentials = credentials.get().await?;
-            let mut http = req.to_http()?;
+    fn call(&mut self, req: Authorized) -> Self::Future {
+        let Authorized {
+            request,
+            credentials,
+        } = req;
+        let signed = request.to_http().and_then(|mut http| {
             sign::sign(
                 &mut http,
                 &credentials,
-                &req.region,
+                &request.region,
                 sign::SERVICE,
-                clock.now(),
+                self.clock.now(),
             )?;
-            inner.call(http.map(Full::new)).await
-        })
+            Ok(http)
+        });
+        match signed {
+            Ok(http) => Box::pin(self.inner.call(http.map(Full::new))),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
