@@ -90,6 +90,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 fn assert_under_memory_limit(sidecar: &Sidecar) {
     let peak = peak_rss_kib(sidecar.pid());
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    eprintln!("{test}: peak RSS {:.1} MiB", peak as f64 / 1024.0);
     assert!(
         peak < MEMORY_LIMIT_KIB,
         "peak RSS {} MiB, past the sidecar overlay's 96 MiB limit",
