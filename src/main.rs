@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.on_thread_park(kvs_sidecar::alloc::collect_on_park);
     if let Some(n) = config.worker_threads {
         runtime.worker_threads(n.get());
     }

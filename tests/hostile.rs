@@ -76,6 +76,16 @@ async fn probes_answer(sidecar: &Sidecar) {
     assert_eq!(live.expect("GET /livez").0, 200);
 }
 
+/// The sidecar's open connections, as its metrics count them.
+fn connections(sidecar: &Sidecar) -> Vec<String> {
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kvs_sidecar_connections{"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The process's peak resident memory so far (VmHWM), in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -99,11 +109,17 @@ fn assert_under_memory_limit(sidecar: &Sidecar) {
     );
 }
 
-/// An HTTP/2 connection driven by `h2`, its frames handled on a task.
-async fn h2_connection(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+/// An HTTP/2 connection driven by `h2`, its frames handled on a task of
+/// `tasks`: shutting them down closes the connection.
+async fn h2_connection(
+    addr: SocketAddr,
+    tasks: &mut JoinSet<()>,
+) -> h2::client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
+    tasks.spawn(async move {
+        let _ = connection.await;
+    });
     send.ready().await.unwrap()
 }
 
@@ -158,7 +174,7 @@ async fn unfinished_messages(
     const CHUNK: usize = 64 * 1024;
     let mut attack = JoinSet::new();
     for _ in 0..connections {
-        let send = h2_connection(addr).await;
+        let send = h2_connection(addr, &mut attack).await;
         for _ in 0..streams {
             let send = send.clone();
             attack.spawn(async move {
@@ -242,10 +258,11 @@ async fn memory_goes_back_to_the_system_after_a_spike() {
         }
         assert!(
             fell.elapsed() < Duration::from_secs(15),
-            "RSS {} MiB 15 s after the spike (baseline {} MiB, peak {} MiB)",
+            "RSS {} MiB 15 s after the spike (baseline {} MiB, peak {} MiB); {:?}",
             now / 1024,
             baseline / 1024,
-            peak / 1024
+            peak / 1024,
+            connections(&sidecar)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -262,10 +279,11 @@ async fn headers_only_joins_do_not_starve_legitimate_joins() {
     // 4 connections × 48 joins that send headers and never a body: three
     // times the call slots. Half set a 1 s deadline, half set none.
     let mut attackers = Vec::new();
+    let mut connections = JoinSet::new();
     let mut answers = JoinSet::new();
     let mut advertised = Vec::new();
     for c in 0..4 {
-        let send = h2_connection(sidecar.grpc).await;
+        let send = h2_connection(sidecar.grpc, &mut connections).await;
         // Finding 3's per-connection bound, as the server advertises it
         // (once its SETTINGS frame has arrived).
         let settled = Instant::now();
@@ -325,6 +343,7 @@ async fn headers_only_joins_do_not_starve_legitimate_joins() {
     assert_eq!(advertised, [48; 4], "MAX_CONCURRENT_STREAMS per connection");
     assert_under_memory_limit(&sidecar);
     drop(attackers);
+    connections.shutdown().await;
 }
 
 #[tokio::test]

@@ -7,6 +7,10 @@
 use std::{
     convert::Infallible,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -16,33 +20,39 @@ use bytes::Bytes;
 use http_body::Frame;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tower::ServiceExt;
 
-#[derive(Debug, Clone, Copy, Default)]
+/// Counted with atomics, and looked at by the connection's task on a timer
+/// (idle) or only while draining (quiet), so a busy connection pays two
+/// atomic increments and two decrements a call, and wakes no one.
+#[derive(Debug, Default)]
 struct Load {
-    in_flight: usize,
+    in_flight: AtomicUsize,
     /// Bumped by every request, so a call that came and went between two
     /// looks still counts as activity.
-    started: u64,
+    started: AtomicU64,
+    /// Set once the connection waits for its last call: only then does the
+    /// end of a call notify.
+    draining: AtomicBool,
+    quiet: Notify,
 }
 
 /// The connection's side: watches its calls.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Activity {
-    load: watch::Receiver<Load>,
-    tracker: watch::Sender<Load>,
+    load: Arc<Load>,
 }
 
 /// Held by each request being served; releases its call on drop.
 #[derive(Debug)]
-pub struct Busy(watch::Sender<Load>);
+pub struct Busy(Arc<Load>);
 
 /// The connection's service: the port's router, with each call tracked.
 #[derive(Debug, Clone)]
 pub struct Tracked {
     router: axum::Router,
-    tracker: watch::Sender<Load>,
+    load: Arc<Load>,
 }
 
 pin_project! {
@@ -58,56 +68,63 @@ pin_project! {
 
 impl Activity {
     pub fn new() -> Self {
-        let (tracker, load) = watch::channel(Load::default());
-        Self { load, tracker }
+        Self::default()
     }
 
     /// The service to serve this connection with.
     pub fn track(&self, router: axum::Router) -> Tracked {
         Tracked {
             router,
-            tracker: self.tracker.clone(),
+            load: self.load.clone(),
         }
     }
 
-    /// Resolves once no call has been in flight, nor started, for `idle`.
-    pub async fn idle(&mut self, idle: Duration) {
+    /// Resolves once no call has been in flight, nor started, for a whole
+    /// `idle` period: between one and two periods after the last call.
+    pub async fn idle(&self, idle: Duration) {
+        let mut seen = self.load.started.load(Ordering::Acquire);
         loop {
-            if self.load.borrow_and_update().in_flight == 0 {
-                if tokio::time::timeout(idle, self.load.changed())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            } else {
-                // The sender lives in `self`, so this cannot fail.
-                let _ = self.load.changed().await;
+            tokio::time::sleep(idle).await;
+            let started = self.load.started.load(Ordering::Acquire);
+            if started == seen && self.load.in_flight.load(Ordering::Acquire) == 0 {
+                return;
             }
+            seen = started;
         }
     }
 
     /// Resolves once no call is in flight.
-    pub async fn quiet(&mut self) {
-        let _ = self.load.wait_for(|load| load.in_flight == 0).await;
+    pub async fn quiet(&self) {
+        self.load.draining.store(true, Ordering::Release);
+        loop {
+            let notified = self.load.quiet.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an end in between still wakes us.
+            notified.as_mut().enable();
+            if self.load.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
 // === impl Busy ===
 
 impl Busy {
-    fn start(tracker: &watch::Sender<Load>) -> Self {
-        tracker.send_modify(|load| {
-            load.in_flight += 1;
-            load.started = load.started.wrapping_add(1);
-        });
-        Self(tracker.clone())
+    fn start(load: &Arc<Load>) -> Self {
+        load.started.fetch_add(1, Ordering::AcqRel);
+        load.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(load.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.send_modify(|load| load.in_flight -= 1);
+        let left = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && self.0.draining.load(Ordering::Acquire) {
+            self.0.quiet.notify_waiters();
+        }
     }
 }
 
@@ -122,7 +139,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         // Taken now, before the handler runs, so a request still reading its
         // body counts as busy; dropped with the future if the peer resets.
-        let busy = Busy::start(&self.tracker);
+        let busy = Busy::start(&self.load);
         let router = self.router.clone();
         Box::pin(async move {
             let Ok(response) = router.oneshot(req.map(Body::new)).await;
@@ -167,9 +184,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_waits_for_calls_to_end_and_restarts_on_each_call() {
-        let mut activity = Activity::new();
-        let busy = Busy::start(&activity.tracker);
+        let activity = Activity::new();
         let idle = Duration::from_secs(60);
+        let busy = Busy::start(&activity.load);
         // Busy: not idle however long the call takes.
         assert!(
             tokio::time::timeout(idle * 3, activity.idle(idle))
@@ -178,27 +195,33 @@ mod tests {
         );
         drop(busy);
         let started = tokio::time::Instant::now();
-        // A short call half-way through the idle period restarts it.
-        let tracker = activity.tracker.clone();
+        // A short call within the idle period restarts it.
+        let load = activity.load.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(Busy::start(&tracker));
+            drop(Busy::start(&load));
         });
         activity.idle(idle).await;
-        assert_eq!(started.elapsed(), Duration::from_secs(90));
+        assert_eq!(started.elapsed(), Duration::from_secs(120));
+        // With nothing at all, one period.
+        let started = tokio::time::Instant::now();
+        activity.idle(idle).await;
+        assert_eq!(started.elapsed(), idle);
     }
 
     #[tokio::test(start_paused = true)]
     async fn quiet_resolves_when_the_last_call_ends() {
-        let mut activity = Activity::new();
+        let activity = Activity::new();
         activity.quiet().await;
-        let busy = Busy::start(&activity.tracker);
+        let (first, second) = (Busy::start(&activity.load), Busy::start(&activity.load));
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            drop(busy);
+            drop(first);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(second);
         });
         let started = tokio::time::Instant::now();
         activity.quiet().await;
-        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 }

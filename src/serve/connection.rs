@@ -33,7 +33,7 @@ pub async fn run<IO>(
         Err(_) => return tracing::debug!(port, "handshake timed out"),
     };
     let io = FirstBytes::new(io, settings.handshake_timeout);
-    let mut activity = Activity::new();
+    let activity = Activity::new();
     let conn = builder.serve_connection(TokioIo::new(io), activity.track(router));
     tokio::pin!(conn);
 
