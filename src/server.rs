@@ -48,6 +48,7 @@ pub struct Sidecar {
     admin_settings: Settings,
     /// Shared by the gRPC port's TCP (or TLS) listener and its Unix socket.
     grpc_cap: Cap,
+    admin_cap: Cap,
     health: HealthReporter,
     ready: Readiness,
     grace: Duration,
@@ -112,16 +113,12 @@ impl Sidecar {
         if config.reflection {
             routes = routes
                 .add_service(
-                    tonic_reflection::server::Builder::configure()
-                        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    reflection()
                         .build_v1()?
                         .max_decoding_message_size(REFLECTION_MAX_REQUEST),
                 )
                 .add_service(
-                    tonic_reflection::server::Builder::configure()
-                        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    reflection()
                         .build_v1alpha()?
                         .max_decoding_message_size(REFLECTION_MAX_REQUEST),
                 );
@@ -156,7 +153,6 @@ impl Sidecar {
 
         let grpc_settings = Settings {
             port: "grpc",
-            max_connections: config.max_connections,
             max_streams: config.max_calls_per_connection,
             handshake_timeout: config.handshake_timeout,
             keepalive_interval: config.keepalive_interval,
@@ -165,7 +161,6 @@ impl Sidecar {
         };
         let admin_settings = Settings {
             port: "admin",
-            max_connections: config.admin_max_connections,
             max_streams: ADMIN_MAX_STREAMS,
             ..grpc_settings.clone()
         };
@@ -180,6 +175,7 @@ impl Sidecar {
             grpc_router,
             admin_router,
             grpc_cap: grpc_cap(config),
+            admin_cap: Cap::new(config.admin_max_connections),
             grpc_settings,
             admin_settings,
             health,
@@ -233,7 +229,6 @@ impl Sidecar {
                 serve::serve(tls, router.clone(), settings.clone(), cap.clone(), drain_rx)
             }
         };
-        let admin_cap = Cap::new(self.admin_settings.max_connections);
         let admin = Tcp {
             listener: self.admin,
             no_delay: false,
@@ -242,7 +237,7 @@ impl Sidecar {
             admin,
             self.admin_router,
             self.admin_settings,
-            admin_cap,
+            self.admin_cap,
             stop_admin_rx,
         );
 
@@ -344,6 +339,13 @@ impl GrpcListener {
         let tls = tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
         Ok(Self::Tls(TlsListener::new(tcp, Arc::new(tls))))
     }
+}
+
+/// Server reflection over the storage and health services.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The gRPC port's connection cap, lowered if need be so that the admin

@@ -32,8 +32,6 @@ pub use self::accept::{Handshake, Listen, Server, Tcp, Unix, serve};
 pub struct Settings {
     /// The port's name in logs and metrics (`grpc`, `admin`).
     pub port: &'static str,
-    /// Open connections at most; further ones are closed at once.
-    pub max_connections: usize,
     /// HTTP/2 streams in flight per connection.
     pub max_streams: u32,
     /// TLS handshake, then HTTP/2 preface or HTTP/1.1 request head.
