@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod kvs;
 pub mod metrics;
 pub mod policy;
+pub mod serve;
 pub mod server;
 pub mod session;
 pub mod store;
