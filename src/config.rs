@@ -275,6 +275,50 @@ pub struct Config {
     /// the node's core count.
     #[arg(long, env = "KVS_SIDECAR_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
+
+    // Limits on what a connection can make the sidecar hold (issue 13).
+    /// Serve gRPC server reflection (grpcurl needs it; `false` turns it off).
+    #[arg(long, env = "KVS_SIDECAR_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
+
+    /// Open connections to the gRPC port (TCP, TLS and Unix socket
+    /// together); further connections are closed at once.
+    #[arg(long, env = "KVS_SIDECAR_MAX_CONNECTIONS", default_value_t = 1000, value_parser = count)]
+    pub max_connections: usize,
+
+    /// Open connections to the admin port; kept apart from --max-connections
+    /// so probes still get through when the gRPC port is full.
+    #[arg(long, env = "KVS_SIDECAR_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = count)]
+    pub admin_max_connections: usize,
+
+    /// Calls in flight on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS),
+    /// so one connection cannot take every --max-concurrent-calls slot.
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_MAX_CALLS_PER_CONNECTION",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_calls_per_connection: u32,
+
+    /// Time a new connection has to finish its TLS handshake, and then to
+    /// send the HTTP/2 preface or an HTTP/1.1 request head.
+    #[arg(long, env = "KVS_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// HTTP/2 keep-alive: a PING after this long without frames from the peer.
+    #[arg(long, env = "KVS_SIDECAR_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// HTTP/2 keep-alive: a peer that does not answer a PING within this
+    /// long is disconnected.
+    #[arg(long, env = "KVS_SIDECAR_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// A connection with no call in flight for this long is closed (GOAWAY
+    /// first; gRPC clients reconnect on their next call).
+    #[arg(long, env = "KVS_SIDECAR_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

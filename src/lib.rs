@@ -14,6 +14,7 @@ pub mod kvs;
 pub mod metrics;
 pub mod policy;
 pub mod readiness;
+pub mod serve;
 pub mod server;
 pub mod session;
 pub mod signaling;

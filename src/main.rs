@@ -7,7 +7,7 @@ use kvs_sidecar::{config::Config, metrics, server::Sidecar, telemetry};
 
 // glibc malloc spent ~15% of the sidecar's CPU under load (profile in
 // issue 6); mimalloc's per-thread free lists spend a fraction of that.
-// Tuned in `alloc`.
+// Tuned in `alloc`, which also returns memory to the system after a spike.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.on_thread_park(kvs_sidecar::alloc::collect_on_park);
     if let Some(n) = config.worker_threads {
         runtime.worker_threads(n.get());
     }
@@ -36,6 +37,9 @@ async fn run(config: Config) -> ExitCode {
         // Listen for signals before binding, so a SIGTERM that arrives as
         // soon as the sidecar reports ready drains it instead of killing it.
         let shutdown = shutdown_signal()?;
+        tokio::spawn(kvs_sidecar::alloc::collect_periodically(
+            std::time::Duration::from_secs(1),
+        ));
         let metrics = metrics::install()?;
         let sidecar = Sidecar::bind(&config, Some(metrics)).await?;
         sidecar.serve(shutdown).await

@@ -35,6 +35,9 @@ pub const ENDPOINT_CACHE: &str = "kvs_endpoint_cache_lookups_total";
 pub const ENDPOINT_CACHE_ENTRIES: &str = "kvs_endpoint_cache_entries";
 pub const ENDPOINT_CACHE_EVICTIONS: &str = "kvs_endpoint_cache_evictions_total";
 pub const CREDENTIAL_REFRESHES: &str = "kvs_credential_refreshes_total";
+pub const CONNECTIONS: &str = "kvs_sidecar_connections";
+pub const CONNECTIONS_REFUSED: &str = "kvs_sidecar_connections_refused_total";
+pub const ACCEPT_ERRORS: &str = "kvs_sidecar_accept_errors_total";
 
 /// Latency buckets from 1 ms to 30 s: sidecar overhead is sub-millisecond,
 /// KVS answers in tens of milliseconds, retries and deadlines run to seconds.
@@ -137,6 +140,15 @@ fn describe() {
     describe_counter!(
         CREDENTIAL_REFRESHES,
         "Loads of AWS credentials from the provider chain, by outcome."
+    );
+    describe_gauge!(CONNECTIONS, "Open connections, by port (grpc, admin).");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed on arrival because the port was at its connection limit, by port."
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accepts (out of file descriptors and the like), by port."
     );
 }
 

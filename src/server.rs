@@ -1,21 +1,13 @@
 //! Assembles the sidecar from its configuration, serves it, and drains it.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use aws_config::{BehaviorVersion, Region, sts::AssumeRoleProvider};
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::watch,
-    task::JoinHandle,
 };
 use tonic_health::server::HealthReporter;
 
@@ -25,28 +17,44 @@ use crate::{
     clock::SystemClock,
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
-    grpc::{self, WebRtcStorage, load_shed::LoadShedLayer, metrics::GrpcMetricsLayer},
+    grpc::{
+        self, WebRtcStorage, buffer_request::BufferRequestLayer, load_shed::LoadShedLayer,
+        metrics::GrpcMetricsLayer, request_deadline::RequestDeadlineLayer,
+    },
     idempotency::JoinLedger,
     kvs::{KvsClient, credentials::Identities, endpoint::EndpointSettings, http::Network},
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     readiness::{self, StorageReadiness},
+    serve::{self, Cap, Settings, Tcp, Unix},
     session::Sessions,
     signaling::Signaling,
     store::SharedStore,
     tls::{self, TlsListener},
 };
 
+/// Largest grpc.health.v1 request: a service name.
+const HEALTH_MAX_REQUEST: usize = 1024;
+/// Largest reflection request: a symbol or file name.
+const REFLECTION_MAX_REQUEST: usize = 8 * 1024;
+/// HTTP/2 streams per admin connection: a probe or a scrape needs one.
+const ADMIN_MAX_STREAMS: u32 = 16;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A sidecar bound to its ports, ready to serve.
 pub struct Sidecar {
     grpc: GrpcListener,
-    /// The optional Unix socket beside the TCP port, and its path.
-    unix: Option<(UnixListener, PathBuf)>,
+    /// The optional Unix socket beside the TCP port.
+    unix: Option<Unix>,
     admin: TcpListener,
     grpc_router: axum::Router,
     admin_router: axum::Router,
+    grpc_settings: Settings,
+    admin_settings: Settings,
+    /// Shared by the gRPC port's TCP (or TLS) listener and its Unix socket.
+    grpc_cap: Cap,
+    admin_cap: Cap,
     health: HealthReporter,
     ready: Readiness,
     sessions: Arc<Sessions>,
@@ -92,15 +100,11 @@ impl Sidecar {
             }
         });
 
+        // Every service has a decode limit sized to its requests: tonic's
+        // 4 MiB default let a few unfinished health messages hold hundreds
+        // of MiB (issue 13).
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let health_service = health_service.max_decoding_message_size(HEALTH_MAX_REQUEST);
         let signaling = Signaling::new(
             client.clone(),
             identities.clone(),
@@ -145,15 +149,34 @@ impl Sidecar {
         // The admin port answers grpc.health.v1 too, so kubelet's native gRPC
         // probes work while the main gRPC port stays on loopback.
         let admin_health = axum::Router::new()
-            .route_service("/grpc.health.v1.Health/{*method}", health_service.clone());
-        let grpc_router = tonic::service::Routes::new(health_service)
-            .add_service(storage)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .route_service("/grpc.health.v1.Health/{*method}", health_service.clone())
+            .layer(RequestDeadlineLayer::new(config.max_call_duration));
+        let mut routes = tonic::service::Routes::new(health_service).add_service(storage);
+        if config.reflection {
+            routes = routes
+                .add_service(
+                    reflection()
+                        .build_v1()?
+                        .max_decoding_message_size(REFLECTION_MAX_REQUEST),
+                )
+                .add_service(
+                    reflection()
+                        .build_v1alpha()?
+                        .max_decoding_message_size(REFLECTION_MAX_REQUEST),
+                );
+        }
+        let grpc_router = routes
             .prepare()
             .into_axum_router()
             .layer(axum::middleware::from_fn(grpc::require_http2))
             .layer(LoadShedLayer::new(config.max_concurrent_calls))
+            // Before the load-shed permit: a call takes a slot only once
+            // its request is complete.
+            .layer(BufferRequestLayer::new(
+                grpc::is_unary_storage_call,
+                config.max_request_bytes,
+            ))
+            .layer(RequestDeadlineLayer::new(config.max_call_duration))
             .layer(GrpcMetricsLayer);
 
         let ready = Readiness::default();
@@ -170,6 +193,19 @@ impl Sidecar {
             });
         }
 
+        let grpc_settings = Settings {
+            port: "grpc",
+            max_streams: config.max_calls_per_connection,
+            handshake_timeout: config.handshake_timeout,
+            keepalive_interval: config.keepalive_interval,
+            keepalive_timeout: config.keepalive_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        let admin_settings = Settings {
+            port: "admin",
+            max_streams: ADMIN_MAX_STREAMS,
+            ..grpc_settings.clone()
+        };
         Ok(Self {
             grpc: GrpcListener::bind(config).await?,
             unix: config
@@ -180,6 +216,10 @@ impl Sidecar {
             admin: TcpListener::bind(config.admin_listen).await?,
             grpc_router,
             admin_router,
+            grpc_cap: grpc_cap(config),
+            admin_cap: Cap::new(config.admin_max_connections),
+            grpc_settings,
+            admin_settings,
             health,
             ready,
             sessions,
@@ -192,7 +232,7 @@ impl Sidecar {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         match &self.grpc {
             GrpcListener::Plain(l) => l.local_addr(),
-            GrpcListener::Tls(l) => axum::serve::Listener::local_addr(l),
+            GrpcListener::Tls(l) => l.local_addr(),
         }
     }
 
@@ -201,23 +241,48 @@ impl Sidecar {
     }
 
     /// Serves until `shutdown` resolves, then drains: readiness and health
-    /// turn NOT_SERVING, the gRPC listener stops accepting, and in-flight
-    /// calls get up to the grace period to finish.
+    /// turn NOT_SERVING, the gRPC listeners close, connections with no call
+    /// in flight close at once and in-flight calls get up to the grace
+    /// period to finish; the admin port closes last, within the same grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         let grpc_addr = self.grpc_addr()?;
         let admin_addr = self.admin_addr()?;
         let (drain_tx, drain_rx) = watch::channel(false);
         let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
 
-        let mut unix = self.unix.map(|(listener, path)| {
-            let server = spawn_server(listener, self.grpc_router.clone(), drain_rx.clone());
-            (server, path)
+        let (router, settings, cap) = (&self.grpc_router, &self.grpc_settings, &self.grpc_cap);
+        let unix = self.unix.map(|unix| {
+            serve::serve(
+                unix,
+                router.clone(),
+                settings.clone(),
+                cap.clone(),
+                drain_rx.clone(),
+            )
         });
         let mut grpc = match self.grpc {
-            GrpcListener::Plain(l) => spawn_server(l.tap_io(no_delay), self.grpc_router, drain_rx),
-            GrpcListener::Tls(l) => spawn_server(l, self.grpc_router, drain_rx),
+            GrpcListener::Plain(listener) => {
+                let tcp = Tcp {
+                    listener,
+                    no_delay: true,
+                };
+                serve::serve(tcp, router.clone(), settings.clone(), cap.clone(), drain_rx)
+            }
+            GrpcListener::Tls(tls) => {
+                serve::serve(tls, router.clone(), settings.clone(), cap.clone(), drain_rx)
+            }
         };
-        let admin = spawn_server(self.admin, self.admin_router, stop_admin_rx);
+        let admin = Tcp {
+            listener: self.admin,
+            no_delay: false,
+        };
+        let admin = serve::serve(
+            admin,
+            self.admin_router,
+            self.admin_settings,
+            self.admin_cap,
+            stop_admin_rx,
+        );
 
         for credentials in self.identities.all() {
             let credentials = credentials.clone();
@@ -242,7 +307,7 @@ impl Sidecar {
         tokio::select! {
             () = shutdown => {}
             ended = &mut grpc => {
-                ended??;
+                ended?;
                 return Err("the gRPC server stopped unexpectedly".into());
             }
         }
@@ -259,22 +324,24 @@ impl Sidecar {
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let _ = drain_tx.send(true);
+        let until = tokio::time::Instant::now() + self.grace;
         let drained = async {
-            grpc.await??;
-            if let Some((server, _)) = &mut unix {
-                server.await??;
+            grpc.await?;
+            if let Some(unix) = unix {
+                unix.await?;
             }
             Ok::<_, BoxError>(())
         };
-        match tokio::time::timeout(self.grace, drained).await {
+        match tokio::time::timeout_at(until, drained).await {
             Ok(ended) => ended?,
             Err(_) => tracing::warn!("grace period over; ending calls still in flight"),
         }
-        if let Some((_, path)) = unix {
-            let _ = std::fs::remove_file(path);
-        }
+        // Probes and scrapes answered until now; the admin port gets what is
+        // left of the grace, so the exit never waits on one of its clients.
         let _ = stop_admin_tx.send(true);
-        admin.await??;
+        if tokio::time::timeout_at(until, admin).await.is_err() {
+            tracing::debug!("admin connections still open at the end of the grace period");
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -349,14 +416,42 @@ impl GrpcListener {
             return Ok(Self::Plain(tcp));
         };
         let tls = tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
-        Ok(Self::Tls(TlsListener::new(tcp, Arc::new(tls))?))
+        Ok(Self::Tls(TlsListener::new(tcp, Arc::new(tls))))
     }
+}
+
+/// Server reflection over the storage and health services.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// The gRPC port's connection cap, lowered if need be so that the admin
+/// port and the KVS connection pool keep their descriptors.
+fn grpc_cap(config: &Config) -> Cap {
+    let limit = serve::descriptors::raise_limit();
+    let cap = serve::descriptors::grpc_cap(
+        config.max_connections,
+        config.admin_max_connections,
+        config.max_upstream_concurrency,
+        limit,
+    );
+    if cap < config.max_connections {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            lowered_to = cap,
+            descriptor_limit = limit,
+            "--max-connections does not fit the descriptor limit beside the admin port and the KVS pool; lowered"
+        );
+    }
+    Cap::new(cap)
 }
 
 /// Binds the Unix socket at `path`, readable and writable by this user only
 /// (mode 0600), so in a pod only containers running as the same user, with
 /// the socket's volume mounted, can call.
-fn bind_unix(path: &Path) -> Result<(UnixListener, PathBuf), BoxError> {
+fn bind_unix(path: &Path) -> Result<Unix, BoxError> {
     use std::os::unix::fs::PermissionsExt;
     // A socket left by a previous run would make bind fail.
     match std::fs::remove_file(path) {
@@ -365,25 +460,10 @@ fn bind_unix(path: &Path) -> Result<(UnixListener, PathBuf), BoxError> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok((listener, path.to_owned()))
-}
-
-/// Serves `router` on `listener` until `stop` turns true, then finishes the
-/// calls in flight.
-fn spawn_server<L>(
-    listener: L,
-    router: axum::Router,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(signalled(stop))
-            .into_future(),
-    )
+    Ok(Unix {
+        listener,
+        path: path.to_owned(),
+    })
 }
 
 /// gRPC answers are small writes a caller waits on: without TCP_NODELAY,
@@ -393,8 +473,4 @@ pub(crate) fn no_delay(tcp: &mut tokio::net::TcpStream) {
     if let Err(error) = tcp.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
-}
-
-async fn signalled(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }

@@ -1,24 +1,16 @@
 //! TLS and mutual TLS for the gRPC port (rustls).
 //!
-//! [`TlsListener`] accepts TCP connections and runs each handshake on its
-//! own task with a timeout, so a slow or silent client cannot hold up the
-//! others; finished handshakes reach the server through a bounded channel.
-
-use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, path::Path, sync::Arc};
 
 use rustls::{
     ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-    task::JoinHandle,
-};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::serve::{Handshake, Listen};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -73,72 +65,35 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The gRPC port over TLS. The handshake runs on the connection's own task
+/// (see `serve`), under the handshake timeout, so a slow or silent client
+/// holds up no one else and counts against the connection cap meanwhile.
 pub struct TlsListener {
-    local: SocketAddr,
-    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    acceptor: JoinHandle<()>,
+    tcp: TcpListener,
+    tls: TlsAcceptor,
 }
 
 // === impl TlsListener ===
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, handshaken) = mpsc::channel(64);
-        let tls = TlsAcceptor::from(config);
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let (mut stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off
-                        // rather than spin.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                crate::server::no_delay(&mut stream);
-                let (tls, tx) = (tls.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            local,
-            handshaken,
-            acceptor,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        // The listener going away (graceful shutdown) closes the port.
-        self.acceptor.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.handshaken.recv().await {
-            Some(accepted) => accepted,
-            // The acceptor task only ends when aborted by our own Drop.
-            None => std::future::pending().await,
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> Self {
+        Self {
+            tcp,
+            tls: TlsAcceptor::from(config),
         }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl Listen for TlsListener {
+    type Io = TlsStream<TcpStream>;
+
+    async fn accept(&mut self) -> io::Result<Handshake<Self::Io>> {
+        let (mut stream, _) = self.tcp.accept().await?;
+        crate::server::no_delay(&mut stream);
+        Ok(Box::pin(self.tls.accept(stream)))
     }
 }

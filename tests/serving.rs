@@ -539,6 +539,37 @@ async fn a_python_grpcio_backend_can_call_the_sidecar() {
 }
 
 #[tokio::test]
+async fn a_python_grpcio_backend_can_call_over_the_unix_socket() {
+    let python = common::python();
+    let dir = std::env::temp_dir().join(format!("kvs-sidecar-py-uds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kvs.sock").display().to_string();
+    let fake = common::kvs().await;
+    let _sidecar = Sidecar::start(&fake, &["--grpc-listen-unix", &path]);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/unix_socket.py"
+            ))
+            .args([path.as_str(), ARN])
+            .output()
+            .unwrap_or_else(|e| panic!("run {python}: {e} (run scripts/test, which sets up .venv)"))
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python unix socket client: ok"));
+    assert_eq!(fake.received_on(JOIN).len(), 1);
+}
+
+#[tokio::test]
 async fn emulate_mode_needs_no_aws_account_and_shows_the_error_paths() {
     let sidecar = Sidecar::emulated(&[]);
     let mut client = sidecar.client().await;

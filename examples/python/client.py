@@ -22,6 +22,7 @@ import importlib.resources
 import json
 import os
 import pathlib
+import importlib.resources
 import sys
 import tempfile
 
@@ -34,10 +35,10 @@ RETRY_LATER = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, 
 
 
 def load_stubs(out: str):
-    # google/protobuf/*.proto (Timestamp, Duration) ship with grpcio-tools.
+    # grpc_tools ships the well-known types (google/protobuf/*.proto).
     well_known = importlib.resources.files("grpc_tools") / "_proto"
-    protoc.main(["protoc", f"-I{PROTO}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}",
-                 "kvs/webrtcstorage/v1/webrtc_storage.proto"])
+    protoc.main(["protoc", f"-I{PROTO}", f"-I{well_known}", f"--python_out={out}",
+                 f"--grpc_python_out={out}", "kvs/webrtcstorage/v1/webrtc_storage.proto"])
     sys.path.insert(0, out)
     from kvs.webrtcstorage.v1 import webrtc_storage_pb2, webrtc_storage_pb2_grpc
     return webrtc_storage_pb2, webrtc_storage_pb2_grpc

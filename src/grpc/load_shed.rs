@@ -15,8 +15,6 @@ use axum::body::Body;
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-const LIMITED_PREFIX: &str = "/kvs.webrtcstorage.v1.WebRtcStorageService/";
-
 #[derive(Debug, Clone)]
 pub struct LoadShedLayer {
     permits: Arc<Semaphore>,
@@ -82,7 +80,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        let permit = if req.uri().path().starts_with(LIMITED_PREFIX) {
+        let permit = if super::is_unary_storage_call(req.uri().path()) {
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => return ResponseFuture::Shed { limit: self.limit },

@@ -202,9 +202,16 @@ impl WebRtcStorageService for WebRtcStorage {
         req: Request<Streaming<MaintainStorageSessionRequest>>,
     ) -> Result<Response<Self::MaintainStorageSessionStream>, Status> {
         let mut inbound = req.into_inner();
+        // The stream has no call deadline, but its first message has one: a
+        // caller that opens streams and sends nothing holds nothing long.
+        let first = tokio::time::timeout(self.max_call_duration, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("start: no first message within --max-call-duration")
+            })??;
         let Some(MaintainStorageSessionRequest {
             kind: Some(Kind::Start(start)),
-        }) = inbound.message().await?
+        }) = first
         else {
             return Err(Status::invalid_argument(
                 "start: the first message must be `start`",

@@ -6,6 +6,7 @@ The sidecar's fake KVS is scripted by the caller (tests/serving.rs) so that
 the 4th join is slow and the 5th answers ResourceNotFoundException.
 """
 
+import importlib.resources
 import pathlib
 import sys
 import tempfile
@@ -24,7 +25,7 @@ def generate(out: str) -> None:
     rc = protoc.main([
         "grpc_tools.protoc",
         f"-I{proto_root}",
-        # google/protobuf/*.proto (Timestamp, Duration), shipped with grpcio-tools.
+        # grpc_tools ships the well-known types (google/protobuf/*.proto).
         f"-I{importlib.resources.files('grpc_tools') / '_proto'}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
