@@ -130,7 +130,11 @@ async fn reflection_lists_and_describes_the_service_in_v1_and_v1alpha() {
     let methods: Vec<_> = file.service[0].method.iter().map(|m| m.name()).collect();
     assert_eq!(
         methods,
-        ["JoinStorageSession", "JoinStorageSessionAsViewer"]
+        [
+            "JoinStorageSession",
+            "JoinStorageSessionAsViewer",
+            "MaintainStorageSession"
+        ]
     );
 
     let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
