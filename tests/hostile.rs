@@ -243,11 +243,13 @@ async fn memory_goes_back_to_the_system_after_a_spike() {
     spike.shutdown().await;
     let grown = peak.saturating_sub(baseline);
     assert!(grown > 20 * 1024, "the spike grew RSS by {grown} KiB only");
-    // Most of it, that is: some stays with the threads that freed it.
+    // At least half of it: some stays with the threads that freed it
+    // (seen here: from a 48 MiB spike, 1 to 15 MiB stayed, run to run).
+    // Without purging, all of it stays.
     let fell = Instant::now();
     loop {
         let now = common::rss_kib(sidecar.pid());
-        if now.saturating_sub(baseline) < grown / 3 {
+        if now.saturating_sub(baseline) < grown / 2 {
             eprintln!(
                 "RSS {} MiB before the spike, {} MiB at its peak, {} MiB {:.1} s after",
                 baseline / 1024,
