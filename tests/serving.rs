@@ -233,8 +233,11 @@ async fn admin_serves_metrics_readyz_and_livez() {
 #[tokio::test]
 async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
     let fake = common::kvs().await;
-    let sidecar =
-        Sidecar::start_with_env(&fake, &["--log-level", "trace"], &[("RUST_LOG", "trace")]);
+    let sidecar = Sidecar::start_with_env(
+        &fake,
+        &["--log-level", "trace"],
+        &[("RUST_LOG", "trace,aws_sigv4=trace")],
+    );
     let mut client = sidecar.client().await;
     client.join_storage_session(join(ARN)).await.unwrap();
     fake.script(
@@ -282,6 +285,20 @@ async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
         "two signatures, two TURN passwords"
     );
     let (_, metrics) = sidecar.admin_get("/metrics");
+    // A rejected call logs one line at INFO; once it is out, every line
+    // written before it has been read too.
+    client
+        .join_storage_session(join("arn:nope"))
+        .await
+        .unwrap_err();
+    common::wait_for(|| {
+        sidecar
+            .call_logs()
+            .iter()
+            .any(|l| l["status"] == "InvalidArgument")
+            .then_some(())
+    })
+    .await;
 
     let output = sidecar.output();
     assert!(
@@ -342,6 +359,15 @@ async fn kvs_text_echoing_the_session_token_reaches_no_caller_log_or_metric() {
         "{status:?}"
     );
     let (_, metrics) = sidecar.admin_get("/metrics");
+    // The call's own line comes last; once it is read, so is the rest.
+    common::wait_for(|| {
+        sidecar
+            .call_logs()
+            .iter()
+            .any(|l| l["status"] == "Unavailable")
+            .then_some(())
+    })
+    .await;
     let output = sidecar.output();
     let details = String::from_utf8_lossy(status.details()).into_owned();
     let metadata = format!("{:?}", status.metadata());
@@ -392,7 +418,23 @@ async fn rejected_and_refused_calls_cannot_amplify_the_log() {
         assert_eq!(err.code(), Code::PermissionDenied);
     }
     let seconds = started.elapsed().as_secs() + 1;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The last call's line (refused, at WARN) is the marker that the rest
+    // has been read; the budget may have left it out, so a last rejected
+    // call a second later makes sure one line comes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client
+        .join_storage_session(join(&common::arn("refused-last")))
+        .await
+        .unwrap_err();
+    common::wait_for(|| {
+        sidecar
+            .output()
+            .iter()
+            .any(|l| l.contains("refused-last"))
+            .then_some(())
+    })
+    .await;
+    let seconds = seconds + 1;
     let output = sidecar.output();
     assert!(
         output.iter().all(|l| !l.contains(marker)),
