@@ -377,3 +377,41 @@ async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arn(name: &str) -> ChannelArn {
+        ChannelArn::parse(&format!(
+            "arn:aws:kinesisvideo:us-west-2:123456789012:channel/{name}/1"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn holds_one_claim_per_session_at_most_its_capacity_and_frees_on_drop() {
+        let sessions = Sessions::new(2, None);
+        let a = sessions.claim(&arn("a"), "").await.unwrap();
+        assert_eq!(
+            sessions.claim(&arn("a"), "").await.unwrap_err(),
+            Refusal::AlreadyMaintained
+        );
+        // A viewer's session on the same channel is another session.
+        let viewer = sessions.claim(&arn("a"), "v-1").await.unwrap();
+        assert_eq!(
+            sessions.claim(&arn("b"), "").await.unwrap_err(),
+            Refusal::AtCapacity(2),
+            "bounded whatever channels callers send"
+        );
+        drop(a);
+        let b = sessions.claim(&arn("b"), "").await.unwrap();
+        sessions.drain();
+        assert_eq!(
+            sessions.claim(&arn("c"), "").await.unwrap_err(),
+            Refusal::Draining
+        );
+        drop((viewer, b));
+        assert!(sessions.lock().is_empty(), "every claim given back");
+    }
+}
