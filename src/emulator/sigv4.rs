@@ -75,18 +75,7 @@ pub fn verify(
     if headers.contains_key("x-amz-security-token") && !names.contains(&"x-amz-security-token") {
         return Err("the session token is sent but not signed".into());
     }
-    let mut canonical_headers = String::new();
-    for name in &names {
-        let values: Vec<String> = headers
-            .get_all(*name)
-            .iter()
-            .map(|v| collapse(v.to_str().unwrap_or_default()))
-            .collect();
-        if values.is_empty() {
-            return Err(format!("signed header {name} is not in the request"));
-        }
-        canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
-    }
+    let canonical_headers = canonical_headers(headers, &names)?;
     let canonical_request = format!(
         "{method}\n{path}\n\n{canonical_headers}\n{signed_headers}\n{}",
         hex::encode(Sha256::digest(body))
@@ -188,22 +177,7 @@ pub fn verify_presigned(
     if !names.contains(&"host") {
         return Err("host must be signed".into());
     }
-    let mut canonical_headers = String::new();
-    for name in &names {
-        let values: Vec<String> = headers
-            .get_all(*name)
-            .iter()
-            .map(|v| collapse(v.to_str().unwrap_or_default()))
-            .collect();
-        if values.is_empty() {
-            return Err(format!("signed header {name} is not in the request"));
-        }
-        canonical_headers.push_str(&format!(
-            "{name}:{}
-",
-            values.join(",")
-        ));
-    }
+    let canonical_headers = canonical_headers(headers, &names)?;
     let mut canonical_query: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| k != "X-Amz-Signature")
@@ -302,6 +276,24 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = HmacSha256::new_from_slice(key).expect("any key length");
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
+}
+
+/// The signed headers' canonical form: `name:values\n` each, in the order
+/// they were signed; every signed header must be in the request.
+fn canonical_headers(headers: &http::HeaderMap, names: &[&str]) -> Result<String, String> {
+    let mut canonical = String::new();
+    for name in names {
+        let values: Vec<String> = headers
+            .get_all(*name)
+            .iter()
+            .map(|v| collapse(v.to_str().unwrap_or_default()))
+            .collect();
+        if values.is_empty() {
+            return Err(format!("signed header {name} is not in the request"));
+        }
+        canonical.push_str(&format!("{name}:{}\n", values.join(",")));
+    }
+    Ok(canonical)
 }
 
 fn collapse(v: &str) -> String {
