@@ -20,6 +20,7 @@ use crate::{
     grpc::{
         self, WebRtcStorage, buffer_request::BufferRequestLayer, load_shed::LoadShedLayer,
         metrics::GrpcMetricsLayer, request_deadline::RequestDeadlineLayer,
+        require_http2::RequireHttp2Layer,
     },
     idempotency::JoinLedger,
     kvs::{KvsClient, credentials::Identities, endpoint::EndpointSettings, http::Network},
@@ -168,7 +169,7 @@ impl Sidecar {
         let grpc_router = routes
             .prepare()
             .into_axum_router()
-            .layer(axum::middleware::from_fn(grpc::require_http2))
+            .layer(RequireHttp2Layer)
             .layer(LoadShedLayer::new(config.max_concurrent_calls))
             // Before the load-shed permit: a call takes a slot only once
             // its request is complete.
