@@ -6,9 +6,10 @@
 //! (`--max-request-bytes`), a slow body costs its sender a stream and a few
 //! KiB, and no one else anything.
 //!
-//! The time spent reading comes off the call's deadline: `grpc-timeout` is
-//! rewritten to what is left, so the handler's deadline is still the
-//! caller's.
+//! The time spent waiting for the body comes off the call's deadline:
+//! `grpc-timeout` is rewritten to what is left, so the handler's deadline is
+//! still the caller's. A request that is whole on arrival, the usual case,
+//! is read without a timer and passed on with its header as it came.
 
 use std::{
     pin::Pin,
@@ -92,10 +93,18 @@ where
             let (mut parts, body) = req.into_parts();
             let deadline = parts.extensions.get::<CallDeadline>().map(|d| d.0);
             let read = Limited::new(body, limit).collect();
-            let read = match deadline {
-                Some(at) => tokio::time::timeout_at(at, read).await,
-                None => Ok(read.await),
-            };
+            tokio::pin!(read);
+            // Most requests are whole by the time their headers are
+            // dispatched: read without arming a timer, and wait under the
+            // deadline only for a body still on its way.
+            let (read, waited) =
+                match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                    Poll::Ready(read) => (Ok(read), false),
+                    Poll::Pending => match deadline {
+                        Some(at) => (tokio::time::timeout_at(at, read).await, true),
+                        None => (Ok(read.await), true),
+                    },
+                };
             let message = match read {
                 Ok(Ok(collected)) => collected.to_bytes(),
                 Ok(Err(error)) if error.is::<LengthLimitError>() => {
@@ -112,7 +121,9 @@ where
                     )));
                 }
             };
-            if let Some(at) = deadline {
+            // A read that did not wait took no time worth taking off: the
+            // handler works the same deadline out from the same header.
+            if let (Some(at), true) = (deadline, waited) {
                 let left = at.saturating_duration_since(Instant::now());
                 parts
                     .headers
@@ -175,6 +186,26 @@ mod tests {
         drop(tx);
         let (req, answer) = handle.next_request().await.unwrap();
         assert_eq!(req.headers()["grpc-timeout"], "7000000u");
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"abc");
+        answer.send_response(http::Response::new(Body::empty()));
+        call.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whole_on_arrival_keeps_its_deadline_header() {
+        let (service, mut handle) = mock::pair::<http::Request<Body>, http::Response<Body>>();
+        let service = BufferRequestLayer::new(|p| p.starts_with(PREFIX), 4096).layer(service);
+        let mut req = request(
+            &format!("{PREFIX}JoinStorageSession"),
+            Body::from("abc"),
+            Some(Instant::now() + Duration::from_secs(5)),
+        );
+        req.headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("5S"));
+        let call = tokio::spawn(service.oneshot(req));
+        let (req, answer) = handle.next_request().await.unwrap();
+        assert_eq!(req.headers()["grpc-timeout"], "5S");
         let body = req.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"abc");
         answer.send_response(http::Response::new(Body::empty()));

@@ -40,12 +40,14 @@ pub struct RequestDeadline<S> {
 
 pin_project! {
     /// A request body that fails with DEADLINE_EXCEEDED if it has not ended
-    /// by the deadline.
+    /// by the deadline. The timer is armed only once the body makes its
+    /// reader wait: most requests are complete when their headers are
+    /// dispatched, and a timer per call is measurable on the join path.
     pub struct DeadlineBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        deadline: Sleep,
+        at: Instant,
+        timer: Option<Pin<Box<Sleep>>>,
         ended: bool,
     }
 }
@@ -94,7 +96,8 @@ where
         let body = DeadlineBody {
             ended: http_body::Body::is_end_stream(&body),
             inner: body,
-            deadline: tokio::time::sleep_until(at),
+            at,
+            timer: None,
         };
         self.inner
             .call(http::Request::from_parts(parts, Body::new(body)))
@@ -125,7 +128,12 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => Poll::Ready(Some(frame.map_err(Into::into))),
-            Poll::Pending => match this.deadline.poll(cx) {
+            Poll::Pending => match this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*this.at)))
+                .as_mut()
+                .poll(cx)
+            {
                 Poll::Ready(()) => {
                     *this.ended = true;
                     Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
