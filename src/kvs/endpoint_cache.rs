@@ -48,10 +48,18 @@ impl EndpointCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<Endpoints>, Error>>,
     {
+        let key = (arn.clone(), role);
+        // A hit, the usual case, is a plain read. Only a miss builds the
+        // discovery (boxed, so its future does not weigh on every join's)
+        // and takes moka's entry path for single flight.
+        if let Some(found) = self.entries.get(&key).await {
+            metrics::endpoint_cache(true);
+            return Ok(found);
+        }
         let entry = self
             .entries
-            .entry((arn.clone(), role))
-            .or_try_insert_with(discover())
+            .entry(key)
+            .or_try_insert_with(Box::pin(discover()))
             .await
             // Callers that waited on the same discovery share its error.
             .map_err(|shared| (*shared).clone())?;
