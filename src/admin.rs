@@ -10,9 +10,10 @@ use std::sync::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Whether the sidecar takes new calls. Flips to false at the start of a
-/// drain, before the gRPC listener closes, so the endpoint leaves load
-/// balancers first.
+/// Whether the sidecar takes new calls. Turns false when a drain starts, in
+/// the same step that closes the gRPC listeners (nothing waits in between):
+/// it tells probes and callers why calls are refused, while Kubernetes takes
+/// a terminating pod out of its Service's endpoints on its own.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 

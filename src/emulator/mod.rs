@@ -341,12 +341,12 @@ impl Emulator {
         if offset >= 0 { now + by } else { now - by }
     }
 
-    /// How often the container credentials endpoint was asked.
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.lock().connections
     }
 
+    /// How often the container credentials endpoint was asked.
     pub fn credential_loads(&self) -> usize {
         self.lock().credential_loads
     }
