@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{
-        self, WebRtcStorage, buffer_request::BufferRequestLayer, load_shed::LoadShedLayer,
+        self, CallLimits, WebRtcStorage, buffer_request::BufferRequestLayer,
         metrics::GrpcMetricsLayer, request_deadline::RequestDeadlineLayer,
         require_http2::RequireHttp2Layer,
     },
@@ -142,7 +142,10 @@ impl Sidecar {
             ChannelPolicy::new(config.allowed_channels.clone()),
             ledger,
             sessions.clone(),
-            config.max_call_duration,
+            CallLimits {
+                max_call_duration: config.max_call_duration,
+                max_concurrent_calls: config.max_concurrent_calls,
+            },
         ))
         // The largest valid request is ~1.3 KiB; tonic's 4 MiB default
         // would let one caller make us buffer megabytes.
@@ -170,9 +173,8 @@ impl Sidecar {
             .prepare()
             .into_axum_router()
             .layer(RequireHttp2Layer)
-            .layer(LoadShedLayer::new(config.max_concurrent_calls))
-            // Before the load-shed permit: a call takes a slot only once
-            // its request is complete.
+            // Storage calls are read whole, under their deadline, before
+            // tonic decodes them and the handler takes a call slot.
             .layer(BufferRequestLayer::new(
                 grpc::is_unary_storage_call,
                 config.max_request_bytes,

@@ -1,8 +1,8 @@
-//! Storage calls are read whole before they take a call slot. The load-shed
-//! permit (`load_shed`) stands for a call being served; taken when headers
-//! arrive, it let clients that send headers and no body hold every slot
-//! while legitimate calls were shed (issue 13). Reading here, before the
-//! permit, under the call's deadline ([`CallDeadline`]) and a size limit
+//! Storage calls are read whole before they are decoded and take a call
+//! slot (`service.rs`, `WebRtcStorage::unary`). When the slot was taken as
+//! headers arrived, clients that sent headers and no body held every slot
+//! while legitimate calls were shed (issue 13). Reading here, under the
+//! call's deadline ([`CallDeadline`]) and a size limit
 //! (`--max-request-bytes`), a slow body costs its sender a stream and a few
 //! KiB, and no one else anything.
 //!

@@ -19,27 +19,26 @@ use tonic::Code;
 use crate::metrics;
 
 /// The methods we label by name; anything else is `unknown`, so scanners
-/// probing random paths cannot grow the metric's cardinality.
+/// probing random paths cannot grow the metric's cardinality. Service names
+/// come from the generated code, so a renamed package cannot leave a stale
+/// label behind.
 const KNOWN: &[(&str, &str)] = &[
-    (
-        "kvs.webrtcstorage.v1.WebRtcStorageService",
-        "JoinStorageSession",
-    ),
-    (
-        "kvs.webrtcstorage.v1.WebRtcStorageService",
-        "JoinStorageSessionAsViewer",
-    ),
-    ("grpc.health.v1.Health", "Check"),
-    ("grpc.health.v1.Health", "Watch"),
-    (
-        "grpc.reflection.v1.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-    (
-        "grpc.reflection.v1alpha.ServerReflection",
-        "ServerReflectionInfo",
-    ),
+    (STORAGE, "JoinStorageSession"),
+    (STORAGE, "JoinStorageSessionAsViewer"),
+    (STORAGE, "MaintainStorageSession"),
+    (STORAGE, "GetSignalingConnection"),
+    (STORAGE, "CheckStorageReadiness"),
+    (HEALTH, "Check"),
+    (HEALTH, "Watch"),
+    (REFLECTION_V1, "ServerReflectionInfo"),
+    (REFLECTION_V1ALPHA, "ServerReflectionInfo"),
 ];
+
+const STORAGE: &str = crate::pb::web_rtc_storage_service_server::SERVICE_NAME;
+const HEALTH: &str = tonic_health::pb::health_server::SERVICE_NAME;
+const REFLECTION_V1: &str = tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME;
+const REFLECTION_V1ALPHA: &str =
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcMetricsLayer;
@@ -225,6 +224,13 @@ mod tests {
         assert_eq!(
             labels("/grpc.health.v1.Health/Check"),
             ("grpc.health.v1.Health", "Check")
+        );
+        assert_eq!(
+            labels("/kvs.webrtcstorage.v1.WebRtcStorageService/CheckStorageReadiness"),
+            (
+                "kvs.webrtcstorage.v1.WebRtcStorageService",
+                "CheckStorageReadiness"
+            )
         );
         assert_eq!(labels("/evil/../x"), ("unknown", "unknown"));
         assert_eq!(labels("/"), ("unknown", "unknown"));

@@ -3,7 +3,6 @@
 pub mod buffer_request;
 mod call_log;
 pub mod deadline;
-pub mod load_shed;
 pub mod metrics;
 pub mod request_deadline;
 pub mod require_http2;
@@ -11,24 +10,58 @@ mod service;
 mod session;
 pub mod status;
 
-/// The paths of the storage service's calls: the ones that are limited
-/// (load shedding) and read whole before they are served.
-const STORAGE_PREFIX: &str = "/kvs.webrtcstorage.v1.WebRtcStorageService/";
-
 /// The storage service's streams. One lives as long as its caller keeps it
 /// open, so the bounds of a unary call (a deadline on the whole request,
 /// reading it whole, a call slot) do not fit it; it has its own
 /// (`--max-maintained-sessions`, a deadline on its first message).
-const STREAMS: &[&str] = &["/kvs.webrtcstorage.v1.WebRtcStorageService/MaintainStorageSession"];
+const STREAMS: &[&str] = &["MaintainStorageSession"];
 
-/// Whether `path` is a unary call of the storage service.
+/// The method `path` names on the storage service (by the generated
+/// service name), if it names one.
+fn storage_method(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?
+        .strip_prefix(crate::pb::web_rtc_storage_service_server::SERVICE_NAME)?
+        .strip_prefix('/')
+}
+
+/// Whether `path` is a unary call of the storage service: the calls read
+/// whole before they are served.
 pub fn is_unary_storage_call(path: &str) -> bool {
-    path.starts_with(STORAGE_PREFIX) && !STREAMS.contains(&path)
+    storage_method(path).is_some_and(|method| !STREAMS.contains(&method))
 }
 
 /// Whether `path` is a long-lived stream.
 pub fn is_stream(path: &str) -> bool {
-    STREAMS.contains(&path)
+    storage_method(path).is_some_and(|method| STREAMS.contains(&method))
 }
 
-pub use self::service::WebRtcStorage;
+pub use self::service::{CallLimits, WebRtcStorage};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_paths_are_told_apart_by_the_generated_service_name() {
+        let storage = "/kvs.webrtcstorage.v1.WebRtcStorageService/";
+        assert!(is_unary_storage_call(&format!(
+            "{storage}JoinStorageSession"
+        )));
+        assert!(!is_stream(&format!("{storage}JoinStorageSession")));
+        assert!(is_stream(&format!("{storage}MaintainStorageSession")));
+        assert!(!is_unary_storage_call(&format!(
+            "{storage}MaintainStorageSession"
+        )));
+        for other in [
+            "/grpc.health.v1.Health/Check",
+            "/kvs.webrtcstorage.v1.WebRtcStorageServiceX/JoinStorageSession",
+            "kvs.webrtcstorage.v1.WebRtcStorageService/JoinStorageSession",
+            "/",
+        ] {
+            assert!(
+                !is_unary_storage_call(other) && !is_stream(other),
+                "{other}"
+            );
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use prost_types::Timestamp;
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{call_log::log_call, deadline::deadline, status::to_status};
@@ -35,7 +35,20 @@ pub struct WebRtcStorage {
     policy: ChannelPolicy,
     ledger: JoinLedger,
     sessions: Arc<Sessions>,
-    max_call_duration: Duration,
+    limits: CallLimits,
+    /// Unary calls being served; one is taken per call, none queued.
+    slots: Semaphore,
+}
+
+/// The bounds every call of the service is served within.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// The deadline of calls that set none (`--max-call-duration`).
+    pub max_call_duration: Duration,
+    /// Unary calls served at once (`--max-concurrent-calls`); more are
+    /// refused with RESOURCE_EXHAUSTED instead of queued, so a flood is
+    /// answered in microseconds and memory stays flat.
+    pub max_concurrent_calls: usize,
 }
 
 // === impl WebRtcStorage ===
@@ -48,8 +61,9 @@ impl WebRtcStorage {
         policy: ChannelPolicy,
         ledger: JoinLedger,
         sessions: Arc<Sessions>,
-        max_call_duration: Duration,
+        limits: CallLimits,
     ) -> Self {
+        let slots = limits.max_concurrent_calls.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             client,
             signaling,
@@ -57,8 +71,44 @@ impl WebRtcStorage {
             policy,
             ledger,
             sessions,
-            max_call_duration,
+            limits,
+            slots: Semaphore::new(slots),
         }
+    }
+
+    /// The skeleton of every unary call: a call slot (none free:
+    /// RESOURCE_EXHAUSTED at once), the call's deadline, `work` on the
+    /// decoded message, the call's one log line, and its error's status.
+    /// The slot is taken here, once tonic has decoded the whole message, so
+    /// only a call actually being served holds one; health checks and
+    /// reflection never take one, so a busy sidecar is not taken for dead.
+    async fn unary<M, T>(
+        &self,
+        rpc: &'static str,
+        req: Request<M>,
+        channel_arn: fn(&M) -> &str,
+        work: impl AsyncFnOnce(&M, &Call) -> Result<T, Error>,
+        request_id: fn(&T) -> &str,
+    ) -> Result<T, Status> {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            metrics::counter!(crate::metrics::CALLS_SHED).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "the sidecar is at its limit of {} calls in flight; retry with backoff",
+                self.limits.max_concurrent_calls
+            )));
+        };
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let started = Instant::now();
+        let result = work(&msg, &call).await;
+        log_call(
+            rpc,
+            channel_arn(&msg),
+            &call,
+            started,
+            result.as_ref().map(request_id),
+        );
+        result.map_err(|e| to_status(&e))
     }
 
     /// Runs `join`, or, when the caller gave an idempotency key, answers
@@ -127,7 +177,7 @@ impl WebRtcStorage {
         Call::new(deadline(
             req.metadata().as_ref(),
             Instant::now(),
-            self.max_call_duration,
+            self.limits.max_call_duration,
         ))
     }
 }
@@ -138,29 +188,26 @@ impl WebRtcStorageService for WebRtcStorage {
         &self,
         req: Request<JoinStorageSessionRequest>,
     ) -> Result<Response<JoinStorageSessionResponse>, Status> {
-        let call = self.call(&req);
-        let msg = req.into_inner();
-        let started = Instant::now();
-        let result = async {
+        let work = async |msg: &JoinStorageSessionRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
             let target = || JoinTarget {
                 channel: arn.clone(),
                 role: Role::Master,
                 client_id: "".into(),
             };
-            let join = || self.client.join_storage_session(&call, &arn);
-            self.idempotent(&msg.idempotency_key, target, &call, join)
+            let join = || self.client.join_storage_session(call, &arn);
+            self.idempotent(&msg.idempotency_key, target, call, join)
                 .await
-        }
-        .await;
-        log_call(
-            "JoinStorageSession",
-            &msg.channel_arn,
-            &call,
-            started,
-            result.as_ref().map(|j| j.request_id.as_str()),
-        );
-        let Joined { request_id } = result.map_err(|e| to_status(&e))?;
+        };
+        let Joined { request_id } = self
+            .unary(
+                "JoinStorageSession",
+                req,
+                |m| &m.channel_arn,
+                work,
+                |j| &j.request_id,
+            )
+            .await?;
         Ok(Response::new(JoinStorageSessionResponse {
             aws_request_id: request_id,
         }))
@@ -170,10 +217,7 @@ impl WebRtcStorageService for WebRtcStorage {
         &self,
         req: Request<JoinStorageSessionAsViewerRequest>,
     ) -> Result<Response<JoinStorageSessionAsViewerResponse>, Status> {
-        let call = self.call(&req);
-        let msg = req.into_inner();
-        let started = Instant::now();
-        let result = async {
+        let work = async |msg: &JoinStorageSessionAsViewerRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
             validate_client_id(&msg.client_id).map_err(|reason| Error::InvalidRequest {
                 field: "client_id",
@@ -186,20 +230,20 @@ impl WebRtcStorageService for WebRtcStorage {
             };
             let join = || {
                 self.client
-                    .join_storage_session_as_viewer(&call, &arn, &msg.client_id)
+                    .join_storage_session_as_viewer(call, &arn, &msg.client_id)
             };
-            self.idempotent(&msg.idempotency_key, target, &call, join)
+            self.idempotent(&msg.idempotency_key, target, call, join)
                 .await
-        }
-        .await;
-        log_call(
-            "JoinStorageSessionAsViewer",
-            &msg.channel_arn,
-            &call,
-            started,
-            result.as_ref().map(|j| j.request_id.as_str()),
-        );
-        let Joined { request_id } = result.map_err(|e| to_status(&e))?;
+        };
+        let Joined { request_id } = self
+            .unary(
+                "JoinStorageSessionAsViewer",
+                req,
+                |m| &m.channel_arn,
+                work,
+                |j| &j.request_id,
+            )
+            .await?;
         Ok(Response::new(JoinStorageSessionAsViewerResponse {
             aws_request_id: request_id,
         }))
@@ -214,7 +258,7 @@ impl WebRtcStorageService for WebRtcStorage {
         let mut inbound = req.into_inner();
         // The stream has no call deadline, but its first message has one: a
         // caller that opens streams and sends nothing holds nothing long.
-        let first = tokio::time::timeout(self.max_call_duration, inbound.message())
+        let first = tokio::time::timeout(self.limits.max_call_duration, inbound.message())
             .await
             .map_err(|_| {
                 Status::deadline_exceeded("start: no first message within --max-call-duration")
@@ -243,7 +287,7 @@ impl WebRtcStorageService for WebRtcStorage {
             &self.sessions,
             channel,
             &start,
-            self.max_call_duration,
+            self.limits.max_call_duration,
             inbound,
         )
         .await?;
@@ -254,26 +298,21 @@ impl WebRtcStorageService for WebRtcStorage {
         &self,
         req: Request<GetSignalingConnectionRequest>,
     ) -> Result<Response<GetSignalingConnectionResponse>, Status> {
-        let call = self.call(&req);
-        let msg = req.into_inner();
-        let started = Instant::now();
-        let result = async {
+        let work = async |msg: &GetSignalingConnectionRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
-            let (role, client_id) = self.signaling_role(&msg)?;
-            self.signaling
-                .connection(&call, &arn, role, client_id)
-                .await
-        }
-        .await;
+            let (role, client_id) = self.signaling_role(msg)?;
+            self.signaling.connection(call, &arn, role, client_id).await
+        };
         // The log line never holds the URL or the TURN credentials.
-        log_call(
-            "GetSignalingConnection",
-            &msg.channel_arn,
-            &call,
-            started,
-            result.as_ref().map(|_| ""),
-        );
-        let connection = result.map_err(|e| to_status(&e))?;
+        let connection = self
+            .unary(
+                "GetSignalingConnection",
+                req,
+                |m| &m.channel_arn,
+                work,
+                |_| "",
+            )
+            .await?;
         Ok(Response::new(signaling_response(connection)))
     }
 
@@ -281,22 +320,19 @@ impl WebRtcStorageService for WebRtcStorage {
         &self,
         req: Request<CheckStorageReadinessRequest>,
     ) -> Result<Response<CheckStorageReadinessResponse>, Status> {
-        let call = self.call(&req);
-        let msg = req.into_inner();
-        let started = Instant::now();
-        let result = async {
+        let work = async |msg: &CheckStorageReadinessRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
-            self.readiness.check(&call, &arn).await
-        }
-        .await;
-        log_call(
-            "CheckStorageReadiness",
-            &msg.channel_arn,
-            &call,
-            started,
-            result.as_ref().map(|_| ""),
-        );
-        let report = result.map_err(|e| to_status(&e))?;
+            self.readiness.check(call, &arn).await
+        };
+        let report = self
+            .unary(
+                "CheckStorageReadiness",
+                req,
+                |m| &m.channel_arn,
+                work,
+                |_| "",
+            )
+            .await?;
         Ok(Response::new(CheckStorageReadinessResponse {
             ready: report.ready(),
             channel_type: report.channel_type.clone(),
@@ -358,6 +394,13 @@ mod tests {
                 Err(Error::Transport("unreachable in this test".into()))
             },
         ));
+        service_over(upstream, 10)
+    }
+
+    fn service_over(
+        upstream: crate::kvs::stack::Upstream,
+        max_concurrent_calls: usize,
+    ) -> WebRtcStorage {
         let identities = Identities::for_tests();
         let client = Arc::new(KvsClient::new(
             upstream,
@@ -379,8 +422,62 @@ mod tests {
             ChannelPolicy::default(),
             JoinLedger::new(Duration::from_secs(60), 100),
             Sessions::new(10, None),
-            Duration::from_secs(1),
+            CallLimits {
+                max_call_duration: Duration::from_secs(1),
+                max_concurrent_calls,
+            },
         )
+    }
+
+    #[tokio::test]
+    async fn a_call_beyond_the_limit_is_refused_at_once_and_its_slot_frees() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Each request reaching KVS waits for the gate, then fails.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let upstream = {
+            let (gate, sent) = (gate.clone(), sent.clone());
+            tower::util::BoxCloneSyncService::new(tower::service_fn(
+                move |_: crate::kvs::UpstreamRequest| {
+                    let (gate, sent) = (gate.clone(), sent.clone());
+                    async move {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        let _pass = gate.acquire().await;
+                        Err(Error::Transport("refused in this test".into()))
+                    }
+                },
+            ))
+        };
+        let svc = Arc::new(service_over(upstream, 1));
+        let join = |svc: Arc<WebRtcStorage>| async move {
+            let req = Request::new(JoinStorageSessionRequest {
+                channel_arn: "arn:aws:kinesisvideo:us-west-2:123456789012:channel/porch/1".into(),
+                ..Default::default()
+            });
+            svc.join_storage_session(req).await
+        };
+        let first = tokio::spawn(join(svc.clone()));
+        while sent.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = tokio::time::timeout(Duration::from_secs(5), join(svc.clone()))
+            .await
+            .expect("refused at once, not queued")
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("limit of 1 calls"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            1,
+            "the refused call sent nothing"
+        );
+        gate.add_permits(100);
+        first.await.unwrap().unwrap_err();
+        join(svc).await.unwrap_err();
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "the slot was free again");
     }
 
     #[test]
