@@ -192,8 +192,8 @@ pub struct Emulator {
     tls: bool,
     credentials: Arc<EmulatorCredentials>,
     state: Arc<Mutex<State>>,
-    /// Wakes the task that ends storage sessions when a join moved the
-    /// next expiry.
+    /// Wakes the task that ends storage sessions after each join, so it
+    /// sleeps until the earliest expiry there is now.
     sessions_changed: Arc<tokio::sync::Notify>,
 }
 

@@ -301,7 +301,8 @@ impl Emulator {
     }
 
     /// Drops the first `n` SDP offers of every master and viewer the
-    /// emulator has no record of yet (`--emulate-drop-offers`).
+    /// emulator has no record of yet (`--emulate-drop-offers`); one whose
+    /// record was evicted ([`MAX_RECORDS`]) counts as new again.
     pub fn drop_first_offers(&self, n: u32) {
         self.lock().sessions.drop_first(n);
     }
