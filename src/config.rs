@@ -30,6 +30,33 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_EMULATE")]
     pub emulate: bool,
 
+    /// With --emulate: how long an emulated storage session lasts after its
+    /// join unless joined again (KVS ends them after at most 1 hour). Shorten
+    /// it to watch MaintainStorageSession re-join ahead of the limit (the
+    /// emulator logs each session that expires). 1s to 1h.
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_EMULATE_SESSION_LIFETIME",
+        default_value = "1h",
+        value_parser = session_lifetime,
+        requires = "emulate"
+    )]
+    pub emulate_session_lifetime: Duration,
+
+    /// With --emulate: drop the first N SDP offers of each channel's master
+    /// and of each viewer. Their joins answer 200 but no offer arrives on
+    /// the signaling WebSocket, as sometimes happens with KVS, so
+    /// MaintainStorageSession's re-join when no offer arrives can be seen.
+    /// 0 to 1000.
+    #[arg(
+        long,
+        env = "KVS_SIDECAR_EMULATE_DROP_OFFERS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=1000),
+        requires = "emulate"
+    )]
+    pub emulate_drop_offers: u32,
+
     /// gRPC listen address. Loopback by default: the sidecar acts with the
     /// pod's AWS role, so only its pod should reach it.
     #[arg(
@@ -384,6 +411,20 @@ fn assume_role(s: &str) -> Result<AssumeRole, String> {
     })
 }
 
+/// An emulated storage session's lifetime: whole seconds (KVS counts no
+/// finer), from 1 s to KVS's 1 hour.
+fn session_lifetime(s: &str) -> Result<Duration, String> {
+    let d = positive_duration(s)?;
+    let max = crate::emulator::MAX_SESSION_LIFETIME;
+    if d < Duration::from_secs(1) || d > max || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?} is not a whole number of seconds from 1s to {}s (KVS's longest session)",
+            max.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
 /// X-Amz-Expires of a presigned signaling URL: whole seconds, at most
 /// KVS's 300.
 fn signaling_url_expiry(s: &str) -> Result<Duration, String> {
@@ -520,6 +561,49 @@ mod tests {
         assert_eq!(expiry("60s").unwrap(), Duration::from_secs(60));
         for refused in ["301s", "0s", "1500ms", "10m"] {
             assert!(expiry(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn emulator_flags_are_bounded_and_need_emulate() {
+        let c = Config::try_parse_from(["kvs-sidecar", "--emulate"]).unwrap();
+        assert_eq!(c.emulate_session_lifetime, Duration::from_secs(3600));
+        assert_eq!(c.emulate_drop_offers, 0);
+        let c = Config::try_parse_from([
+            "kvs-sidecar",
+            "--emulate",
+            "--emulate-session-lifetime",
+            "5s",
+            "--emulate-drop-offers",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.emulate_session_lifetime, Duration::from_secs(5));
+        assert_eq!(c.emulate_drop_offers, 2);
+        for refused in ["0s", "500ms", "1500ms", "61m", "2h"] {
+            let err = Config::try_parse_from([
+                "kvs-sidecar",
+                "--emulate",
+                "--emulate-session-lifetime",
+                refused,
+            ])
+            .expect_err(refused)
+            .to_string();
+            assert!(
+                err.contains("--emulate-session-lifetime"),
+                "{refused}: {err}"
+            );
+        }
+        assert!(
+            Config::try_parse_from(["kvs-sidecar", "--emulate", "--emulate-drop-offers", "1001"])
+                .is_err()
+        );
+        for without in [
+            ["kvs-sidecar", "--emulate-drop-offers", "1"],
+            ["kvs-sidecar", "--emulate-session-lifetime", "5s"],
+        ] {
+            let err = Config::try_parse_from(without).expect_err("needs --emulate");
+            assert!(err.to_string().contains("--emulate"), "{err}");
         }
     }
 

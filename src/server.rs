@@ -74,7 +74,7 @@ impl Sidecar {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, BoxError> {
         let aws = if config.emulate {
-            emulated_kvs().await?
+            emulated_kvs(config).await?
         } else {
             aws_env::load(aws_env::Flags {
                 endpoint_url: config.kvs_endpoint_url.as_ref(),
@@ -373,8 +373,10 @@ async fn assumed_roles(
 
 /// A KVS emulator on loopback and the throwaway keys it accepts; the
 /// emulator answers STS too.
-async fn emulated_kvs() -> Result<AwsEnv, BoxError> {
+async fn emulated_kvs(config: &Config) -> Result<AwsEnv, BoxError> {
     let emulator = Emulator::start(EmulatorCredentials::generate()).await?;
+    emulator.set_session_lifetime(config.emulate_session_lifetime);
+    emulator.drop_first_offers(config.emulate_drop_offers);
     let keys = emulator.credentials();
     let credentials = Credentials::new(
         &keys.access_key_id,
@@ -383,7 +385,12 @@ async fn emulated_kvs() -> Result<AwsEnv, BoxError> {
         None,
         "kvs-sidecar-emulator",
     );
-    tracing::info!(kvs = %emulator.url(), "emulating KVS on loopback: no AWS account is used");
+    tracing::info!(
+        kvs = %emulator.url(),
+        session_lifetime = ?config.emulate_session_lifetime,
+        drop_offers = config.emulate_drop_offers,
+        "emulating KVS on loopback: no AWS account is used"
+    );
     // STS (`--assume-role`) goes to the emulator too.
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))

@@ -138,3 +138,108 @@ fn the_go_example_joins_and_handles_errors() {
     );
     check(&format!("{out}/kvs-sidecar-go-example"), &[], go_name);
 }
+
+/// The `key=value` fields of an example's event line, up to its message
+/// (the last field, JSON-quoted, which may hold spaces and `=`).
+fn fields(line: &str) -> std::collections::HashMap<&str, &str> {
+    let line = line.split(" message=").next().unwrap_or_default();
+    line.split(' ')
+        .filter_map(|field| field.split_once('='))
+        .collect()
+}
+
+/// The example that maintains a session (examples/python/maintain.py),
+/// against `--emulate` with each channel's first offer dropped and 5 s
+/// sessions: it joins, joins again when the offer does not come, reports
+/// the offer that does (and CONNECTED), and joins again ahead of the
+/// (shortened) session limit; after its third join it ends its stream and
+/// the sidecar ends it with OK. Then the error paths: a channel KVS does
+/// not know, and a session whose every offer is dropped.
+#[test]
+fn the_python_maintain_example_rejoins_without_an_offer_and_ahead_of_the_limit() {
+    let sidecar = Sidecar::emulated(&[
+        "--emulate-drop-offers",
+        "1",
+        "--emulate-session-lifetime",
+        "5s",
+    ]);
+    let mut args = example("python/maintain.py");
+    args.extend(["--joins", "3", "--offer-wait", "1", "--rejoin-after", "1"].map(String::from));
+    let out = run(&common::python(), &args, &sidecar, ARN);
+    let lines: Vec<&str> = out.lines().collect();
+    let joins: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("joined "))
+        .map(|l| fields(l))
+        .collect();
+    let reasons: Vec<&str> = joins.iter().map(|f| f["reason"]).collect();
+    assert_eq!(reasons, ["initial", "no_offer", "session_limit"], "{out}");
+    for (n, join) in joins.iter().enumerate() {
+        assert_eq!(join["attempt"], (n + 1).to_string(), "{out}");
+        let id = join["aws_request_id"].trim_matches('"');
+        assert!(common::is_request_id(id), "{out}");
+    }
+    // The first offer was dropped; the second join's arrived (and the
+    // third's may have before the stream ended).
+    let offers = lines
+        .iter()
+        .filter(|l| l.starts_with("offer sender=\"storage-session-"))
+        .count();
+    assert!((1..=2).contains(&offers), "{out}");
+    assert!(lines.contains(&"reported OFFER_RECEIVED"), "{out}");
+    assert!(lines.contains(&"reported CONNECTED"), "{out}");
+    assert_eq!(lines.last(), Some(&"ended status=OK"), "{out}");
+    // The last session, no longer maintained, ends 5 s after its join: the
+    // emulator logs it, once, the earlier ones having been replaced.
+    let expired = |sidecar: &Sidecar| {
+        sidecar
+            .output()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("emulated storage session expired"))
+            })
+            .filter(|v| v["channel_arn"] == ARN)
+            .count()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while expired(&sidecar) == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(expired(&sidecar), 1, "{:#?}", sidecar.output());
+
+    let missing = run(
+        &common::python(),
+        &args,
+        &sidecar,
+        &common::arn("missing-porch"),
+    );
+    assert!(missing.starts_with("refused: NOT_FOUND ("), "{missing}");
+
+    // Every offer dropped: two joins without one use up a budget of two.
+    let sidecar = Sidecar::emulated(&["--emulate-drop-offers", "1000"]);
+    let mut args = example("python/maintain.py");
+    args.extend(["--joins", "5", "--offer-wait", "1", "--failure-budget", "2"].map(String::from));
+    let out = run(&common::python(), &args, &sidecar, ARN);
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| match l.split_once(' ') {
+            Some(("joined", rest)) => format!("joined {}", fields(rest)["reason"]),
+            Some(("gave_up", rest)) => format!("gave_up {}", fields(rest)["reason"]),
+            Some(("ended", rest)) => format!("ended {}", fields(rest)["status"]),
+            _ => l.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "joined initial",
+            "joined no_offer",
+            "gave_up failure_budget",
+            "ended UNAVAILABLE"
+        ],
+        "{out}"
+    );
+}

@@ -1,20 +1,24 @@
 //! MaintainStorageSession against the emulator, over a real gRPC stream:
 //! each re-join rule, giving up, the caller going away, one session per
-//! channel, and draining on SIGTERM.
+//! channel, and draining on SIGTERM; and, with a real signaling WebSocket
+//! held by the test, the offers the emulator drops and the storage
+//! sessions it ends when their lifetime passes.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{ARN, Emulator, Reply, Sidecar};
+use futures_util::StreamExt;
 use kvs_sidecar::pb::{
-    GiveUpReason, JoinReason, MaintainStorageSessionRequest, MaintainStorageSessionResponse,
-    SessionReport, SessionReportKind, SessionStart, maintain_storage_session_request::Kind,
-    maintain_storage_session_response::Event,
+    GetSignalingConnectionRequest, GiveUpReason, JoinReason, MaintainStorageSessionRequest,
+    MaintainStorageSessionResponse, SessionReport, SessionReportKind, SessionStart, SignalingRole,
+    maintain_storage_session_request::Kind, maintain_storage_session_response::Event,
     web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
 use tonic::{Code, Streaming, transport::Channel};
 
 const JOIN: &str = "/joinStorageSession";
@@ -69,6 +73,50 @@ impl Session {
         match self.next().await {
             Ok(Event::Joined(j)) if j.reason() == reason => j.aws_request_id,
             other => panic!("expected a join for {reason:?}, got {other:?}"),
+        }
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The master's signaling WebSocket of `channel`, opened as a backend
+/// opens it: with the presigned URL GetSignalingConnection gives.
+async fn signaling(client: &WebRtcStorageServiceClient<Channel>, channel: &str) -> Socket {
+    let url = client
+        .clone()
+        .get_signaling_connection(GetSignalingConnectionRequest {
+            channel_arn: channel.into(),
+            role: SignalingRole::Master.into(),
+            client_id: String::new(),
+        })
+        .await
+        .expect("GetSignalingConnection")
+        .into_inner()
+        .websocket_url;
+    let (socket, _) = tokio::time::timeout(Duration::from_secs(5), connect_async(url.as_str()))
+        .await
+        .expect("handshake within 5 s")
+        .expect("the emulator accepts the presigned URL");
+    socket
+}
+
+/// Reads the next message on the socket, within 5 s, and checks it is an
+/// SDP offer.
+async fn offer(socket: &mut Socket) {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the socket is open")
+            .expect("a well-formed frame");
+        match message {
+            Message::Text(text) => {
+                let message: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                assert_eq!(message["messageType"], "SDP_OFFER", "{message}");
+                return;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
         }
     }
 }
@@ -191,12 +239,27 @@ async fn the_caller_going_away_stops_joins_and_frees_the_channel() {
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains(ARN), "{err:?}");
 
-    // The caller goes away; well past the offer wait, no join followed.
+    // The caller goes away. A witness started after it, with twice its
+    // offer wait (more than its 1 s plus a quarter of jitter), re-joins
+    // only after the cancelled session would have: once the emulator
+    // has the witness's second join, a join after the cancel would be
+    // there too.
     drop(session);
-    let joins = fake.received_on(JOIN).len();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let joins = fake.storage_session(ARN, None).unwrap().started;
+    let witness_arn = common::arn("cancel-witness");
+    let mut witness = Session::start(
+        &client,
+        SessionStart {
+            offer_wait: secs(2),
+            ..start(&witness_arn)
+        },
+    )
+    .await
+    .unwrap();
+    witness.joined(JoinReason::Initial).await;
+    witness.joined(JoinReason::NoOffer).await;
     assert_eq!(
-        fake.received_on(JOIN).len(),
+        fake.storage_session(ARN, None).unwrap().started,
         joins,
         "no join after the cancel"
     );
@@ -297,4 +360,150 @@ async fn sigterm_ends_every_maintained_session_with_a_final_event() {
     }
     let status = sidecar.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}");
+}
+
+/// A join KVS answers 200 whose offer never arrives (the emulator drops
+/// it): the supervisor joins again for no_offer, and that join's offer
+/// arrives on the master's real signaling WebSocket.
+#[tokio::test]
+async fn a_dropped_offer_is_joined_again_and_the_next_offer_arrives_on_the_socket() {
+    let (fake, _sidecar, client) = setup(&[]).await;
+    let channel = common::arn("dropped-offer");
+    let mut socket = signaling(&client, &channel).await;
+    fake.drop_offers(&channel, None, 1);
+    let mut session = Session::start(
+        &client,
+        SessionStart {
+            rejoin_after: secs(1),
+            ..start(&channel)
+        },
+    )
+    .await
+    .unwrap();
+    session.joined(JoinReason::Initial).await;
+    let record = fake.storage_session(&channel, None).expect("a record");
+    assert_eq!(
+        (record.started, record.offers_dropped, record.offers_sent),
+        (1, 1, 0),
+        "joined, and its offer dropped"
+    );
+    session.joined(JoinReason::NoOffer).await;
+    offer(&mut socket).await;
+    session.report(SessionReportKind::OfferReceived).await;
+    session.report(SessionReportKind::Connected).await;
+    // The reports took: the next join is the one ahead of the (shortened)
+    // session limit, not another for want of an offer, and its offer
+    // arrives too.
+    session.joined(JoinReason::SessionLimit).await;
+    offer(&mut socket).await;
+    let record = fake.storage_session(&channel, None).unwrap();
+    assert_eq!(
+        (
+            record.started,
+            record.offers_dropped,
+            record.offers_sent,
+            record.offers_missed
+        ),
+        (3, 1, 2, 0),
+        "the two offers read are all the socket was sent: {record:?}"
+    );
+}
+
+/// Maintains `session` as a backend does: for each join, waits for the
+/// offer on `socket`, reports OFFER_RECEIVED and CONNECTED (media would
+/// flow), until `stop`. Returns the reasons of the joins after the first.
+async fn keep(
+    mut session: Session,
+    mut socket: Socket,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<JoinReason> {
+    let mut reasons = Vec::new();
+    loop {
+        offer(&mut socket).await;
+        session.report(SessionReportKind::OfferReceived).await;
+        session.report(SessionReportKind::Connected).await;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return reasons,
+            event = session.next() => match event {
+                Ok(Event::Joined(j)) => reasons.push(j.reason()),
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+}
+
+/// The emulator ends a storage session when its lifetime passes without a
+/// re-join. A session re-joined ahead of it (rejoin_after 1 s, lifetime
+/// 4 s) is never ended; the control, maintained the same way but told to
+/// re-join only after 10 minutes, is.
+#[tokio::test]
+async fn rejoining_ahead_of_the_session_limit_keeps_the_emulated_session() {
+    let (fake, _sidecar, client) = setup(&[]).await;
+    fake.set_session_lifetime(Duration::from_secs(4));
+    let (kept_arn, lapsed_arn) = (common::arn("kept"), common::arn("lapsed"));
+    let kept_socket = signaling(&client, &kept_arn).await;
+    let mut lapsed_socket = signaling(&client, &lapsed_arn).await;
+
+    // Kept starts first, so its first session would end before the
+    // control's does.
+    let mut kept = Session::start(
+        &client,
+        SessionStart {
+            rejoin_after: secs(1),
+            ..start(&kept_arn)
+        },
+    )
+    .await
+    .unwrap();
+    kept.joined(JoinReason::Initial).await;
+    let (stop, stopped) = watch::channel(false);
+    let keeper = tokio::spawn(keep(kept, kept_socket, stopped));
+
+    let mut lapsed = Session::start(
+        &client,
+        SessionStart {
+            rejoin_after: secs(600),
+            ..start(&lapsed_arn)
+        },
+    )
+    .await
+    .unwrap();
+    lapsed.joined(JoinReason::Initial).await;
+    offer(&mut lapsed_socket).await;
+    lapsed.report(SessionReportKind::OfferReceived).await;
+    lapsed.report(SessionReportKind::Connected).await;
+
+    // The control's session ends when its lifetime passes; the emulator
+    // ends sessions in order of expiry, so by then the kept one's first
+    // session had ended too, had it not been replaced.
+    let ended = common::wait_for(|| {
+        fake.storage_session(&lapsed_arn, None)
+            .filter(|r| r.expired > 0)
+    })
+    .await;
+    assert_eq!(
+        (
+            ended.started,
+            ended.replaced,
+            ended.expired,
+            ended.current_since
+        ),
+        (1, 0, 1, None),
+        "{ended:?}"
+    );
+    let record = fake.storage_session(&kept_arn, None).unwrap();
+    stop.send_replace(true);
+    let reasons = keeper.await.unwrap();
+    assert_eq!(
+        record.expired, 0,
+        "re-joined ahead of the limit: {record:?}"
+    );
+    assert!(
+        record.replaced >= 1 && record.current_since.is_some(),
+        "{record:?}"
+    );
+    assert!(
+        !reasons.is_empty() && reasons.iter().all(|r| *r == JoinReason::SessionLimit),
+        "{reasons:?}"
+    );
 }

@@ -2,6 +2,7 @@
 //! calling the same fast fake KVS on loopback, and writes the result as JSON
 //! and Markdown. `scripts/bench` builds and runs it; see the README.
 
+mod at_rest;
 mod fake;
 mod load;
 mod process;
@@ -46,6 +47,13 @@ struct Args {
     /// Criterion's output, folded into the report when present.
     #[arg(long, default_value = "target/criterion")]
     criterion: PathBuf,
+    /// Maintained sessions opened for the at-rest measurement.
+    #[arg(long, default_value_t = 1000)]
+    rest_sessions: usize,
+    /// Idle interval over which sessions at rest are measured (and the
+    /// sidecar without them before).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    rest_idle: Duration,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +61,9 @@ enum Command {
     /// Serve the fake KVS (run by the benchmark as its own process, so its
     /// CPU is charged to no one measured).
     Fake,
+    /// Only the cost of maintained sessions at rest (--rest-sessions,
+    /// --rest-idle); results in kvs-bench-at-rest.json under --out.
+    AtRest,
 }
 
 impl Args {
@@ -85,6 +96,22 @@ fn main() {
         return;
     }
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    if let Some(Command::AtRest) = args.command {
+        let at_rest = runtime.block_on(async {
+            let (_fake, fake) = process::fake();
+            at_rest(&args, &fake).await
+        });
+        let out = args.out.join("kvs-bench-at-rest.json");
+        std::fs::create_dir_all(&args.out).expect("create the results folder");
+        std::fs::write(
+            &out,
+            serde_json::to_string_pretty(&at_rest).expect("the result serializes"),
+        )
+        .expect("write the result");
+        println!("\n{}", report::at_rest_markdown(&at_rest));
+        println!("results: {}", out.display());
+        return;
+    }
     let report = runtime.block_on(run(&args));
     report.write(&args.out).expect("write the results");
     println!("\n{}", report.markdown());
@@ -144,11 +171,24 @@ async fn run(args: &Args) -> Report {
         open_loop,
         channels,
         memory: channel_memory(args, &fake).await,
+        at_rest: at_rest(args, &fake).await,
         micro: report::read_criterion(&args.criterion),
         targets: Vec::new(),
     };
     report.check_targets();
     report
+}
+
+/// Maintained sessions at rest, on a sidecar of their own.
+async fn at_rest(args: &Args, fake: &str) -> at_rest::AtRest {
+    at_rest::measure(
+        &args.sidecar,
+        fake,
+        &args.flags(&[]),
+        args.rest_sessions,
+        args.rest_idle,
+    )
+    .await
 }
 
 /// One phase: `target` under `load`, its cost charged to `probe`.

@@ -36,6 +36,21 @@ impl Probe {
         total as f64 / per_second
     }
 
+    /// On-CPU time of every thread the process has now, in seconds, from
+    /// the scheduler's nanosecond counts (`/proc/PID/task/*/schedstat`):
+    /// `cpu_seconds` counts in clock ticks (10 ms), too coarse for a
+    /// process at rest. Threads that exited are not counted. `None` when
+    /// the kernel keeps no schedstat.
+    pub fn thread_cpu_seconds(self) -> Option<f64> {
+        let tasks = std::fs::read_dir(self.path("task")).ok()?;
+        let mut ns = 0u64;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(ns as f64 / 1e9)
+    }
+
     /// Starts a window for [`Probe::peak_rss_kib`]: resets the kernel's
     /// high-water mark (`/proc/PID/clear_refs`, Linux 4.0+), which is exact
     /// where sampling would miss spikes and would itself disturb the process.

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use crate::load::Sample;
+use crate::{at_rest::AtRest, load::Sample};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -17,6 +17,7 @@ pub struct Report {
     pub open_loop: Vec<Phase>,
     pub channels: Vec<Spread>,
     pub memory: ChannelMemory,
+    pub at_rest: AtRest,
     pub micro: Vec<Micro>,
     pub targets: Vec<Check>,
 }
@@ -347,6 +348,8 @@ impl Report {
             self.startup.to_serving_ms.len(),
             self.startup.idle_rss_mib
         );
+        md.push('\n');
+        md.push_str(&at_rest_markdown(&self.at_rest));
         if !self.micro.is_empty() {
             md.push_str(
                 "\n**Micro-benchmarks** (criterion, mean)\n\n| benchmark | time |\n|---|---:|\n",
@@ -376,6 +379,34 @@ impl Report {
         )?;
         std::fs::write(dir.join("kvs-bench.md"), self.markdown())
     }
+}
+
+/// The at-rest figures as a Markdown paragraph and table.
+pub fn at_rest_markdown(r: &AtRest) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "**Maintained sessions at rest** ({} MaintainStorageSession streams, each joined with the offer and CONNECTED reported; sidecar CPU and RSS over {:.0} s idle, before the streams and with them; {} errors{})\n",
+        r.sessions,
+        r.idle_seconds,
+        r.errors,
+        r.first_error
+            .as_deref()
+            .map(|e| format!(", first: {e}"))
+            .unwrap_or_default()
+    );
+    md.push_str("| | no session | sessions at rest | per 1,000 sessions |\n|---|---:|---:|---:|\n");
+    let _ = writeln!(
+        md,
+        "| CPU | {:.2} ms/s | {:.2} ms/s | {:+.2} ms/s |",
+        r.cpu_ms_per_s_before, r.cpu_ms_per_s_at_rest, r.cpu_ms_per_s_per_1000
+    );
+    let _ = writeln!(
+        md,
+        "| RSS | {:.1} MiB | {:.1} MiB | {:+.1} MiB |",
+        r.rss_before_mib, r.rss_at_rest_mib, r.rss_mib_per_1000
+    );
+    md
 }
 
 /// Criterion's mean for each benchmark under `dir` (its `target/criterion`),

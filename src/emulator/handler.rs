@@ -340,14 +340,14 @@ impl Emulator {
             "DescribeMediaStorageConfiguration" => describe_media_storage(&arn),
             "DescribeStream" => describe_stream(&arn),
             "JoinStorageSession" => {
-                self.deliver_offer(arn.as_str(), None);
+                self.start_storage_session(arn.as_str(), None);
                 String::new()
             }
             "JoinStorageSessionAsViewer" => {
                 let client_id = serde_json::from_slice::<Join>(body)
                     .ok()
                     .and_then(|j| j.client_id);
-                self.deliver_offer(arn.as_str(), client_id.as_deref());
+                self.start_storage_session(arn.as_str(), client_id.as_deref());
                 String::new()
             }
             _ => String::new(),

@@ -13,6 +13,12 @@
 //! STS `AssumeRole` (`POST /`, see `sts.rs`) and then accepts the keys it
 //! handed out as well as its own.
 //!
+//! Each successful join starts a storage session that the next join of the
+//! same master or viewer replaces and that otherwise ends after its
+//! lifetime ([`Emulator::set_session_lifetime`], 1 hour as in KVS unless
+//! set); offers can be dropped on purpose ([`Emulator::drop_offers`]).
+//! [`Emulator::storage_session`] tells what happened (see `sessions.rs`).
+//!
 //! Any well-formed channel ARN exists, except channel names that begin with
 //! `missing-` (ResourceNotFoundException) or `denied-`
 //! (AccessDeniedException), so clients can see the error paths. The
@@ -35,11 +41,15 @@
 //! ```
 
 mod handler;
+mod sessions;
 mod signaling;
 pub mod sigv4;
 mod sts;
 
-pub use self::sts::AssumedRole;
+pub use self::{
+    sessions::{MAX_SESSION_LIFETIME, StorageSession},
+    sts::AssumedRole,
+};
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -171,6 +181,8 @@ struct State {
     signaling: signaling::Peers,
     /// Roles assumed through the emulated STS, with the keys handed out.
     assumed: VecDeque<AssumedRole>,
+    /// Storage sessions and offers, by master or viewer.
+    sessions: sessions::Sessions,
 }
 
 #[derive(Clone)]
@@ -180,6 +192,9 @@ pub struct Emulator {
     tls: bool,
     credentials: Arc<EmulatorCredentials>,
     state: Arc<Mutex<State>>,
+    /// Wakes the task that ends storage sessions after each join, so it
+    /// sleeps until the earliest expiry there is now.
+    sessions_changed: Arc<tokio::sync::Notify>,
 }
 
 // === impl Emulator ===
@@ -229,7 +244,9 @@ impl Emulator {
             tls: tls.is_some(),
             credentials: Arc::new(credentials),
             state: Arc::default(),
+            sessions_changed: Arc::default(),
         };
+        tokio::spawn(emulator.clone().reap_sessions());
         let server = emulator.clone();
         tokio::spawn(async move {
             loop {

@@ -11,7 +11,9 @@
 //!
 //! A connected master receives an `SDP_OFFER` in KVS's format each time a
 //! `JoinStorageSession` of its channel succeeds; a viewer, each time a
-//! `JoinStorageSessionAsViewer` with its channel and client id succeeds. A
+//! `JoinStorageSessionAsViewer` with its channel and client id succeeds,
+//! unless the offer is scripted to be dropped (see `sessions.rs`, which
+//! also models the storage sessions those joins start). A
 //! second master of a channel (or a second viewer with the same client id)
 //! replaces the first, whose socket is closed.
 
@@ -48,8 +50,17 @@ const QUEUE: usize = 16;
 /// Who a signaling connection is: the channel's master, or a viewer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Peer {
-    channel_arn: String,
-    client_id: Option<String>,
+    pub(super) channel_arn: String,
+    pub(super) client_id: Option<String>,
+}
+
+impl Peer {
+    pub(super) fn new(channel_arn: &str, client_id: Option<&str>) -> Self {
+        Self {
+            channel_arn: channel_arn.to_owned(),
+            client_id: client_id.map(str::to_owned),
+        }
+    }
 }
 
 /// One open connection: its sequence number (so a replaced one does not
@@ -84,6 +95,14 @@ impl Peers {
         self.sockets.insert(peer, Socket { id, outbox });
         self.opened += 1;
         Some(id)
+    }
+
+    /// Queues a storage session's SDP offer for `peer`'s socket; whether
+    /// one was open to take it.
+    pub(super) fn deliver_offer(&self, peer: &Peer) -> bool {
+        self.sockets
+            .get(peer)
+            .is_some_and(|socket| socket.outbox.try_send(sdp_offer()).is_ok())
     }
 }
 
@@ -267,21 +286,6 @@ impl Emulator {
             client_id,
         };
         Ok((peer, checked.scope))
-    }
-
-    /// Sends the storage session's SDP offer to the connected master of the
-    /// channel (`client_id` `None`) or to the viewer with that client id,
-    /// if connected. Returns whether one was.
-    pub(super) fn deliver_offer(&self, channel_arn: &str, client_id: Option<&str>) -> bool {
-        let peer = Peer {
-            channel_arn: channel_arn.to_owned(),
-            client_id: client_id.map(str::to_owned),
-        };
-        let state = self.lock();
-        let Some(socket) = state.signaling.sockets.get(&peer) else {
-            return false;
-        };
-        socket.outbox.try_send(sdp_offer()).is_ok()
     }
 
     /// Signaling connections accepted so far (refused handshakes excluded).
