@@ -89,18 +89,16 @@ async fn a_discovery_storm_does_not_block_channels_whose_endpoint_is_cached() {
     let (fake, _sidecar, client) = common::warmed(&["--max-upstream-concurrency", "8"]).await;
     let (burst, _) = storm(&fake, &client, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each join has 2 s: the first, 0.3 s into a 3 s storm, can only succeed
+    // if it does not wait for the storm to end (on the old code it waited
+    // behind calls sleeping for rate tokens and missed its deadline). No
+    // stopwatch: on a loaded 2-core machine a join's time says little.
     for _ in 0..5 {
-        let started = Instant::now();
         client
             .clone()
             .join_storage_session(join(ARN, Duration::from_secs(2)))
             .await
-            .expect("a cached channel joins during the storm");
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
+            .expect("a cached channel joins during the storm, within its deadline");
     }
     let refused = refused(burst).await;
     assert!(
