@@ -92,6 +92,13 @@ pub struct Config {
     )]
     pub admin_listen: SocketAddr,
 
+    /// Once serving, write the bound addresses to this file as JSON
+    /// (`{"pid", "grpc", "admin", "unix"}`), replaced whole, and remove it
+    /// when draining starts: for supervisors, tests and benchmarks that
+    /// start the sidecar on ephemeral ports (`127.0.0.1:0`).
+    #[arg(long, env = "KVS_SIDECAR_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+
     /// Log format: text for a terminal, json (one object a line) for log
     /// pipelines.
     #[arg(long, env = "KVS_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -14,6 +14,7 @@ pub mod kvs;
 pub mod metrics;
 pub mod policy;
 pub mod readiness;
+pub mod ready;
 pub mod serve;
 pub mod server;
 pub mod session;

@@ -1,6 +1,12 @@
 //! Assembles the sidecar from its configuration, serves it, and drains it.
 
-use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use aws_config::{BehaviorVersion, Region, sts::AssumeRoleProvider};
 use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
@@ -62,6 +68,7 @@ pub struct Sidecar {
     grace: Duration,
     identities: Arc<Identities>,
     emulating: bool,
+    ready_file: Option<PathBuf>,
 }
 
 impl Sidecar {
@@ -229,6 +236,7 @@ impl Sidecar {
             grace: config.shutdown_grace,
             identities,
             emulating: config.emulate,
+            ready_file: config.ready_file.clone(),
         })
     }
 
@@ -254,6 +262,7 @@ impl Sidecar {
         let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
 
         let (router, settings, cap) = (&self.grpc_router, &self.grpc_settings, &self.grpc_cap);
+        let unix_path = self.unix.as_ref().map(|unix| unix.path.clone());
         let unix = self.unix.map(|unix| {
             serve::serve(
                 unix,
@@ -300,6 +309,17 @@ impl Sidecar {
             .set_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
             .await;
         self.ready.set(true);
+        if let Some(path) = &self.ready_file {
+            let ready = crate::ready::Ready {
+                pid: std::process::id(),
+                grpc: grpc_addr,
+                admin: admin_addr,
+                unix: unix_path,
+            };
+            ready
+                .write(path)
+                .map_err(|e| format!("cannot write --ready-file {}: {e}", path.display()))?;
+        }
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "serving");
         if self.emulating {
             tracing::info!(
@@ -317,6 +337,9 @@ impl Sidecar {
 
         tracing::info!(grace = ?self.grace, "draining");
         self.ready.set(false);
+        if let Some(path) = &self.ready_file {
+            let _ = std::fs::remove_file(path);
+        }
         // Maintained sessions end now with a final event, so their callers'
         // other replicas can take over while this one drains.
         self.sessions.drain();

@@ -2,17 +2,19 @@
 //! credentials that only the fake KVS knows.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    process::{Command, ExitStatus},
     time::{Duration, Instant},
 };
 
 use kvs_sidecar::pb::web_rtc_storage_service_client::WebRtcStorageServiceClient;
 use tonic::transport::Channel;
 
-use kvs_sidecar::emulator::{Emulator, EmulatorCredentials};
+use kvs_sidecar::{
+    emulator::{Emulator, EmulatorCredentials},
+    ready::{self, Launched},
+};
 
 pub type RawH2 = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -20,10 +22,9 @@ pub type RawH2 = hyper_util::client::legacy::Client<
 >;
 
 pub struct Sidecar {
-    child: Child,
+    launched: Launched,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
-    output: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sidecar {
@@ -103,50 +104,16 @@ impl Sidecar {
             .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_url)
             .env("KVS_SIDECAR_RETRY_BASE_DELAY", "10ms")
             .env("KVS_SIDECAR_RETRY_THROTTLING_BASE_DELAY", "20ms")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .envs(env.iter().copied());
         for k in unset {
             cmd.env_remove(k);
         }
-        let mut child = cmd.spawn().expect("start kvs-sidecar");
-
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let (output, tx) = (output.clone(), tx.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                        && v["message"] == "serving"
-                    {
-                        let _ = tx.send((
-                            v["grpc"].as_str().unwrap().parse(),
-                            v["admin"].as_str().unwrap().parse(),
-                        ));
-                    }
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
-        drop(tx);
-        let (grpc, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok((Ok(g), Ok(a))) => (g, a),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(output.lock().unwrap().clone());
-            }
-        };
+        // Ready when the sidecar writes its --ready-file (kvs_sidecar::ready).
+        let launched = ready::launch(cmd, Duration::from_secs(20))?;
         Ok(Self {
-            child,
-            grpc,
-            admin,
-            output,
+            grpc: launched.ready.grpc,
+            admin: launched.ready.admin,
+            launched,
         })
     }
 
@@ -177,12 +144,12 @@ impl Sidecar {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.launched.child.id()
     }
 
     /// Everything the process printed so far, stdout and stderr.
     pub fn output(&self) -> Vec<String> {
-        self.output.lock().unwrap().clone()
+        self.launched.output.lock().unwrap().clone()
     }
 
     /// The call log lines (`"message":"call"`), parsed.
@@ -213,7 +180,7 @@ impl Sidecar {
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let until = Instant::now() + within;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.launched.child.try_wait().unwrap() {
                 return status;
             }
             assert!(
@@ -222,13 +189,6 @@ impl Sidecar {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
