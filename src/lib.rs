@@ -23,6 +23,11 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 
+/// The one type-erased error, for what tower, hyper and the AWS SDK hand
+/// over boxed (and for a failed serve); everything the sidecar classifies
+/// has an enum of its own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The generated contract, and its descriptor set for server reflection.
 pub mod pb {
     tonic::include_proto!("kvs.webrtcstorage.v1");

@@ -18,6 +18,7 @@ use tokio::{
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    BoxError,
     admin::{self, Readiness},
     aws_env::{self, AwsEnv},
     clock::SystemClock,
@@ -29,15 +30,20 @@ use crate::{
         require_http2::RequireHttp2Layer,
     },
     idempotency::JoinLedger,
-    kvs::{KvsClient, credentials::Identities, endpoint::EndpointSettings, http::Network},
+    kvs::{
+        KvsClient,
+        credentials::Identities,
+        endpoint::EndpointSettings,
+        http::{BuildError, Network},
+    },
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     readiness::{self, StorageReadiness},
     serve::{self, Cap, Settings, Tcp, Unix},
     session::Sessions,
     signaling::Signaling,
-    store::SharedStore,
-    tls::{self, TlsListener},
+    store::{SharedStore, StoreError},
+    tls::{self, TlsError, TlsListener},
 };
 
 /// Largest grpc.health.v1 request: a service name.
@@ -47,7 +53,42 @@ const REFLECTION_MAX_REQUEST: usize = 8 * 1024;
 /// HTTP/2 streams per admin connection: a probe or a scrape needs one.
 const ADMIN_MAX_STREAMS: u32 = 16;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Why the sidecar could not start: reported once by `main`, which exits
+/// non-zero. Never the answer to a call.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("AWS configuration: {0}")]
+    Aws(BoxError),
+    #[error("emulator: {0}")]
+    Emulator(BoxError),
+    #[error("KVS client: {0}")]
+    Client(#[from] BuildError),
+    #[error("--state-store: {0}")]
+    StateStore(#[from] StoreError),
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {what} {at}: {source}")]
+    Listen {
+        what: &'static str,
+        at: String,
+        source: std::io::Error,
+    },
+}
+
+impl StartupError {
+    fn listen(
+        what: &'static str,
+        at: impl std::fmt::Display,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| Self::Listen {
+            what,
+            at: at.to_string(),
+            source,
+        }
+    }
+}
 
 /// A sidecar bound to its ports, ready to serve.
 pub struct Sidecar {
@@ -79,15 +120,16 @@ impl Sidecar {
     pub async fn bind(
         config: &Config,
         metrics: Option<PrometheusHandle>,
-    ) -> Result<Self, BoxError> {
+    ) -> Result<Self, StartupError> {
         let aws = if config.emulate {
-            emulated_kvs(config).await?
+            emulated_kvs(config).await.map_err(StartupError::Emulator)?
         } else {
             aws_env::load(aws_env::Flags {
                 endpoint_url: config.kvs_endpoint_url.as_ref(),
                 ca_bundle: config.ca_bundle.as_deref(),
             })
-            .await?
+            .await
+            .map_err(StartupError::Aws)?
         };
         let roles = assumed_roles(config, &aws.sdk).await;
         let (client, identities, clock) = KvsClient::build(
@@ -223,7 +265,9 @@ impl Sidecar {
                 .as_deref()
                 .map(bind_unix)
                 .transpose()?,
-            admin: TcpListener::bind(config.admin_listen).await?,
+            admin: TcpListener::bind(config.admin_listen)
+                .await
+                .map_err(StartupError::listen("--admin-listen", config.admin_listen))?,
             grpc_router,
             admin_router,
             grpc_cap: grpc_cap(config),
@@ -443,8 +487,10 @@ enum GrpcListener {
 }
 
 impl GrpcListener {
-    async fn bind(config: &Config) -> Result<Self, BoxError> {
-        let tcp = TcpListener::bind(config.grpc_listen).await?;
+    async fn bind(config: &Config) -> Result<Self, StartupError> {
+        let tcp = TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(StartupError::listen("--grpc-listen", config.grpc_listen))?;
         let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
             return Ok(Self::Plain(tcp));
         };
@@ -484,15 +530,16 @@ fn grpc_cap(config: &Config) -> Cap {
 /// Binds the Unix socket at `path`, readable and writable by this user only
 /// (mode 0600), so in a pod only containers running as the same user, with
 /// the socket's volume mounted, can call.
-fn bind_unix(path: &Path) -> Result<Unix, BoxError> {
+fn bind_unix(path: &Path) -> Result<Unix, StartupError> {
     use std::os::unix::fs::PermissionsExt;
+    let failed = || StartupError::listen("--grpc-listen-unix", path.display());
     // A socket left by a previous run would make bind fail.
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed()(e)),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(path).map_err(failed())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed())?;
     Ok(Unix {
         listener,
         path: path.to_owned(),

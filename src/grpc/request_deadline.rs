@@ -109,10 +109,10 @@ where
 impl<B> http_body::Body for DeadlineBody<B>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<axum::BoxError>,
+    B::Error: Into<crate::BoxError>,
 {
     type Data = Bytes;
-    type Error = axum::BoxError;
+    type Error = crate::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,

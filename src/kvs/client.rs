@@ -23,6 +23,7 @@ use super::{
     credentials::{CredentialCache, Identities},
     endpoint::{self, EndpointSettings, Endpoints, Protocol, Role},
     endpoint_cache::EndpointCache,
+    http::BuildError,
     stack::{self, StackConfig, Upstream},
 };
 use crate::clock::{SharedClock, SkewCorrectedClock};
@@ -126,7 +127,7 @@ impl KvsClient {
         provider: SharedCredentialsProvider,
         roles: Vec<(String, String, SharedCredentialsProvider)>,
         clock: SharedClock,
-    ) -> Result<(Self, Arc<Identities>, Arc<SkewCorrectedClock>), Error> {
+    ) -> Result<(Self, Arc<Identities>, Arc<SkewCorrectedClock>), BuildError> {
         let cache =
             |provider| CredentialCache::new(provider, clock.clone(), settings.credentials_timeout);
         let mut identities = Identities::new(Arc::new(cache(provider)));

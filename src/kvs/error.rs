@@ -10,10 +10,7 @@ use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 
 use super::{arn::ValidationError, redact};
 
-/// A shared error from the HTTP client: connect failures, resets, dead
-/// pooled connections. Shared so that callers waiting on one discovery can
-/// each get the error it ended with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::BoxError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {

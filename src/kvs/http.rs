@@ -71,6 +71,14 @@ pub fn webpki_roots() -> RootCertStore {
     }
 }
 
+/// Why the KVS client could not be built: a startup failure, never the
+/// answer to a call.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("TLS setup: {0}")]
+    Tls(rustls::Error),
+}
+
 type Connector = HttpsConnector<ProxyConnector>;
 
 #[derive(Clone, Debug)]
@@ -82,7 +90,7 @@ pub struct HttpClient {
 // === impl HttpClient ===
 
 impl HttpClient {
-    pub fn new(config: HttpConfig) -> Result<Self, Error> {
+    pub fn new(config: HttpConfig) -> Result<Self, BuildError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -91,7 +99,7 @@ impl HttpClient {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Signing(format!("TLS setup: {e}")))?
+            .map_err(BuildError::Tls)?
             .with_root_certificates(config.network.roots.clone())
             .with_no_client_auth();
         let proxies = config.network.proxies;

@@ -39,7 +39,7 @@ pub use self::{
 };
 use super::{
     Error, UpstreamRequest, UpstreamResponse,
-    http::{HttpClient, HttpConfig},
+    http::{BuildError, HttpClient, HttpConfig},
     retry::{Backoff, RetryPolicy, RetryQuota},
 };
 use crate::clock::SkewCorrectedClock;
@@ -61,7 +61,7 @@ pub struct StackConfig {
     pub http: HttpConfig,
 }
 
-pub fn build(config: &StackConfig, clock: Arc<SkewCorrectedClock>) -> Result<Upstream, Error> {
+pub fn build(config: &StackConfig, clock: Arc<SkewCorrectedClock>) -> Result<Upstream, BuildError> {
     let quota = Arc::new(RetryQuota::new(config.retry_quota));
     let retry = RetryPolicy::new(
         config.max_attempts,
