@@ -18,8 +18,9 @@ use crate::{
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{
-        self, WebRtcStorage, buffer_request::BufferRequestLayer, load_shed::LoadShedLayer,
-        metrics::GrpcMetricsLayer, request_deadline::RequestDeadlineLayer,
+        self, WebRtcStorage, buffer_request::BufferRequestLayer, call_span::CallSpanLayer,
+        load_shed::LoadShedLayer, metrics::GrpcMetricsLayer,
+        request_deadline::RequestDeadlineLayer,
     },
     idempotency::JoinLedger,
     kvs::{KvsClient, credentials::Identities, endpoint::EndpointSettings, http::Network},
@@ -177,7 +178,9 @@ impl Sidecar {
                 config.max_request_bytes,
             ))
             .layer(RequestDeadlineLayer::new(config.max_call_duration))
-            .layer(GrpcMetricsLayer);
+            .layer(GrpcMetricsLayer)
+            // Outermost: what every layer below logs belongs to the call.
+            .layer(CallSpanLayer);
 
         let ready = Readiness::default();
         let admin_router = admin::router(ready.clone(), metrics.clone()).merge(admin_health);
