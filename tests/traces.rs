@@ -88,8 +88,18 @@ impl Drop for Receiver {
 }
 
 fn start_traced(fake: &Emulator, receiver: &Receiver) -> Sidecar {
+    start_traced_with(fake, receiver, &[])
+}
+
+/// As `start_traced`, with `extra` variables replacing the receiver's.
+fn start_traced_with(fake: &Emulator, receiver: &Receiver, extra: &[(&str, &str)]) -> Sidecar {
     let env = receiver.env();
-    let env: Vec<_> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env: Vec<_> = env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+        .collect();
+    env.extend_from_slice(extra);
     Sidecar::start_with_env(fake, &[], &env)
 }
 
@@ -309,6 +319,25 @@ async fn a_retried_call_shows_one_span_per_attempt() {
     assert_eq!(attr(second, "http.response.status_code"), 200);
     assert_eq!(attr(second, "aws.request_id"), &Value::String(request_id));
     assert_no_trace_headers_reached_kvs(&fake);
+}
+
+#[tokio::test]
+async fn spans_still_buffered_are_sent_on_sigterm() {
+    let receiver = Receiver::start();
+    let fake = kvs().await;
+    // Batches would go out every ten minutes: only the shutdown sends these.
+    let mut sidecar = start_traced_with(&fake, &receiver, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]);
+    let caller = caller_trace();
+    traced_join(&sidecar, &caller).await;
+    assert!(receiver.spans().is_empty());
+    sidecar.signal("TERM");
+    let status = sidecar.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+    let spans = trace_spans(&receiver, &caller.0, |s| {
+        named(s, "JoinStorageSession").len() == 2
+    })
+    .await;
+    assert!(!named(&spans, "GetSignalingChannelEndpoint").is_empty());
 }
 
 /// Whether the process runs the SDK's batch export thread.
