@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{ARN, Emulator, Reply, Sidecar, is_request_id, kvs, python, wait_for};
-use kvs_sidecar::pb::JoinStorageSessionRequest;
+use kvs_sidecar::pb::{GetSignalingConnectionRequest, JoinStorageSessionRequest, SignalingRole};
 use serde_json::Value;
 
 const SERVER: i64 = 2;
@@ -338,6 +338,65 @@ async fn spans_still_buffered_are_sent_on_sigterm() {
     })
     .await;
     assert!(!named(&spans, "GetSignalingChannelEndpoint").is_empty());
+}
+
+#[tokio::test]
+async fn spans_hold_no_keys_tokens_signatures_or_turn_passwords() {
+    let receiver = Receiver::start();
+    let fake = kvs().await;
+    let sidecar = start_traced(&fake, &receiver);
+    let caller = caller_trace();
+    traced_join(&sidecar, &caller).await;
+    let mut client = sidecar.client().await;
+    let mut request = tonic::Request::new(GetSignalingConnectionRequest {
+        channel_arn: ARN.into(),
+        role: SignalingRole::Master as i32,
+        client_id: String::new(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{}-{}-01", caller.0, caller.1).parse().unwrap(),
+    );
+    let connection = client
+        .get_signaling_connection(request)
+        .await
+        .expect("a signaling connection")
+        .into_inner();
+
+    let spans = trace_spans(&receiver, &caller.0, |s| {
+        !named(s, "GetSignalingConnection").is_empty() && !named(s, "GetIceServerConfig").is_empty()
+    })
+    .await;
+    let signature = connection
+        .websocket_url
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("X-Amz-Signature="))
+        .expect("a presigned URL");
+    let keys = fake.credentials();
+    let mut secrets = vec![
+        keys.secret_access_key.clone(),
+        keys.session_token.clone().expect("a session token"),
+        signature.to_owned(),
+        connection.websocket_url.clone(),
+    ];
+    secrets.extend(
+        connection
+            .ice_servers
+            .iter()
+            .map(|s| s.credential.clone())
+            .filter(|c| !c.is_empty()),
+    );
+    assert!(secrets.len() > 4, "TURN passwords to look for");
+    let exported = serde_json::to_string(&spans).unwrap();
+    for secret in &secrets {
+        assert!(
+            !exported.contains(secret.as_str()),
+            "a secret in {exported}"
+        );
+    }
+    for marker in ["X-Amz-Signature", "X-Amz-Credential", "Authorization"] {
+        assert!(!exported.contains(marker), "{marker} in {exported}");
+    }
 }
 
 /// Whether the process runs the SDK's batch export thread.

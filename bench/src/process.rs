@@ -86,8 +86,9 @@ pub struct Sidecar {
 }
 
 /// Starts the release binary as a deployment would: credentials from the
-/// environment, KVS at `fake`, JSON logs at the default level.
-pub fn sidecar(binary: &Path, fake: &str, args: &[&str]) -> Sidecar {
+/// environment, KVS at `fake`, JSON logs at the default level; `env` on
+/// top.
+pub fn sidecar(binary: &Path, fake: &str, env: &[(String, String)], args: &[&str]) -> Sidecar {
     let mut cmd = Command::new(binary);
     cmd.args(args)
         .env_clear()
@@ -100,7 +101,8 @@ pub fn sidecar(binary: &Path, fake: &str, args: &[&str]) -> Sidecar {
         .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", fake)
         .env("KVS_SIDECAR_GRPC_LISTEN", "127.0.0.1:0")
         .env("KVS_SIDECAR_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KVS_SIDECAR_LOG_FORMAT", "json");
+        .env("KVS_SIDECAR_LOG_FORMAT", "json")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let started = Instant::now();
     let (process, grpc) = spawn(cmd, "kvs-sidecar", |line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;

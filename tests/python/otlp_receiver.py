@@ -4,9 +4,14 @@ Serves the TraceService generated in the `opentelemetry-proto` package on a
 loopback port, prints `listening <port>` once ready, then one JSON line per
 received span on stdout: ids in hex, attributes as a flat {key: value}
 object, parent_span_id empty for a root span. Runs until killed.
+
+With `--count`, a sink for measuring the cost of traces (README,
+Performance): it prints nothing per span, only the total received when it
+gets SIGTERM or SIGINT.
 """
 
 import json
+import signal
 import sys
 from concurrent import futures
 
@@ -30,7 +35,16 @@ def value(any_value):
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, count_only):
+        self.count_only = count_only
+        self.received = 0
+
     def Export(self, request, context):
+        if self.count_only:
+            self.received += sum(
+                len(s.spans) for r in request.resource_spans for s in r.scope_spans
+            )
+            return trace_service_pb2.ExportTraceServiceResponse()
         for resource_spans in request.resource_spans:
             resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -55,11 +69,21 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 def main():
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    receiver = Receiver(count_only="--count" in sys.argv[1:])
+    # One worker: Export's counter is not shared between threads.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"listening {port}", flush=True)
+
+    def stop(*_):
+        server.stop(None)
+        if receiver.count_only:
+            print(f"received {receiver.received} spans", flush=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     server.wait_for_termination()
 
 
