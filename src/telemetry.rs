@@ -11,30 +11,34 @@
 //! call carry its `trace_id` and `span_id`.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use opentelemetry::{
     Context,
     propagation::{Extractor, TextMapPropagator},
-    trace::{TraceContextExt, TracerProvider as _},
+    trace::{SpanId, TraceContextExt, TraceId, TracerProvider as _},
 };
 use opentelemetry_sdk::{
     Resource,
     propagation::TraceContextPropagator,
     trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter},
 };
-use tracing::{Level, Metadata, Subscriber};
+use tracing::{Dispatch, Level, Metadata, Subscriber, dispatcher::WeakDispatch};
 use tracing_subscriber::{
     EnvFilter, Layer,
     filter::filter_fn,
+    fmt::MakeWriter,
     fmt::{
         self, FmtContext, FormatEvent, FormatFields,
         format::{Format, Writer},
     },
     layer::SubscriberExt,
-    registry::LookupSpan,
+    registry::{LookupSpan, Registry},
     util::SubscriberInitExt,
 };
 
@@ -106,27 +110,14 @@ pub fn init(config: &Config) -> Result<Telemetry, BoxError> {
         // (retries, throttling, refusals): what a trace viewer needs, and
         // never a library's DEBUG lines.
         .with_filter(filter_fn(exported));
-    // The OTel layer lends the log formatter the span's ids. Colours are
-    // off: the line is formatted into a buffer before the ids are added.
-    let logs = match config.log_format {
-        LogFormat::Json => fmt::layer()
-            .event_format(WithTraceIds(
-                fmt::format().json().flatten_event(true).with_target(false),
-            ))
-            .fmt_fields(fmt::format::JsonFields::new())
-            .with_ansi(false)
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Text => fmt::layer()
-            .event_format(WithTraceIds(fmt::format().with_target(false)))
-            .with_ansi(false)
-            .with_filter(filter)
-            .boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(otel)
-        .try_init()?;
+    let (logs, ids) = traced_logs(config.log_format, std::io::stdout);
+    let dispatch = Dispatch::new(
+        tracing_subscriber::registry()
+            .with(logs.with_filter(filter))
+            .with(otel),
+    );
+    ids.lend(&dispatch);
+    dispatch.try_init()?;
     TRACES_ON.store(true, Ordering::Relaxed);
     tracing::info!(
         endpoint = %settings.endpoint,
@@ -136,6 +127,62 @@ pub fn init(config: &Config) -> Result<Telemetry, BoxError> {
     Ok(Telemetry {
         traces: Some(provider),
     })
+}
+
+/// The log layer of a sidecar with traces: lines inside a span end with its
+/// ids, which the OpenTelemetry layer of the dispatcher given to
+/// [`TraceIds::lend`] holds. Colours are off: the line is formatted into a
+/// buffer before the ids are added.
+fn traced_logs<W>(
+    format: LogFormat,
+    writer: W,
+) -> (Box<dyn Layer<Registry> + Send + Sync>, TraceIds)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let ids = TraceIds::default();
+    let layer = match format {
+        LogFormat::Json => fmt::layer()
+            .event_format(WithTraceIds {
+                inner: fmt::format().json().flatten_event(true).with_target(false),
+                ids: ids.clone(),
+            })
+            .fmt_fields(fmt::format::JsonFields::new())
+            .with_ansi(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .event_format(WithTraceIds {
+                inner: fmt::format().with_target(false),
+                ids: ids.clone(),
+            })
+            .with_ansi(false)
+            .with_writer(writer)
+            .boxed(),
+    };
+    (layer, ids)
+}
+
+/// Where the log formatter finds the OpenTelemetry layer. Inside an event
+/// tracing's current dispatcher is not reachable (`get_default` answers
+/// the no-op one while a dispatch is under way), so the formatter keeps a
+/// weak handle to its own.
+#[derive(Clone, Default)]
+struct TraceIds(Arc<OnceLock<WeakDispatch>>);
+
+impl TraceIds {
+    fn lend(&self, dispatch: &Dispatch) {
+        let _ = self.0.set(dispatch.downgrade());
+    }
+
+    /// The ids of the span `id`, if it has valid ones.
+    fn of(&self, id: &tracing::span::Id) -> Option<(TraceId, SpanId)> {
+        let dispatch = self.0.get()?.upgrade()?;
+        let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+    }
 }
 
 fn log_filter(config: &Config) -> Result<EnvFilter, BoxError> {
@@ -371,7 +418,10 @@ pub fn caller_context(headers: &http::HeaderMap) -> Context {
 /// A log formatter that appends the current span's `trace_id` and
 /// `span_id` to the line formatted by `F`: as two more JSON fields, or as
 /// `trace_id=… span_id=…` at the end of a text line.
-struct WithTraceIds<F>(F);
+struct WithTraceIds<F> {
+    inner: F,
+    ids: TraceIds,
+}
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
 where
@@ -386,19 +436,15 @@ where
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
         // No extension lock may be held here: reading the ids takes one.
-        let ids = ctx.lookup_current().and_then(|span| {
-            let cx = tracing::dispatcher::get_default(|dispatch| {
-                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-            })?;
-            let span = cx.span();
-            let sc = span.span_context();
-            sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
-        });
+        let ids = ctx
+            .lookup_current()
+            .and_then(|span| self.ids.of(&span.id()));
         let Some((trace_id, span_id)) = ids else {
-            return self.0.format_event(ctx, writer, event);
+            return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);
-        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
         let body = line.trim_end_matches('\n');
         if F::JSON {
             let Some(open) = body.strip_suffix('}') else {
@@ -430,7 +476,89 @@ impl<T> IsJson for Format<fmt::format::Full, T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+
+    /// What a log layer wrote, line by line.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'w self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// Logs a line outside any span and one inside a traced span, in
+    /// `format`; returns the lines and the span's (trace id, span id).
+    fn log_in_a_span(format: LogFormat) -> (Vec<String>, String, String) {
+        let provider = SdkTracerProvider::builder().build();
+        let out = Captured::default();
+        let (logs, ids) = traced_logs(format, out.clone());
+        let dispatch = Dispatch::new(
+            tracing_subscriber::registry()
+                .with(logs)
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test"))),
+        );
+        ids.lend(&dispatch);
+        let (trace_id, span_id) = tracing::dispatcher::with_default(&dispatch, || {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            tracing::info!("outside");
+            let span = tracing::info_span!("call", channel = "cam");
+            let _entered = span.enter();
+            tracing::info!(n = 1, "inside");
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            (sc.trace_id().to_string(), sc.span_id().to_string())
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        (text.lines().map(str::to_owned).collect(), trace_id, span_id)
+    }
+
+    #[test]
+    fn json_lines_inside_a_span_carry_its_ids() {
+        let (lines, trace_id, span_id) = log_in_a_span(LogFormat::Json);
+        let [outside, inside] = &lines[..] else {
+            panic!("{lines:?}")
+        };
+        let outside: serde_json::Value = serde_json::from_str(outside).unwrap();
+        assert_eq!(outside["message"], "outside");
+        assert!(outside.get("trace_id").is_none());
+        let inside: serde_json::Value = serde_json::from_str(inside).unwrap();
+        assert_eq!(inside["message"], "inside");
+        assert_eq!(inside["n"], 1);
+        assert_eq!(inside["span"]["channel"], "cam");
+        assert_eq!(inside["trace_id"], trace_id);
+        assert_eq!(inside["span_id"], span_id);
+    }
+
+    #[test]
+    fn text_lines_inside_a_span_end_with_its_ids() {
+        let (lines, trace_id, span_id) = log_in_a_span(LogFormat::Text);
+        let [outside, inside] = &lines[..] else {
+            panic!("{lines:?}")
+        };
+        assert!(outside.ends_with("outside"), "{outside}");
+        assert!(!outside.contains("trace_id"), "{outside}");
+        assert!(
+            inside.ends_with(&format!(
+                "call{{channel=\"cam\"}}: inside n=1 trace_id={trace_id} span_id={span_id}"
+            )),
+            "{inside}"
+        );
+    }
 
     fn settings(vars: &[(&str, &str)]) -> Result<Option<TraceSettings>, String> {
         TraceSettings::from_env(|name| {
