@@ -1,9 +1,19 @@
-//! Wires the sidecar: configuration, logging, metrics, serve, drain.
+//! Wires the sidecar: configuration, logging and traces, metrics, serve,
+//! drain.
 
-use std::process::ExitCode;
+use std::{
+    process::ExitCode,
+    sync::{Arc, OnceLock},
+};
 
 use clap::Parser;
-use kvs_sidecar::{config::Config, metrics, server::Sidecar, telemetry};
+use kvs_sidecar::{
+    config::Config,
+    metrics,
+    server::Sidecar,
+    telemetry::{self, Telemetry},
+};
+use tokio::time::Instant;
 
 // glibc malloc spent ~15% of the sidecar's CPU under load (profile in
 // issue 6); mimalloc's per-thread free lists spend a fraction of that.
@@ -14,29 +24,43 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     kvs_sidecar::alloc::tune();
     let config = Config::parse();
-    if let Err(e) = telemetry::init(&config) {
-        eprintln!("kvs-sidecar: bad log configuration: {e}");
-        return ExitCode::from(2);
-    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.on_thread_park(kvs_sidecar::alloc::collect_on_park);
     if let Some(n) = config.worker_threads {
         runtime.worker_threads(n.get());
     }
-    match runtime.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(config)),
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kvs-sidecar: cannot start the runtime: {error}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
+    let telemetry = match runtime.block_on(async { telemetry::init(&config) }) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("kvs-sidecar: bad log or trace configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(config, telemetry))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, telemetry: Telemetry) -> ExitCode {
+    let grace = config.shutdown_grace;
+    // When the signal came, so the last traces are flushed within the
+    // grace that draining started.
+    let signalled = Arc::new(OnceLock::new());
     let run = async {
         // Listen for signals before binding, so a SIGTERM that arrives as
         // soon as the sidecar reports ready drains it instead of killing it.
         let shutdown = shutdown_signal()?;
+        let mark = signalled.clone();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = mark.set(Instant::now());
+        };
         tokio::spawn(kvs_sidecar::alloc::collect_periodically(
             std::time::Duration::from_secs(1),
         ));
@@ -44,13 +68,16 @@ async fn run(config: Config) -> ExitCode {
         let sidecar = Sidecar::bind(&config, Some(metrics)).await?;
         sidecar.serve(shutdown).await
     };
-    match run.await {
+    let code = match run.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "kvs-sidecar failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    let since = signalled.get().copied().unwrap_or_else(Instant::now);
+    telemetry.shutdown(since + grace).await;
+    code
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (a terminal).

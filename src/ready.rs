@@ -69,6 +69,12 @@ pub struct Launched {
     ready_file: PathBuf,
 }
 
+impl Launched {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Launched {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -26,8 +26,8 @@ use crate::{
     emulator::{Emulator, EmulatorCredentials},
     grpc::{
         self, CallLimits, WebRtcStorage, buffer_request::BufferRequestLayer,
-        metrics::GrpcMetricsLayer, request_deadline::RequestDeadlineLayer,
-        require_http2::RequireHttp2Layer,
+        call_span::CallSpanLayer, metrics::GrpcMetricsLayer,
+        request_deadline::RequestDeadlineLayer, require_http2::RequireHttp2Layer,
     },
     idempotency::JoinLedger,
     kvs::{
@@ -229,7 +229,9 @@ impl Sidecar {
                 config.max_request_bytes,
             ))
             .layer(RequestDeadlineLayer::new(config.max_call_duration))
-            .layer(GrpcMetricsLayer);
+            .layer(GrpcMetricsLayer)
+            // Outermost: what every layer below logs belongs to the call.
+            .layer(CallSpanLayer);
 
         let ready = Readiness::default();
         let admin_router = admin::router(ready.clone(), metrics.clone()).merge(admin_health);

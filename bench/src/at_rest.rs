@@ -60,6 +60,7 @@ pub struct AtRest {
 pub async fn measure(
     binary: &std::path::Path,
     fake: &str,
+    env: &[(String, String)],
     flags: &[&str],
     sessions: usize,
     idle: Duration,
@@ -77,7 +78,7 @@ pub async fn measure(
         "0",
     ];
     all.extend_from_slice(flags);
-    let sidecar = process::sidecar(binary, fake, &all);
+    let sidecar = process::sidecar(binary, fake, env, &all);
     let probe = Probe::Pid(sidecar.process.pid());
     let mut clients = Vec::new();
     for _ in 0..sessions.div_ceil(STREAMS_PER_CONNECTION).max(1) {

@@ -29,6 +29,12 @@ struct Args {
     /// `--sidecar-arg=--worker-threads=1`.
     #[arg(long = "sidecar-arg", allow_hyphen_values = true)]
     sidecar_args: Vec<String>,
+    /// Extra environment for every sidecar the benchmark starts, as
+    /// KEY=VALUE (it starts them with a clean environment), e.g.
+    /// `--sidecar-env=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317`
+    /// to measure the cost of traces.
+    #[arg(long = "sidecar-env", value_parser = key_value)]
+    sidecar_env: Vec<(String, String)>,
     /// Measured time of each phase.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -74,6 +80,12 @@ impl Args {
             .chain(self.sidecar_args.iter().map(String::as_str))
             .collect()
     }
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
 }
 
 /// Retries as the SDK's standard mode has them, for every path.
@@ -129,7 +141,7 @@ async fn run(args: &Args) -> Report {
     let startup = startup(args, &fake).await;
     let one = Workload::new(vec![arn("front-door")], None);
 
-    let sidecar = process::sidecar(&args.sidecar, &fake, &args.flags(&[]));
+    let sidecar = process::sidecar(&args.sidecar, &fake, &args.sidecar_env, &args.flags(&[]));
     let probe_sidecar = Probe::Pid(sidecar.process.pid());
     let sdk = Arc::new(targets::Sdk::new(&fake, MAX_ATTEMPTS, one.clone()));
     let stack = Arc::new(targets::Stack::new(&fake, MAX_ATTEMPTS, one.clone()));
@@ -184,6 +196,7 @@ async fn at_rest(args: &Args, fake: &str) -> at_rest::AtRest {
     at_rest::measure(
         &args.sidecar,
         fake,
+        &args.sidecar_env,
         &args.flags(&[]),
         args.rest_sessions,
         args.rest_idle,
@@ -247,14 +260,14 @@ fn longest() -> Workload {
 async fn startup(args: &Args, fake: &str) -> Startup {
     let mut to_serving_ms = Vec::new();
     for _ in 0..5 {
-        let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&[]));
+        let sidecar = process::sidecar(&args.sidecar, fake, &args.sidecar_env, &args.flags(&[]));
         assert!(
             process::serving(&sidecar.grpc_url).await,
             "health reports SERVING"
         );
         to_serving_ms.push(sidecar.started_in.as_secs_f64() * 1000.0);
     }
-    let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&[]));
+    let sidecar = process::sidecar(&args.sidecar, fake, &args.sidecar_env, &args.flags(&[]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss_mib = Probe::Pid(sidecar.process.pid()).rss_kib() as f64 / 1024.0;
     let mut sorted = to_serving_ms.clone();
@@ -277,7 +290,12 @@ async fn spread(
     work: Workload,
     window: Window,
 ) -> Spread {
-    let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&["--discovery-rate", "0"]));
+    let sidecar = process::sidecar(
+        &args.sidecar,
+        fake,
+        &args.sidecar_env,
+        &args.flags(&["--discovery-rate", "0"]),
+    );
     let probe = Probe::Pid(sidecar.process.pid());
     let target = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, 64, work).await);
     warm(&target, channels as u64, 0).await;
@@ -321,7 +339,12 @@ async fn warm<T: Target>(target: &Arc<T>, count: u64, from: u64) {
 async fn channel_memory(args: &Args, fake: &str) -> ChannelMemory {
     const STEP: u64 = 4_000;
     const CHANNELS: u64 = 20_000;
-    let sidecar = process::sidecar(&args.sidecar, fake, &args.flags(&["--discovery-rate", "0"]));
+    let sidecar = process::sidecar(
+        &args.sidecar,
+        fake,
+        &args.sidecar_env,
+        &args.flags(&["--discovery-rate", "0"]),
+    );
     let probe = Probe::Pid(sidecar.process.pid());
     // Channel 0 is the hot one; the cache grows with channels 1 and up.
     let arns: Vec<String> = (0..=CHANNELS).map(|i| arn(&format!("cache-{i}"))).collect();

@@ -8,17 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kvs_sidecar::ready::{self, Launched};
+
 use crate::targets::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 
 /// A child process killed when dropped.
 pub struct Process {
     child: Child,
-}
-
-impl Process {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for Process {
@@ -78,16 +74,17 @@ pub fn fake() -> (Process, String) {
 }
 
 /// A started sidecar: its process, gRPC URL, and how long it took from
-/// spawn to announcing it serves.
+/// spawn to its ready file.
 pub struct Sidecar {
-    pub process: Process,
+    pub process: Launched,
     pub grpc_url: String,
     pub started_in: Duration,
 }
 
 /// Starts the release binary as a deployment would: credentials from the
-/// environment, KVS at `fake`, JSON logs at the default level.
-pub fn sidecar(binary: &Path, fake: &str, args: &[&str]) -> Sidecar {
+/// environment, KVS at `fake`, JSON logs at the default level; `env` on
+/// top. Ready as the tests see it: when it writes its `--ready-file`.
+pub fn sidecar(binary: &Path, fake: &str, env: &[(String, String)], args: &[&str]) -> Sidecar {
     let mut cmd = Command::new(binary);
     cmd.args(args)
         .env_clear()
@@ -100,16 +97,15 @@ pub fn sidecar(binary: &Path, fake: &str, args: &[&str]) -> Sidecar {
         .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", fake)
         .env("KVS_SIDECAR_GRPC_LISTEN", "127.0.0.1:0")
         .env("KVS_SIDECAR_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KVS_SIDECAR_LOG_FORMAT", "json");
+        .env("KVS_SIDECAR_LOG_FORMAT", "json")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let started = Instant::now();
-    let (process, grpc) = spawn(cmd, "kvs-sidecar", |line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        (v["message"] == "serving").then(|| v["grpc"].as_str().unwrap_or_default().to_owned())
-    });
+    let process = ready::launch(cmd, Duration::from_secs(30))
+        .unwrap_or_else(|output| panic!("kvs-sidecar did not start: {output:#?}"));
     Sidecar {
-        process,
-        grpc_url: format!("http://{grpc}"),
+        grpc_url: format!("http://{}", process.ready.grpc),
         started_in: started.elapsed(),
+        process,
     }
 }
 

@@ -198,7 +198,7 @@ impl Pending {
     }
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+pub(super) fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     let value = headers
         .get("grpc-status")?
         .to_str()

@@ -2,6 +2,7 @@
 
 pub mod buffer_request;
 mod call_log;
+pub mod call_span;
 pub mod deadline;
 pub mod metrics;
 pub mod request_deadline;

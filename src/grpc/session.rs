@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use super::status::{code, to_status};
 use crate::{
@@ -68,7 +69,8 @@ pub async fn maintain(
         join_timeout,
         claim,
     };
-    tokio::spawn(supervisor.run(reports, events));
+    // Its joins and log lines belong to the stream's call span.
+    tokio::spawn(supervisor.run(reports, events).in_current_span());
     // The relay owns the supervisor's inputs: when it ends (the caller ended
     // or left its stream), the supervisor sees them close and stops.
     tokio::spawn(async move {

@@ -355,6 +355,8 @@ impl KvsClient {
             body,
             deadline: call.deadline,
             attempts: call.attempts.clone(),
+            attempt: 1,
+            retry_reason: None,
             credentials: self.identities.for_channel(arn).clone(),
         };
         self.upstream.clone().oneshot(request).await

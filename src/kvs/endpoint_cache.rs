@@ -10,6 +10,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use moka::{future::Cache, notification::RemovalCause};
+use tracing::{Instrument, field::Empty};
 
 use super::{
     Error,
@@ -38,6 +39,9 @@ impl EndpointCache {
     }
 
     /// The cached endpoints for `arn` and `role`, or those `discover` finds.
+    /// Under a DEBUG span (exported with traces), whose `cache.hit` says
+    /// whether this call found them without discovering them itself; the
+    /// discovery's attempts are its children.
     pub async fn get_or_discover<F, Fut>(
         &self,
         arn: &ChannelArn,
@@ -48,11 +52,17 @@ impl EndpointCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<Endpoints>, Error>>,
     {
+        let span = tracing::debug_span!(
+            "endpoint_discovery",
+            kvs.role = role.as_str(),
+            cache.hit = Empty,
+        );
         let key = (arn.clone(), role);
         // A hit, the usual case, is a plain read. Only a miss builds the
         // discovery (boxed, so its future does not weigh on every join's)
         // and takes moka's entry path for single flight.
         if let Some(found) = self.entries.get(&key).await {
+            span.record("cache.hit", true);
             metrics::endpoint_cache(true);
             return Ok(found);
         }
@@ -60,10 +70,12 @@ impl EndpointCache {
             .entries
             .entry(key)
             .or_try_insert_with(Box::pin(discover()))
+            .instrument(span.clone())
             .await
             // Callers that waited on the same discovery share its error.
             .map_err(|shared| (*shared).clone())?;
         let discovered = entry.is_fresh();
+        span.record("cache.hit", !discovered);
         metrics::endpoint_cache(!discovered);
         if discovered {
             metrics::endpoint_cache_entries(self.entries.entry_count());

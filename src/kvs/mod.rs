@@ -97,6 +97,12 @@ pub struct UpstreamRequest {
     pub deadline: Instant,
     /// Counts the attempts of the whole gRPC call, for its log line.
     pub attempts: Arc<AtomicU32>,
+    /// Which attempt of this request this is, from 1: the retry policy
+    /// counts it up, for the attempt's span.
+    pub attempt: u32,
+    /// Why this attempt is a retry: the previous attempt's failure, as the
+    /// retry policy classified it.
+    pub retry_reason: Option<&'static str>,
     /// What signs it: the channel's account's credentials.
     pub credentials: Arc<credentials::CredentialCache>,
 }

@@ -247,6 +247,7 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
             }
             self.refreshed_credentials = true;
             metrics::retry(operation, kind.as_str());
+            next_attempt(req, kind);
             // The request's own credentials: its channel's account's.
             let credentials = req.credentials.clone();
             return Some(Box::pin(async move { credentials.invalidate() }));
@@ -273,6 +274,7 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
             );
             metrics::clock_skew(skew);
             metrics::retry(operation, kind.as_str());
+            next_attempt(req, kind);
             return Some(Box::pin(std::future::ready(())));
         }
 
@@ -296,6 +298,7 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         self.last_cost = Some(cost);
         self.attempts += 1;
         metrics::retry(operation, kind.as_str());
+        next_attempt(req, kind);
         tracing::debug!(
             operation,
             reason = kind.as_str(),
@@ -309,6 +312,13 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
     fn clone_request(&mut self, req: &UpstreamRequest) -> Option<UpstreamRequest> {
         Some(req.clone())
     }
+}
+
+/// Numbers the retry about to be sent and says why, for its span: tower
+/// sends the request the policy was given, so the change reaches it.
+fn next_attempt(req: &mut UpstreamRequest, kind: RetryKind) {
+    req.attempt += 1;
+    req.retry_reason = Some(kind.as_str());
 }
 
 #[cfg(test)]

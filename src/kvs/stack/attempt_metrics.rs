@@ -1,5 +1,11 @@
-//! Counts and times every attempt sent to KVS, by operation and outcome, and
-//! counts it toward the call's attempt total for the call's log line.
+//! Counts and times every attempt sent to KVS, by operation and outcome,
+//! counts it toward the call's attempt total for the call's log line, and
+//! gives it a span: operation, attempt number, why it is a retry, endpoint
+//! host, HTTP status and KVS request id. The span sits here, below the
+//! waits for rate, credentials and an upstream slot, so it times the
+//! attempt alone; it is at DEBUG, so with traces and debug logs off it is
+//! never built. Nothing of the signed request (its headers, its signature)
+//! is put on it, and no trace header is added to the request.
 
 use std::{
     future::Future,
@@ -9,10 +15,11 @@ use std::{
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+use tracing::{Span, field::Empty};
 
 use super::Authorized;
 use crate::{
-    kvs::{Error, Operation},
+    kvs::{Error, Operation, UpstreamResponse},
     metrics,
 };
 
@@ -30,6 +37,7 @@ pin_project! {
         inner: F,
         operation: Operation,
         start: Instant,
+        span: Span,
     }
 }
 
@@ -45,9 +53,9 @@ impl<S> tower::Layer<S> for AttemptMetricsLayer {
 
 impl<S> tower::Service<Authorized> for AttemptMetrics<S>
 where
-    S: tower::Service<Authorized, Error = Error>,
+    S: tower::Service<Authorized, Response = UpstreamResponse, Error = Error>,
 {
-    type Response = S::Response;
+    type Response = UpstreamResponse;
     type Error = Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -57,31 +65,74 @@ where
 
     fn call(&mut self, req: Authorized) -> Self::Future {
         req.request.count_attempt();
+        let r = &req.request;
+        // Field values are only evaluated when the span is enabled.
+        let span = tracing::debug_span!(
+            "kvs_attempt",
+            otel.name = r.operation.name(),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            rpc.system = "aws-api",
+            rpc.service = "KinesisVideo",
+            rpc.method = r.operation.name(),
+            // OTel exports unsigned integers as strings; these are small.
+            kvs.attempt = i64::from(r.attempt),
+            kvs.retry_reason = r.retry_reason,
+            server.address = r.endpoint.host().unwrap_or_default(),
+            http.response.status_code = Empty,
+            aws.request_id = Empty,
+            error.type = Empty,
+        );
+        let operation = r.operation;
+        let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture {
-            operation: req.request.operation,
+            operation,
             start: Instant::now(),
-            inner: self.inner.call(req),
+            inner,
+            span,
         }
     }
 }
 
 // === impl ResponseFuture ===
 
-impl<F, T> Future for ResponseFuture<F>
+impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<T, Error>>,
+    F: Future<Output = Result<UpstreamResponse, Error>>,
 {
-    type Output = Result<T, Error>;
+    type Output = Result<UpstreamResponse, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let result = std::task::ready!(this.inner.poll(cx));
-        metrics::upstream_attempt(
-            this.operation.name(),
-            outcome(result.as_ref().err()),
-            this.start.elapsed(),
-        );
+        let outcome = outcome(result.as_ref().err());
+        metrics::upstream_attempt(this.operation.name(), outcome, this.start.elapsed());
+        if !this.span.is_disabled() {
+            record(this.span, &result, outcome);
+        }
         Poll::Ready(result)
+    }
+}
+
+/// What KVS answered, on the attempt's span. Error messages are left out:
+/// the error type and status say what happened, and the call's log line
+/// has the (redacted) message.
+fn record(span: &Span, result: &Result<UpstreamResponse, Error>, outcome: &'static str) {
+    let (status, request_id) = match result {
+        Ok(answer) => (Some(answer.status.as_u16()), answer.request_id.as_deref()),
+        Err(Error::Service(e)) => (Some(e.http_status), e.request_id.as_deref()),
+        Err(_) => (None, None),
+    };
+    if let Some(status) = status {
+        span.record("http.response.status_code", i64::from(status));
+    }
+    if let Some(id) = request_id {
+        span.record("aws.request_id", id);
+    }
+    if result.is_err() {
+        span.record("error.type", outcome);
+        span.record("otel.status_code", "error");
     }
 }
 

@@ -376,6 +376,8 @@ mod tests {
             body: Default::default(),
             deadline,
             attempts: Arc::new(AtomicU32::new(0)),
+            attempt: 1,
+            retry_reason: None,
             credentials: crate::kvs::credentials::Identities::for_tests()
                 .all()
                 .next()
