@@ -19,7 +19,7 @@ use rustls::{
 use crate::kvs::{
     BoxError,
     endpoint::EndpointSettings,
-    http::{Network, webpki_roots},
+    transport::{Network, webpki_roots},
 };
 
 /// The KVS service id as aws-runtime takes it: it derives the variable

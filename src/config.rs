@@ -10,9 +10,9 @@ use crate::{
     kvs::{
         ClientSettings,
         endpoint::EndpointSettings,
-        http::{HttpConfig, Network},
         retry::Backoff,
         stack::{RateLimits, StackConfig},
+        transport::{HttpConfig, Network},
     },
     policy::ArnPattern,
 };

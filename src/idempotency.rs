@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use crate::{
     grpc::status,
+    instruments,
     kvs::{Error, Joined, arn::ChannelArn, arn::ValidationError, endpoint::Role},
-    metrics,
     store::SharedStore,
 };
 
@@ -138,7 +138,7 @@ impl JoinLedger {
             });
         }
         if !entry.is_fresh() {
-            crate::metrics::idempotent_replay();
+            crate::instruments::idempotent_replay();
         }
         outcome.result.clone()
     }
@@ -205,7 +205,7 @@ impl Shared {
                     });
                 }
                 if let Some(outcome) = found.outcome {
-                    metrics::idempotent_replay();
+                    instruments::idempotent_replay();
                     return outcome.into();
                 }
                 if Instant::now() + POLL >= deadline {
@@ -244,7 +244,7 @@ impl From<Stored> for Result<Joined, Error> {
 }
 
 fn store_error(purpose: &'static str, error: &crate::store::StoreError) {
-    metrics::state_store_error(purpose);
+    instruments::state_store_error(purpose);
     tracing::warn!(%error, purpose, "state store unreachable; going on without it");
 }
 

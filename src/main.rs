@@ -9,7 +9,7 @@ use std::{
 use clap::Parser;
 use kvs_sidecar::{
     config::Config,
-    metrics,
+    instruments,
     server::Sidecar,
     telemetry::{self, Telemetry},
 };
@@ -64,7 +64,7 @@ async fn run(config: Config, telemetry: Telemetry) -> ExitCode {
         tokio::spawn(kvs_sidecar::alloc::collect_periodically(
             std::time::Duration::from_secs(1),
         ));
-        let metrics = metrics::install()?;
+        let metrics = instruments::install()?;
         let sidecar = Sidecar::bind(&config, Some(metrics)).await?;
         sidecar.serve(shutdown).await
     };

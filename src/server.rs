@@ -34,7 +34,7 @@ use crate::{
         KvsClient,
         credentials::Identities,
         endpoint::EndpointSettings,
-        http::{BuildError, Network},
+        transport::{BuildError, Network},
     },
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,

@@ -132,7 +132,7 @@ fn main() {
 
 async fn run(args: &Args) -> Report {
     // The in-process stack records its metrics as the sidecar does.
-    let _metrics = kvs_sidecar::metrics::install().expect("a metrics recorder");
+    let _metrics = kvs_sidecar::instruments::install().expect("a metrics recorder");
     let window = Window {
         warmup: args.warmup,
         measure: args.duration,

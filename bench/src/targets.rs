@@ -16,7 +16,7 @@ use hyper_util::{
 use kvs_sidecar::{
     clock::SystemClock,
     config::Config,
-    kvs::{Call, KvsClient, arn::ChannelArn, endpoint::EndpointSettings, http::Network},
+    kvs::{Call, KvsClient, arn::ChannelArn, endpoint::EndpointSettings, transport::Network},
     pb::{
         JoinStorageSessionAsViewerRequest, JoinStorageSessionRequest,
         web_rtc_storage_service_client::WebRtcStorageServiceClient,

@@ -16,7 +16,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::metrics;
+use crate::instruments;
 
 /// The methods we label by name; anything else is `unknown`, so scanners
 /// probing random paths cannot grow the metric's cardinality. Service names
@@ -103,7 +103,7 @@ where
 
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
         let (service, method) = labels(req.uri().path());
-        metrics::grpc_started(service, method);
+        instruments::grpc_started(service, method);
         ResponseFuture {
             inner: self.inner.call(req),
             pending: Some(Pending {
@@ -194,7 +194,7 @@ impl<B: Body> Body for MeteredBody<B> {
 
 impl Pending {
     fn finish(self, code: Code) {
-        metrics::grpc_handled(self.service, self.method, code, self.start.elapsed());
+        instruments::grpc_handled(self.service, self.method, code, self.start.elapsed());
     }
 }
 

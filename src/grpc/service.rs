@@ -91,7 +91,7 @@ impl WebRtcStorage {
         request_id: fn(&T) -> &str,
     ) -> Result<T, Status> {
         let Ok(_slot) = self.slots.try_acquire() else {
-            metrics::counter!(crate::metrics::CALLS_SHED).increment(1);
+            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
             return Err(Status::resource_exhausted(format!(
                 "the sidecar is at its limit of {} calls in flight; retry with backoff",
                 self.limits.max_concurrent_calls

@@ -23,8 +23,8 @@ use super::{
     credentials::{CredentialCache, Identities},
     endpoint::{self, EndpointSettings, Endpoints, Protocol, Role},
     endpoint_cache::EndpointCache,
-    http::BuildError,
     stack::{self, StackConfig, Upstream},
+    transport::BuildError,
 };
 use crate::clock::{SharedClock, SkewCorrectedClock};
 

@@ -24,7 +24,7 @@ use aws_credential_types::{
 use aws_sdk_sts::{error::ProvideErrorMetadata, operation::assume_role::AssumeRoleError};
 
 use super::{Error, arn::ChannelArn, error::chain};
-use crate::{clock::SharedClock, metrics};
+use crate::{clock::SharedClock, instruments};
 
 /// How long before expiry credentials are refreshed. The SDKs use 5 minutes;
 /// STS and container credentials live at least 15.
@@ -165,7 +165,7 @@ impl CredentialCache {
                     }
                 })
             });
-        metrics::credential_refresh(loaded.is_ok(), &self.role);
+        instruments::credential_refresh(loaded.is_ok(), &self.role);
         let credentials = loaded?;
         tracing::debug!(expiry = ?credentials.expiry(), "loaded AWS credentials");
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(credentials.clone());

@@ -17,7 +17,7 @@ use super::{
     arn::ChannelArn,
     endpoint::{Endpoints, Role},
 };
-use crate::metrics;
+use crate::instruments;
 
 type Key = (ChannelArn, Role);
 
@@ -33,7 +33,9 @@ impl EndpointCache {
         let entries = Cache::builder()
             .max_capacity(capacity)
             .time_to_live(ttl)
-            .eviction_listener(|_, _, cause| metrics::endpoint_cache_eviction(cause_label(cause)))
+            .eviction_listener(|_, _, cause| {
+                instruments::endpoint_cache_eviction(cause_label(cause))
+            })
             .build();
         Self { entries }
     }
@@ -63,7 +65,7 @@ impl EndpointCache {
         // and takes moka's entry path for single flight.
         if let Some(found) = self.entries.get(&key).await {
             span.record("cache.hit", true);
-            metrics::endpoint_cache(true);
+            instruments::endpoint_cache(true);
             return Ok(found);
         }
         let entry = self
@@ -76,9 +78,9 @@ impl EndpointCache {
             .map_err(|shared| (*shared).clone())?;
         let discovered = entry.is_fresh();
         span.record("cache.hit", !discovered);
-        metrics::endpoint_cache(!discovered);
+        instruments::endpoint_cache(!discovered);
         if discovered {
-            metrics::endpoint_cache_entries(self.entries.entry_count());
+            instruments::endpoint_cache_entries(self.entries.entry_count());
         }
         Ok(entry.into_value())
     }
@@ -92,7 +94,7 @@ impl EndpointCache {
     /// of later lookups) and reports the entry count.
     pub async fn sweep(&self) {
         self.entries.run_pending_tasks().await;
-        metrics::endpoint_cache_entries(self.entries.entry_count());
+        instruments::endpoint_cache_entries(self.entries.entry_count());
     }
 
     /// Entries held, as of the last sweep.

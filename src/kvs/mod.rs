@@ -10,11 +10,11 @@ pub mod credentials;
 pub mod endpoint;
 pub mod endpoint_cache;
 mod error;
-pub mod http;
 mod redact;
 pub mod retry;
 pub mod sign;
 pub mod stack;
+pub mod transport;
 
 use std::sync::{
     Arc,

@@ -10,7 +10,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use super::{Error, ErrorKind, ServiceError, UpstreamRequest, UpstreamResponse};
-use crate::{clock::SkewCorrectedClock, metrics};
+use crate::{clock::SkewCorrectedClock, instruments};
 
 /// Why a failed attempt may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub struct RetryQuota {
 
 impl RetryQuota {
     pub fn new(capacity: u32) -> Self {
-        metrics::retry_quota(capacity);
+        instruments::retry_quota(capacity);
         Self {
             tokens: capacity.into(),
             capacity,
@@ -150,7 +150,7 @@ impl RetryQuota {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(cost))
             .ok()?
             - cost;
-        metrics::retry_quota(left);
+        instruments::retry_quota(left);
         Some(cost)
     }
 
@@ -164,7 +164,7 @@ impl RetryQuota {
             })
             .unwrap_or(capacity);
         if before < capacity {
-            metrics::retry_quota((before + tokens).min(capacity));
+            instruments::retry_quota((before + tokens).min(capacity));
         }
     }
 
@@ -246,7 +246,7 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
                 return None;
             }
             self.refreshed_credentials = true;
-            metrics::retry(operation, kind.as_str());
+            instruments::retry(operation, kind.as_str());
             next_attempt(req, kind);
             // The request's own credentials: its channel's account's.
             let credentials = req.credentials.clone();
@@ -272,8 +272,8 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
                 skew_seconds = skew,
                 "KVS says our clock is off; correcting by its Date header"
             );
-            metrics::clock_skew(skew);
-            metrics::retry(operation, kind.as_str());
+            instruments::clock_skew(skew);
+            instruments::retry(operation, kind.as_str());
             next_attempt(req, kind);
             return Some(Box::pin(std::future::ready(())));
         }
@@ -290,14 +290,14 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
             return None;
         }
         let Some(cost) = self.quota.try_acquire(kind) else {
-            metrics::retry_quota_exhausted(operation);
+            instruments::retry_quota_exhausted(operation);
             let last = std::mem::replace(err, Error::DeadlineExceeded);
             *err = Error::RetryQuotaExhausted(Box::new(last));
             return None;
         };
         self.last_cost = Some(cost);
         self.attempts += 1;
-        metrics::retry(operation, kind.as_str());
+        instruments::retry(operation, kind.as_str());
         next_attempt(req, kind);
         tracing::debug!(
             operation,

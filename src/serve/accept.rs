@@ -10,7 +10,7 @@ use tokio::{
 };
 
 use super::{Cap, Settings, connection, throttle::Throttle};
-use crate::metrics::{ACCEPT_ERRORS, CONNECTIONS, CONNECTIONS_REFUSED};
+use crate::instruments::{ACCEPT_ERRORS, CONNECTIONS, CONNECTIONS_REFUSED};
 
 /// What it takes to make an accepted connection speak HTTP: nothing for
 /// plain TCP, a TLS handshake for TLS. Run on the connection's own task,

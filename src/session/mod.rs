@@ -25,8 +25,8 @@ use tokio::{
 
 pub use self::policy::{Action, GiveUp, Policy, Reason, Report, Settings};
 use crate::{
+    instruments,
     kvs::{Call, Error, ErrorKind, Joined, KvsClient, arn::ChannelArn},
-    metrics,
     store::SharedStore,
 };
 
@@ -133,7 +133,7 @@ impl Sessions {
             if !active.insert(key.clone()) {
                 return Err(Refusal::AlreadyMaintained);
             }
-            metrics::sessions_maintained(active.len());
+            instruments::sessions_maintained(active.len());
         }
         // From here on, dropping the claim gives the place back.
         let mut claim = Claim {
@@ -147,7 +147,7 @@ impl Sessions {
                 Ok(true) => claim.lease = Some(Lease::keep(store.clone(), lease_key, *ttl)),
                 Ok(false) => return Err(Refusal::MaintainedElsewhere),
                 Err(error) => {
-                    metrics::state_store_error("lease");
+                    instruments::state_store_error("lease");
                     tracing::warn!(%error, "state store unreachable; cannot lease the session");
                     return Err(Refusal::StoreUnavailable);
                 }
@@ -185,7 +185,7 @@ impl Drop for Claim {
     fn drop(&mut self) {
         let mut active = self.sessions.lock();
         active.remove(&self.key);
-        metrics::sessions_maintained(active.len());
+        instruments::sessions_maintained(active.len());
         drop(active);
         if let (Some(lease), Some((store, _))) = (self.lease.take(), &self.sessions.shared) {
             lease.renewal.abort();
@@ -195,7 +195,7 @@ impl Drop for Claim {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     if store.release(&lease.key, store.token()).await.is_err() {
-                        metrics::state_store_error("lease");
+                        instruments::state_store_error("lease");
                     }
                 });
             }
@@ -221,7 +221,7 @@ impl Lease {
                         Ok(true) => held_until = Instant::now() + ttl,
                         Ok(false) => break,
                         Err(_) => {
-                            metrics::state_store_error("lease");
+                            instruments::state_store_error("lease");
                             if Instant::now() + ttl / 3 >= held_until {
                                 break;
                             }
@@ -283,7 +283,7 @@ impl Supervisor {
                 Action::Stop(why) => break Some(Stop::Policy(why)),
                 Action::Join(reason) => {
                     attempt += 1;
-                    metrics::session_join(reason.as_str());
+                    instruments::session_join(reason.as_str());
                     let result = tokio::select! {
                         result = join() => result,
                         () = events.closed() => break None,
@@ -327,7 +327,7 @@ impl Supervisor {
                         if report == Report::OfferReceived
                             && let Some(at) = joined_at.take()
                         {
-                            metrics::session_offer_latency(at.elapsed());
+                            instruments::session_offer_latency(at.elapsed());
                         }
                         policy.report(report, Instant::now());
                     }
@@ -340,7 +340,7 @@ impl Supervisor {
         };
         // The caller went away: nothing to tell it.
         let Some(why) = stop else { return };
-        metrics::session_gave_up(match why {
+        instruments::session_gave_up(match why {
             Stop::Policy(GiveUp::FailureBudget) => "failure_budget",
             Stop::Policy(GiveUp::Final) => "final_error",
             Stop::Draining => "draining",

@@ -19,8 +19,8 @@ use tracing::{Span, field::Empty};
 
 use super::Authorized;
 use crate::{
+    instruments,
     kvs::{Error, Operation, UpstreamResponse},
-    metrics,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -107,7 +107,7 @@ where
         let _entered = this.span.enter();
         let result = std::task::ready!(this.inner.poll(cx));
         let outcome = outcome(result.as_ref().err());
-        metrics::upstream_attempt(this.operation.name(), outcome, this.start.elapsed());
+        instruments::upstream_attempt(this.operation.name(), outcome, this.start.elapsed());
         if !this.span.is_disabled() {
             record(this.span, &result, outcome);
         }

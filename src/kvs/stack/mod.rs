@@ -39,8 +39,8 @@ pub use self::{
 };
 use super::{
     Error, UpstreamRequest, UpstreamResponse,
-    http::{BuildError, HttpClient, HttpConfig},
     retry::{Backoff, RetryPolicy, RetryQuota},
+    transport::{BuildError, HttpClient, HttpConfig},
 };
 use crate::clock::SkewCorrectedClock;
 

@@ -33,8 +33,8 @@ use std::{
 use tokio::time::Instant;
 
 use crate::{
+    instruments,
     kvs::{Error, ErrorKind, Operation, UpstreamRequest},
-    metrics,
 };
 
 /// Never adapt below this: a trickle still probes whether KVS recovered.
@@ -230,11 +230,11 @@ where
         Box::pin(async move {
             let wait = lock(&bucket).acquire(Instant::now(), req.deadline);
             let Some(wait) = wait else {
-                metrics::rate_limit_refused(operation);
+                instruments::rate_limit_refused(operation);
                 return Err(Error::RateLimited { operation });
             };
             if !wait.is_zero() {
-                metrics::rate_limited(operation);
+                instruments::rate_limited(operation);
                 let reservation = Reservation::new(&bucket);
                 tokio::time::sleep(wait).await;
                 reservation.keep();
@@ -254,7 +254,7 @@ where
                 Ok(_) => bucket.succeeded(Instant::now()),
                 Err(_) => {}
             }
-            metrics::rate_limit(operation, bucket.rate());
+            instruments::rate_limit(operation, bucket.rate());
             result
         })
     }
