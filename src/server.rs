@@ -92,10 +92,21 @@ impl StartupError {
 
 /// A sidecar bound to its ports, ready to serve.
 pub struct Sidecar {
+    listeners: Listeners,
+    app: App,
+}
+
+/// The sockets, bound.
+struct Listeners {
     grpc: GrpcListener,
     /// The optional Unix socket beside the TCP port.
     unix: Option<Unix>,
     admin: TcpListener,
+}
+
+/// Everything but the sockets: the services behind each port, how their
+/// connections are served, and what the drain needs.
+struct App {
     grpc_router: axum::Router,
     admin_router: axum::Router,
     grpc_settings: Settings,
@@ -108,16 +119,32 @@ pub struct Sidecar {
     sessions: Arc<Sessions>,
     grace: Duration,
     identities: Arc<Identities>,
+    /// For the background sweep of its endpoint cache.
+    client: Arc<KvsClient>,
+    /// For the exporter's periodic upkeep.
+    metrics: Option<PrometheusHandle>,
     emulating: bool,
     ready_file: Option<PathBuf>,
 }
 
 impl Sidecar {
-    /// Loads the AWS configuration, builds the KVS client and binds both
-    /// listeners. Credentials start loading in the background: a missing
-    /// credential source shows up as UNAVAILABLE answers and a warning, not
-    /// as a crash loop.
+    /// Assembles the sidecar (the AWS configuration, the KVS client, the
+    /// services behind each port) and binds its listeners. Nothing runs
+    /// until [`Sidecar::serve`].
     pub async fn bind(
+        config: &Config,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, StartupError> {
+        let app = App::assemble(config, metrics).await?;
+        let listeners = Listeners::bind(config).await?;
+        Ok(Self { listeners, app })
+    }
+}
+
+// === impl App ===
+
+impl App {
+    async fn assemble(
         config: &Config,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, StartupError> {
@@ -139,16 +166,6 @@ impl Sidecar {
             Arc::new(SystemClock),
         )?;
         let client = Arc::new(client);
-        // moka drops expired entries as a side effect of later lookups; a
-        // timer frees them on an idle sidecar too and keeps the gauge fresh.
-        let sweeper = client.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(30));
-            loop {
-                every.tick().await;
-                sweeper.endpoints().sweep().await;
-            }
-        });
 
         // Every service has a decode limit sized to its requests: tonic's
         // 4 MiB default let a few unfinished health messages hold hundreds
@@ -185,7 +202,7 @@ impl Sidecar {
             None => JoinLedger::new(config.idempotency_window, config.idempotency_keys),
         };
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
-            client,
+            client.clone(),
             signaling,
             readiness,
             ChannelPolicy::new(config.allowed_channels.clone()),
@@ -235,17 +252,6 @@ impl Sidecar {
 
         let ready = Readiness::default();
         let admin_router = admin::router(ready.clone(), metrics.clone()).merge(admin_health);
-        if let Some(handle) = metrics {
-            // Histograms and summaries need periodic upkeep when no exporter
-            // HTTP listener does it for us.
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    every.tick().await;
-                    handle.run_upkeep();
-                }
-            });
-        }
 
         let grpc_settings = Settings {
             port: "grpc",
@@ -261,15 +267,6 @@ impl Sidecar {
             ..grpc_settings.clone()
         };
         Ok(Self {
-            grpc: GrpcListener::bind(config).await?,
-            unix: config
-                .grpc_listen_unix
-                .as_deref()
-                .map(bind_unix)
-                .transpose()?,
-            admin: TcpListener::bind(config.admin_listen)
-                .await
-                .map_err(StartupError::listen("--admin-listen", config.admin_listen))?,
             grpc_router,
             admin_router,
             grpc_cap: grpc_cap(config),
@@ -281,20 +278,80 @@ impl Sidecar {
             sessions,
             grace: config.shutdown_grace,
             identities,
+            client,
+            metrics,
             emulating: config.emulate,
             ready_file: config.ready_file.clone(),
         })
     }
 
+    /// The sidecar's own upkeep, started with serving.
+    fn spawn_background(&self) {
+        // moka drops expired entries as a side effect of later lookups; a
+        // timer frees them on an idle sidecar too and keeps the gauge fresh.
+        let sweeper = self.client.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                sweeper.endpoints().sweep().await;
+            }
+        });
+        if let Some(handle) = self.metrics.clone() {
+            // Histograms and summaries need periodic upkeep when no exporter
+            // HTTP listener does it for us.
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    handle.run_upkeep();
+                }
+            });
+        }
+        // Credentials start loading now: a missing credential source shows
+        // up as UNAVAILABLE answers and a warning, not as a crash loop.
+        for credentials in self.identities.all() {
+            let credentials = credentials.clone();
+            tokio::spawn(async move {
+                if let Err(error) = credentials.get().await {
+                    let role = credentials.role();
+                    tracing::warn!(%error, role, "no AWS credentials yet; calls signed with them will fail until the provider succeeds");
+                }
+            });
+        }
+    }
+}
+
+// === impl Listeners ===
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Self, StartupError> {
+        Ok(Self {
+            grpc: GrpcListener::bind(config).await?,
+            unix: config
+                .grpc_listen_unix
+                .as_deref()
+                .map(bind_unix)
+                .transpose()?,
+            admin: TcpListener::bind(config.admin_listen)
+                .await
+                .map_err(StartupError::listen("--admin-listen", config.admin_listen))?,
+        })
+    }
+}
+
+// === impl Sidecar ===
+
+impl Sidecar {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        match &self.grpc {
+        match &self.listeners.grpc {
             GrpcListener::Plain(l) => l.local_addr(),
             GrpcListener::Tls(l) => l.local_addr(),
         }
     }
 
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
+        self.listeners.admin.local_addr()
     }
 
     /// Serves until `shutdown` resolves, then drains: readiness and health
@@ -304,12 +361,14 @@ impl Sidecar {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         let grpc_addr = self.grpc_addr()?;
         let admin_addr = self.admin_addr()?;
+        let Self { listeners, app } = self;
+        app.spawn_background();
         let (drain_tx, drain_rx) = watch::channel(false);
         let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
 
-        let (router, settings, cap) = (&self.grpc_router, &self.grpc_settings, &self.grpc_cap);
-        let unix_path = self.unix.as_ref().map(|unix| unix.path.clone());
-        let unix = self.unix.map(|unix| {
+        let (router, settings, cap) = (&app.grpc_router, &app.grpc_settings, &app.grpc_cap);
+        let unix_path = listeners.unix.as_ref().map(|unix| unix.path.clone());
+        let unix = listeners.unix.map(|unix| {
             serve::serve(
                 unix,
                 router.clone(),
@@ -318,7 +377,7 @@ impl Sidecar {
                 drain_rx.clone(),
             )
         });
-        let mut grpc = match self.grpc {
+        let mut grpc = match listeners.grpc {
             GrpcListener::Plain(listener) => {
                 let tcp = Tcp {
                     listener,
@@ -331,31 +390,22 @@ impl Sidecar {
             }
         };
         let admin = Tcp {
-            listener: self.admin,
+            listener: listeners.admin,
             no_delay: false,
         };
         let admin = serve::serve(
             admin,
-            self.admin_router,
-            self.admin_settings,
-            self.admin_cap,
+            app.admin_router,
+            app.admin_settings,
+            app.admin_cap,
             stop_admin_rx,
         );
 
-        for credentials in self.identities.all() {
-            let credentials = credentials.clone();
-            tokio::spawn(async move {
-                if let Err(error) = credentials.get().await {
-                    let role = credentials.role();
-                    tracing::warn!(%error, role, "no AWS credentials yet; calls signed with them will fail until the provider succeeds");
-                }
-            });
-        }
-        self.health
+        app.health
             .set_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
             .await;
-        self.ready.set(true);
-        if let Some(path) = &self.ready_file {
+        app.ready.set(true);
+        if let Some(path) = &app.ready_file {
             let ready = crate::ready::Ready {
                 pid: std::process::id(),
                 grpc: grpc_addr,
@@ -367,7 +417,7 @@ impl Sidecar {
                 .map_err(|e| format!("cannot write --ready-file {}: {e}", path.display()))?;
         }
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "serving");
-        if self.emulating {
+        if app.emulating {
             tracing::info!(
                 "try: grpcurl -plaintext -d '{{\"channel_arn\":\"{DEMO_ARN}\"}}' {grpc_addr} kvs.webrtcstorage.v1.WebRtcStorageService/JoinStorageSession"
             );
@@ -381,22 +431,22 @@ impl Sidecar {
             }
         }
 
-        tracing::info!(grace = ?self.grace, "draining");
-        self.ready.set(false);
-        if let Some(path) = &self.ready_file {
+        tracing::info!(grace = ?app.grace, "draining");
+        app.ready.set(false);
+        if let Some(path) = &app.ready_file {
             let _ = std::fs::remove_file(path);
         }
         // Maintained sessions end now with a final event, so their callers'
         // other replicas can take over while this one drains.
-        self.sessions.drain();
-        self.health
+        app.sessions.drain();
+        app.health
             .set_not_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
             .await;
-        self.health
+        app.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let _ = drain_tx.send(true);
-        let until = tokio::time::Instant::now() + self.grace;
+        let until = tokio::time::Instant::now() + app.grace;
         let drained = async {
             grpc.await?;
             if let Some(unix) = unix {
@@ -546,13 +596,4 @@ fn bind_unix(path: &Path) -> Result<Unix, StartupError> {
         listener,
         path: path.to_owned(),
     })
-}
-
-/// gRPC answers are small writes a caller waits on: without TCP_NODELAY,
-/// Nagle holds one back until the caller's delayed ACK, 40 ms later (seen as
-/// the benchmark's p99 before this was set).
-pub(crate) fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(error) = tcp.set_nodelay(true) {
-        tracing::debug!(%error, "could not set TCP_NODELAY");
-    }
 }
