@@ -10,7 +10,7 @@ use rustls::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-use crate::serve::{Handshake, Listen};
+use crate::serve::{Handshake, Listen, no_delay};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -93,7 +93,7 @@ impl Listen for TlsListener {
 
     async fn accept(&mut self) -> io::Result<Handshake<Self::Io>> {
         let (mut stream, _) = self.tcp.accept().await?;
-        crate::server::no_delay(&mut stream);
+        no_delay(&mut stream);
         Ok(Box::pin(self.tls.accept(stream)))
     }
 }

@@ -25,6 +25,7 @@ use hyper_util::{
     server::conn::auto,
 };
 
+pub(crate) use self::accept::no_delay;
 pub use self::accept::{Handshake, Listen, Server, Tcp, Unix, serve};
 
 /// How connections on one port are served.
