@@ -27,6 +27,11 @@
 //! to 8 ms there; that setting returned nothing once the sidecar was idle.
 //! `MIMALLOC_PURGE_DELAY` set in the environment still wins.
 
+#![allow(
+    unsafe_code,
+    reason = "mimalloc is tuned and collected through its C API"
+)]
+
 use std::{cell::Cell, ffi::c_long, time::Duration};
 
 use tokio::time::Instant;

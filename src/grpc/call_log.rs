@@ -22,7 +22,7 @@ use crate::kvs::{Call, Error};
 
 const LINES_PER_SECOND: u32 = 5;
 
-pub fn log_call(
+pub(super) fn log_call(
     rpc: &'static str,
     arn: &str,
     call: &Call,

@@ -20,7 +20,7 @@ use crate::{
     session::{Event, GiveUp, Reason, Refusal, Report, Sessions, Settings, Stop, Supervisor},
 };
 
-pub type EventStream = ReceiverStream<Result<MaintainStorageSessionResponse, Status>>;
+pub(super) type EventStream = ReceiverStream<Result<MaintainStorageSessionResponse, Status>>;
 
 /// Events and reports in flight per stream: a slow reader holds up its own
 /// supervisor, never memory.
@@ -28,7 +28,7 @@ const QUEUE: usize = 16;
 
 /// Starts maintaining the session `start` names on `channel`; the returned
 /// stream carries its events.
-pub async fn maintain(
+pub(super) async fn maintain(
     client: Arc<KvsClient>,
     sessions: &Arc<Sessions>,
     channel: ChannelArn,

@@ -307,7 +307,7 @@ impl ServiceError {
 }
 
 /// `x-amzn-RequestId`, falling back to the older `x-amz-request-id`.
-pub fn request_id(headers: &http::HeaderMap) -> Option<String> {
+pub(super) fn request_id(headers: &http::HeaderMap) -> Option<String> {
     headers
         .get("x-amzn-requestid")
         .or_else(|| headers.get("x-amz-request-id"))

@@ -14,7 +14,7 @@ const REDACTED: &str = "[redacted]";
 /// KVS's message as the sidecar may show it: signature and credential
 /// errors keep their first sentence only (the rest is where AWS puts the
 /// canonical request), then [`redact`] removes anything secret-shaped.
-pub fn kvs_message(kind: ErrorKind, raw: &str) -> String {
+pub(super) fn kvs_message(kind: ErrorKind, raw: &str) -> String {
     let text = match kind {
         ErrorKind::AuthRejected | ErrorKind::ExpiredCredentials | ErrorKind::ClockSkew => {
             first_sentence(raw)
@@ -33,7 +33,7 @@ pub fn kvs_message(kind: ErrorKind, raw: &str) -> String {
 /// after a security-token, signature or credential name, access key ids,
 /// and long runs that mix letters and digits (tokens, secrets, hex
 /// signatures). Request ids (UUIDs) and ARNs keep their shape.
-pub fn redact(text: &str) -> String {
+pub(super) fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some((start, name_len)) = find_secret_name(rest) {

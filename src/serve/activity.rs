@@ -40,17 +40,17 @@ struct Load {
 
 /// The connection's side: watches its calls.
 #[derive(Debug, Default)]
-pub struct Activity {
+pub(super) struct Activity {
     load: Arc<Load>,
 }
 
 /// Held by each request being served; releases its call on drop.
 #[derive(Debug)]
-pub struct Busy(Arc<Load>);
+pub(super) struct Busy(Arc<Load>);
 
 /// The connection's service: the port's router, with each call tracked.
 #[derive(Debug, Clone)]
-pub struct Tracked {
+pub(super) struct Tracked {
     router: axum::Router,
     load: Arc<Load>,
 }
@@ -67,12 +67,12 @@ pin_project! {
 // === impl Activity ===
 
 impl Activity {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
     /// The service to serve this connection with.
-    pub fn track(&self, router: axum::Router) -> Tracked {
+    pub(super) fn track(&self, router: axum::Router) -> Tracked {
         Tracked {
             router,
             load: self.load.clone(),
@@ -81,7 +81,7 @@ impl Activity {
 
     /// Resolves once no call has been in flight, nor started, for a whole
     /// `idle` period: between one and two periods after the last call.
-    pub async fn idle(&self, idle: Duration) {
+    pub(super) async fn idle(&self, idle: Duration) {
         let mut seen = self.load.started.load(Ordering::Acquire);
         loop {
             tokio::time::sleep(idle).await;
@@ -94,7 +94,7 @@ impl Activity {
     }
 
     /// Resolves once no call is in flight.
-    pub async fn quiet(&self) {
+    pub(super) async fn quiet(&self) {
         self.load.draining.store(true, Ordering::Release);
         loop {
             let notified = self.load.quiet.notified();

@@ -17,7 +17,7 @@ const LINGER: Duration = Duration::from_millis(250);
 /// Serves one accepted connection: finishes its handshake within the
 /// handshake timeout, serves it until it closes, goes idle or a drain
 /// starts, and then closes it as soon as no call is left in flight.
-pub async fn run<IO>(
+pub(super) async fn run<IO>(
     handshake: impl Future<Output = io::Result<IO>>,
     builder: &auto::Builder<hyper_util::rt::TokioExecutor>,
     router: axum::Router,

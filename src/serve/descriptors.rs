@@ -4,6 +4,11 @@
 //! RLIMIT_NOFILE: kubelet's probes keep working when the gRPC port is full,
 //! instead of every port failing at once with EMFILE.
 
+#![allow(
+    unsafe_code,
+    reason = "the descriptor limit is read and raised through getrlimit/setrlimit"
+)]
+
 /// Descriptors kept for everything that is not a connection: the
 /// listeners, the runtime's own, logs, the credential and config files.
 const OWN: u64 = 64;

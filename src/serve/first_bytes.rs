@@ -36,7 +36,7 @@ pin_project! {
 // === impl FirstBytes ===
 
 impl<IO> FirstBytes<IO> {
-    pub fn new(io: IO, within: Duration) -> Self {
+    pub(super) fn new(io: IO, within: Duration) -> Self {
         Self {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(within))),

@@ -13,7 +13,7 @@ use std::{
 use tokio::time::Instant;
 
 #[derive(Debug)]
-pub struct Throttle {
+pub(super) struct Throttle {
     period: Duration,
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
@@ -22,7 +22,7 @@ pub struct Throttle {
 // === impl Throttle ===
 
 impl Throttle {
-    pub fn new(period: Duration) -> Self {
+    pub(super) fn new(period: Duration) -> Self {
         Self {
             period,
             last: Mutex::new(None),
@@ -32,7 +32,7 @@ impl Throttle {
 
     /// `Some(n)` when a line may be logged now, `n` being the events since
     /// the last line that were not logged; `None` to stay quiet.
-    pub fn admit(&self) -> Option<u64> {
+    pub(super) fn admit(&self) -> Option<u64> {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         match *last {

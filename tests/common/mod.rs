@@ -2,27 +2,29 @@
 //! emulator as its upstream. Each test binary uses a different part of it.
 #![allow(dead_code, unused_imports)]
 
-pub mod sidecar;
+pub(crate) mod sidecar;
 
 use kvs_sidecar::pb::{
     JoinStorageSessionRequest, web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };
 use tonic::transport::Channel;
 
-pub use kvs_sidecar::emulator::{Dialect, Emulator, EmulatorCredentials, Reply};
-pub use sidecar::Sidecar;
+pub(crate) use kvs_sidecar::emulator::{Dialect, Emulator, EmulatorCredentials, Reply};
+pub(crate) use sidecar::Sidecar;
 
-pub const ARN: &str =
+pub(crate) const ARN: &str =
     "arn:aws:kinesisvideo:eu-central-1:123456789012:channel/front-door/1700000000000";
 
-pub fn arn(name: &str) -> String {
+pub(crate) fn arn(name: &str) -> String {
     format!("arn:aws:kinesisvideo:eu-central-1:123456789012:channel/{name}/1700000000000")
 }
 
 /// A fake KVS and a sidecar whose endpoint for [`ARN`] is already
 /// discovered, so faults scripted on the join path meet only the call under
 /// test.
-pub async fn warmed(args: &[&str]) -> (Emulator, Sidecar, WebRtcStorageServiceClient<Channel>) {
+pub(crate) async fn warmed(
+    args: &[&str],
+) -> (Emulator, Sidecar, WebRtcStorageServiceClient<Channel>) {
     let fake = kvs().await;
     let sidecar = Sidecar::start(&fake, args);
     let mut client = sidecar.client().await;
@@ -37,20 +39,20 @@ pub async fn warmed(args: &[&str]) -> (Emulator, Sidecar, WebRtcStorageServiceCl
 }
 
 /// A KVS emulator with fresh keys.
-pub async fn kvs() -> Emulator {
+pub(crate) async fn kvs() -> Emulator {
     Emulator::start(EmulatorCredentials::generate())
         .await
         .expect("start the KVS emulator")
 }
 
 /// Whether `id` looks like a KVS request id (a UUID), as the emulator sends.
-pub fn is_request_id(id: &str) -> bool {
+pub(crate) fn is_request_id(id: &str) -> bool {
     id.len() == 36 && id.split('-').map(str::len).eq([8, 4, 4, 4, 12])
 }
 
 /// The Python with grpcio that scripts/test prepares (`.venv`), or
 /// `$KVS_SIDECAR_PYTHON`.
-pub fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("KVS_SIDECAR_PYTHON").unwrap_or_else(|_| {
         let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
         if std::path::Path::new(venv).exists() {
@@ -63,7 +65,7 @@ pub fn python() -> String {
 
 /// The value of the metric sample written exactly as `series` (name and
 /// labels as rendered) in a Prometheus text exposition.
-pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
@@ -71,7 +73,7 @@ pub fn metric(metrics: &str, series: &str) -> Option<f64> {
 }
 
 /// Resident memory of a process, in KiB (0 once it is gone).
-pub fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -86,7 +88,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// out on its own: it lies below the ephemeral range, so a parallel test's
 /// `bind(":0")` or outgoing connection cannot take it between our check and
 /// its use (a port merely bound and released can be).
-pub fn unused_port() -> u16 {
+pub(crate) fn unused_port() -> u16 {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .unwrap_or_else(|_| "32768 60999".into());
     let low: u16 = range
@@ -104,7 +106,7 @@ pub fn unused_port() -> u16 {
 }
 
 /// Polls `check` every 10 ms until it yields, for at most 10 s.
-pub async fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         if let Some(found) = check() {
@@ -118,12 +120,12 @@ pub async fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-pub type JoinResult =
+pub(crate) type JoinResult =
     Result<tonic::Response<kvs_sidecar::pb::JoinStorageSessionResponse>, tonic::Status>;
 
 /// Scripts `n` joins that KVS answers after `delay`, and starts `n` joins of
 /// [`ARN`] at once, each on its own task.
-pub fn slow_joins(
+pub(crate) fn slow_joins(
     fake: &Emulator,
     client: &WebRtcStorageServiceClient<Channel>,
     n: usize,

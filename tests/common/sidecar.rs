@@ -16,12 +16,12 @@ use kvs_sidecar::{
     ready::{self, Launched},
 };
 
-pub type RawH2 = hyper_util::client::legacy::Client<
+pub(crate) type RawH2 = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     tonic::body::Body,
 >;
 
-pub struct Sidecar {
+pub(crate) struct Sidecar {
     launched: Launched,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
@@ -31,17 +31,17 @@ impl Sidecar {
     /// Starts the sidecar with `kvs` as its control plane and `args`
     /// on top of the defaults. Backoffs are short (set through the environment,
     /// so a flag can override them) so retry tests are quick.
-    pub fn start(kvs: &Emulator, args: &[&str]) -> Self {
+    pub(crate) fn start(kvs: &Emulator, args: &[&str]) -> Self {
         Self::start_with_env(kvs, args, &[])
     }
 
     /// As `start`, with extra environment; an empty value unsets a variable.
-    pub fn start_with_env(kvs: &Emulator, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with_env(kvs: &Emulator, args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::launch(&kvs.url(), kvs.credentials(), args, env)
     }
 
     /// Starts `kvs-sidecar --emulate`, with no AWS settings at all.
-    pub fn emulated(args: &[&str]) -> Self {
+    pub(crate) fn emulated(args: &[&str]) -> Self {
         let mut all = vec!["--emulate"];
         all.extend_from_slice(args);
         let unset = [
@@ -54,7 +54,7 @@ impl Sidecar {
     }
 
     /// Starts the sidecar with its control plane at `kvs_url`, holding `keys`.
-    pub fn launch(
+    pub(crate) fn launch(
         kvs_url: &str,
         keys: &EmulatorCredentials,
         args: &[&str],
@@ -73,7 +73,7 @@ impl Sidecar {
     /// As `launch`, but `env` is set exactly as given (an empty value stays
     /// set, and empty), `unset` is removed, and a sidecar that does not
     /// start gives back everything it printed.
-    pub fn try_launch(
+    pub(crate) fn try_launch(
         kvs_url: &str,
         keys: &EmulatorCredentials,
         args: &[&str],
@@ -117,7 +117,7 @@ impl Sidecar {
         })
     }
 
-    pub async fn client(&self) -> WebRtcStorageServiceClient<Channel> {
+    pub(crate) async fn client(&self) -> WebRtcStorageServiceClient<Channel> {
         WebRtcStorageServiceClient::connect(format!("http://{}", self.grpc))
             .await
             .expect("connect to the sidecar")
@@ -126,7 +126,7 @@ impl Sidecar {
     /// A client that sends `grpc-timeout` but does not enforce it, so the
     /// status seen is the sidecar's own (tonic's Channel would cancel the
     /// call locally at the same instant).
-    pub fn unenforced_client(&self) -> WebRtcStorageServiceClient<RawH2> {
+    pub(crate) fn unenforced_client(&self) -> WebRtcStorageServiceClient<RawH2> {
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .http2_only(true)
@@ -135,7 +135,7 @@ impl Sidecar {
         WebRtcStorageServiceClient::with_origin(http, origin)
     }
 
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc))
             .unwrap()
             .connect()
@@ -143,17 +143,17 @@ impl Sidecar {
             .unwrap()
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.launched.child.id()
     }
 
     /// Everything the process printed so far, stdout and stderr.
-    pub fn output(&self) -> Vec<String> {
+    pub(crate) fn output(&self) -> Vec<String> {
         self.launched.output.lock().unwrap().clone()
     }
 
     /// The call log lines (`"message":"call"`), parsed.
-    pub fn call_logs(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn call_logs(&self) -> Vec<serde_json::Value> {
         self.output()
             .iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -162,11 +162,11 @@ impl Sidecar {
     }
 
     /// GET on the admin port: (status, body).
-    pub fn admin_get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path)
     }
 
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
@@ -177,7 +177,7 @@ impl Sidecar {
 
     /// Waits for the process to exit. Async, so the test's own connections
     /// keep running and can answer the server's GOAWAY while it drains.
-    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let until = Instant::now() + within;
         loop {
             if let Some(status) = self.launched.child.try_wait().unwrap() {
@@ -192,12 +192,12 @@ impl Sidecar {
     }
 }
 
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     try_http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
 }
 
 /// GET over HTTP/1.0 (no chunking, the server closes): (status, body).
-pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+pub(crate) fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;

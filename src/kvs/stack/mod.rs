@@ -99,14 +99,14 @@ pub(crate) mod mock {
         task::{Context, Poll},
     };
 
-    pub use tower_test::mock::Handle;
+    pub(crate) use tower_test::mock::Handle;
 
     use crate::kvs::{BoxError, Error};
 
     #[derive(Clone)]
-    pub struct Mock<Req, Rsp>(tower_test::mock::Mock<Req, Rsp>);
+    pub(crate) struct Mock<Req, Rsp>(tower_test::mock::Mock<Req, Rsp>);
 
-    pub fn pair<Req, Rsp>() -> (Mock<Req, Rsp>, Handle<Req, Rsp>) {
+    pub(crate) fn pair<Req, Rsp>() -> (Mock<Req, Rsp>, Handle<Req, Rsp>) {
         let (mock, handle) = tower_test::mock::pair();
         (Mock(mock), handle)
     }
