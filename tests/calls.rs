@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ARN, Dialect, Emulator, EmulatorCredentials, Reply, Sidecar, arn};
+use common::{ARN, Dialect, Emulator, EmulatorCredentials, Reply, Sidecar, arn, join};
 use kvs_sidecar::pb::{JoinStorageSessionAsViewerRequest, JoinStorageSessionRequest};
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
@@ -13,13 +13,6 @@ use tonic_types::StatusExt;
 const DISCOVER: &str = "/getSignalingChannelEndpoint";
 const JOIN: &str = "/joinStorageSession";
 const VIEWER: &str = "/joinStorageSessionAsViewer";
-
-fn join(arn: &str) -> JoinStorageSessionRequest {
-    JoinStorageSessionRequest {
-        channel_arn: arn.to_owned(),
-        ..Default::default()
-    }
-}
 
 fn viewer(arn: &str, client_id: &str) -> JoinStorageSessionAsViewerRequest {
     JoinStorageSessionAsViewerRequest {
@@ -304,12 +297,10 @@ async fn retries_transient_faults_up_to_the_attempt_limit() {
 async fn attempt_limit_is_configurable() {
     let (fake, _sidecar, client) = common::warmed(&["--max-attempts", "5"]).await;
     fake.script(JOIN, vec![Reply::error(503, ""); 6]);
-    let err = client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+    common::assert_refused(
+        client.clone().join_storage_session(join(ARN)).await,
+        Code::Unavailable,
+    );
     assert_eq!(fake.received_on(JOIN).len(), 1 + 5);
 }
 
@@ -319,12 +310,10 @@ async fn discovery_faults_are_retried_and_not_cached() {
     let sidecar = Sidecar::start(&fake, &[]);
     let client = sidecar.client().await;
     fake.script(DISCOVER, vec![Reply::error(500, ""); 3]);
-    let err = client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+    common::assert_refused(
+        client.clone().join_storage_session(join(ARN)).await,
+        Code::Unavailable,
+    );
     assert_eq!(fake.received_on(DISCOVER).len(), 3);
     assert!(fake.received_on(JOIN).is_empty());
     client
@@ -335,12 +324,10 @@ async fn discovery_faults_are_retried_and_not_cached() {
     assert_eq!(fake.received_on(DISCOVER).len(), 4);
     // A channel KVS no longer knows is rediscovered on the next call.
     fake.script(JOIN, [Reply::error(404, "ResourceNotFoundException")]);
-    let err = client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    common::assert_refused(
+        client.clone().join_storage_session(join(ARN)).await,
+        Code::NotFound,
+    );
     client
         .clone()
         .join_storage_session(join(ARN))
@@ -376,12 +363,10 @@ async fn expired_token_forces_one_refresh_and_one_retry() {
 
     // Still expired after the refresh: one retry only, then UNAVAILABLE.
     fake.script(JOIN, vec![Reply::error(403, "ExpiredTokenException"); 2]);
-    let err = client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+    common::assert_refused(
+        client.clone().join_storage_session(join(ARN)).await,
+        Code::Unavailable,
+    );
     assert_eq!(fake.received_on(JOIN).len(), 5);
     let (_, metrics) = sidecar.admin_get("/metrics");
     assert!(
@@ -524,13 +509,10 @@ async fn a_dead_kvs_is_unavailable_after_retries() {
         &[],
         &[],
     );
-    let err = sidecar
-        .client()
-        .await
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+    let err = common::assert_refused(
+        sidecar.client().await.join_storage_session(join(ARN)).await,
+        Code::Unavailable,
+    );
     assert!(
         err.message().contains("could not connect to KVS"),
         "{}",
@@ -692,12 +674,10 @@ async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
     // 12 tokens: two retries (5 each) drain it below the cost of a third.
     let (fake, sidecar, client) = common::warmed(&["--retry-quota", "12"]).await;
     fake.script(JOIN, vec![Reply::error(503, ""); 3]);
-    let err = client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+    let err = common::assert_refused(
+        client.clone().join_storage_session(join(ARN)).await,
+        Code::Unavailable,
+    );
     assert!(
         !err.message().contains("retry quota"),
         "the first call may still retry"
@@ -705,12 +685,10 @@ async fn an_empty_retry_quota_makes_calls_fail_fast_with_unavailable() {
 
     let before = fake.received_on(JOIN).len();
     fake.script(JOIN, [Reply::error(503, "")]);
-    let err = client
-        .clone()
-        .join_storage_session(join(ARN))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+    let err = common::assert_refused(
+        client.clone().join_storage_session(join(ARN)).await,
+        Code::Unavailable,
+    );
     assert!(
         err.message().starts_with("retry quota exhausted"),
         "{}",

@@ -5,21 +5,14 @@
 
 mod common;
 
-use common::{ARN, Sidecar};
-use kvs_sidecar::pb::{GetSignalingConnectionRequest, JoinStorageSessionRequest, SignalingRole};
+use common::{ARN, Sidecar, join};
+use kvs_sidecar::pb::{GetSignalingConnectionRequest, SignalingRole};
 use tonic::Code;
 
 const ROLE: &str = "arn:aws:iam::111122223333:role/kvs-recorder";
 
 fn other_account(name: &str) -> String {
     format!("arn:aws:kinesisvideo:eu-central-1:111122223333:channel/{name}/1700000000000")
-}
-
-fn join(channel_arn: &str) -> JoinStorageSessionRequest {
-    JoinStorageSessionRequest {
-        channel_arn: channel_arn.into(),
-        ..Default::default()
-    }
 }
 
 /// The access key that signed each request received for `account`'s

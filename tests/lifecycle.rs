@@ -6,17 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{ARN, Reply, Sidecar};
+use common::{ARN, Reply, Sidecar, join};
 use http_body_util::{BodyExt, Full};
-use kvs_sidecar::pb::JoinStorageSessionRequest;
 use tonic::Code;
-
-fn join(arn: &str) -> JoinStorageSessionRequest {
-    JoinStorageSessionRequest {
-        channel_arn: arn.to_owned(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn sigterm_with_100_calls_in_flight_completes_them_all_and_exits_zero() {
@@ -127,13 +119,14 @@ async fn protocol_abuse_gets_errors_and_the_server_keeps_serving() {
         .await
         .unwrap();
     assert!(common::is_request_id(&answer.into_inner().aws_request_id));
-    let err = sidecar
-        .client()
-        .await
-        .join_storage_session(join("bad"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+    common::assert_refused(
+        sidecar
+            .client()
+            .await
+            .join_storage_session(join("bad"))
+            .await,
+        Code::InvalidArgument,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

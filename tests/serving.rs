@@ -8,19 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ARN, Reply, Sidecar};
-use kvs_sidecar::pb::{GetSignalingConnectionRequest, JoinStorageSessionRequest, SignalingRole};
+use common::{ARN, Reply, Sidecar, join};
+use kvs_sidecar::pb::{GetSignalingConnectionRequest, SignalingRole};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
 const JOIN: &str = "/joinStorageSession";
-
-fn join(arn: &str) -> JoinStorageSessionRequest {
-    JoinStorageSessionRequest {
-        channel_arn: arn.to_owned(),
-        ..Default::default()
-    }
-}
 
 /// The value of the sample of `name` whose labels include all of `labels`.
 fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -408,14 +401,15 @@ async fn rejected_and_refused_calls_cannot_amplify_the_log() {
     let started = Instant::now();
     for i in 0..300 {
         let bad = format!("arn:aws:kinesisvideo:eu-central-1:123456789012:channel/{marker}!{i}/1");
-        let err = client.join_storage_session(join(&bad)).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
+        common::assert_refused(
+            client.join_storage_session(join(&bad)).await,
+            Code::InvalidArgument,
+        );
         let refused = common::arn(&format!("refused-{i}"));
-        let err = client
-            .join_storage_session(join(&refused))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied);
+        common::assert_refused(
+            client.join_storage_session(join(&refused)).await,
+            Code::PermissionDenied,
+        );
     }
     let seconds = started.elapsed().as_secs() + 1;
     // The last call's line (refused, at WARN) is the marker that the rest
@@ -664,12 +658,10 @@ async fn calls_past_the_in_flight_limit_are_shed_at_once_and_health_still_answer
 
     let started = Instant::now();
     for _ in 0..20 {
-        let err = client
-            .clone()
-            .join_storage_session(join(ARN))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::ResourceExhausted);
+        let err = common::assert_refused(
+            client.clone().join_storage_session(join(ARN)).await,
+            Code::ResourceExhausted,
+        );
         assert!(
             err.message().contains("limit of 2 calls"),
             "{}",

@@ -12,6 +12,25 @@ use tonic::transport::Channel;
 pub(crate) use kvs_sidecar::emulator::{Dialect, Emulator, EmulatorCredentials, Reply};
 pub(crate) use sidecar::Sidecar;
 
+/// A master join of `arn`, the request most tests send.
+pub(crate) fn join(arn: &str) -> JoinStorageSessionRequest {
+    JoinStorageSessionRequest {
+        channel_arn: arn.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The status a call was refused with, after checking its code.
+#[track_caller]
+pub(crate) fn assert_refused<T: std::fmt::Debug>(
+    answer: Result<T, tonic::Status>,
+    code: tonic::Code,
+) -> tonic::Status {
+    let status = answer.expect_err("the call was refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    status
+}
+
 pub(crate) const ARN: &str =
     "arn:aws:kinesisvideo:eu-central-1:123456789012:channel/front-door/1700000000000";
 
