@@ -538,6 +538,7 @@ async fn sigterm_exits_zero_within_the_grace_with_idle_and_goaway_ignoring_conne
     idle.push(keep_alive);
 
     // And one call in flight, which must complete.
+    let before = fake.received_on("/joinStorageSession").len();
     fake.script(
         "/joinStorageSession",
         [Reply::Slow(Duration::from_millis(800), Box::new(Reply::Ok))],
@@ -551,7 +552,7 @@ async fn sigterm_exits_zero_within_the_grace_with_idle_and_goaway_ignoring_conne
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::joins_arrived(&fake, before + 1).await;
     let signalled = Instant::now();
     sidecar.signal("TERM");
     in_flight

@@ -13,8 +13,9 @@ use tonic::Code;
 #[tokio::test]
 async fn sigterm_with_100_calls_in_flight_completes_them_all_and_exits_zero() {
     let (fake, mut sidecar, client) = common::warmed(&[]).await;
+    let before = fake.received_on("/joinStorageSession").len();
     let calls = common::slow_joins(&fake, &client, 100, Duration::from_millis(800));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::joins_arrived(&fake, before + 100).await;
     sidecar.signal("TERM");
     let mut ok = 0;
     for call in calls {

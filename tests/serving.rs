@@ -521,8 +521,9 @@ async fn sigterm_with_calls_past_the_grace_period_still_exits_zero_in_time() {
         JOIN,
         [Reply::Slow(Duration::from_secs(20), Box::new(Reply::Ok))],
     );
+    let before = fake.received_on(JOIN).len();
     let stuck = tokio::spawn(async move { client.join_storage_session(join(ARN)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::joins_arrived(&fake, before + 1).await;
     let started = Instant::now();
     sidecar.signal("INT");
     assert_eq!(
@@ -653,8 +654,9 @@ async fn calls_past_the_in_flight_limit_are_shed_at_once_and_health_still_answer
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let (fake, sidecar, client) = common::warmed(&["--max-concurrent-calls", "2"]).await;
+    let before = fake.received_on(JOIN).len();
     let slow = common::slow_joins(&fake, &client, 2, Duration::from_millis(1500));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::joins_arrived(&fake, before + 2).await;
 
     let started = Instant::now();
     for _ in 0..20 {

@@ -132,7 +132,7 @@ async fn an_idempotency_key_holds_across_replicas() {
     );
     let joins = fake.received_on(JOIN).len();
     let in_flight = tokio::spawn(async move { a.join_storage_session(keyed("k-2")).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    common::joins_arrived(&fake, joins + 1).await;
     let waited = b
         .join_storage_session(keyed("k-2"))
         .await

@@ -139,6 +139,13 @@ pub(crate) async fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Waits until KVS has received `n` joins in all, so the calls a test
+/// started are in flight (the emulator records a request when it arrives,
+/// before a scripted slow answer).
+pub(crate) async fn joins_arrived(fake: &Emulator, n: usize) {
+    wait_for(|| (fake.received_on("/joinStorageSession").len() >= n).then_some(())).await;
+}
+
 pub(crate) type JoinResult =
     Result<tonic::Response<kvs_sidecar::pb::JoinStorageSessionResponse>, tonic::Status>;
 
