@@ -15,14 +15,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 /// it tells probes and callers why calls are refused, while Kubernetes takes
 /// a terminating pod out of its Service's endpoints on its own.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub(crate) struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
+    pub(crate) fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Release);
     }
 
-    pub fn get(&self) -> bool {
+    pub(crate) fn get(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }
@@ -33,7 +33,7 @@ struct AdminState {
     metrics: Option<PrometheusHandle>,
 }
 
-pub fn router(ready: Readiness, metrics: Option<PrometheusHandle>) -> Router {
+pub(crate) fn router(ready: Readiness, metrics: Option<PrometheusHandle>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/readyz", get(readyz))

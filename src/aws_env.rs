@@ -31,7 +31,7 @@ const SERVICE_IDS: [&str; 2] = ["Kinesis_Video", "Kinesis Video"];
 
 /// The AWS environment as the sidecar uses it.
 #[derive(Debug)]
-pub struct AwsEnv {
+pub(crate) struct AwsEnv {
     /// The loaded SDK configuration: STS AssumeRole (`--assume-role`) is
     /// called with it, so it follows the same region, endpoint and
     /// credential settings as any SDK.
@@ -43,7 +43,7 @@ pub struct AwsEnv {
 
 /// Settings from the sidecar's own flags that take part.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Flags<'a> {
+pub(crate) struct Flags<'a> {
     /// `--kvs-endpoint-url`: set in code as far as the SDKs' rules are
     /// concerned, so `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` leaves it alone.
     pub endpoint_url: Option<&'a Uri>,
@@ -54,7 +54,7 @@ pub struct Flags<'a> {
 /// Reads the process environment and the shared config files. Fails on
 /// settings that are present but unusable, so a typo never silently turns
 /// FIPS, a proxy or a CA bundle off.
-pub async fn load(flags: Flags<'_>) -> Result<AwsEnv, BoxError> {
+pub(crate) async fn load(flags: Flags<'_>) -> Result<AwsEnv, BoxError> {
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let credentials = sdk
         .credentials_provider()

@@ -31,7 +31,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// What a join was for: a key may only be repeated for the same one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinTarget {
+pub(crate) struct JoinTarget {
     pub channel: ChannelArn,
     pub role: Role,
     /// The viewer's client id; empty for the master.
@@ -45,7 +45,7 @@ struct Outcome {
 }
 
 #[derive(Debug, Clone)]
-pub struct JoinLedger {
+pub(crate) struct JoinLedger {
     outcomes: Cache<Box<str>, Arc<Outcome>>,
     shared: Option<Shared>,
 }
@@ -80,7 +80,7 @@ enum Stored {
 
 impl JoinLedger {
     /// A ledger in this process's memory.
-    pub fn new(window: Duration, capacity: u64) -> Self {
+    pub(crate) fn new(window: Duration, capacity: u64) -> Self {
         Self {
             outcomes: Cache::builder()
                 .max_capacity(capacity)
@@ -93,7 +93,7 @@ impl JoinLedger {
     /// A ledger in `store`, shared with every replica using it. A key
     /// claimed by a call that never records its outcome (its replica died)
     /// is free again after `pending`.
-    pub fn shared(store: Arc<SharedStore>, window: Duration, pending: Duration) -> Self {
+    pub(crate) fn shared(store: Arc<SharedStore>, window: Duration, pending: Duration) -> Self {
         Self {
             shared: Some(Shared {
                 store,
@@ -107,7 +107,7 @@ impl JoinLedger {
     /// The outcome of the first join made with `key`, running `join` if
     /// there is none yet. A caller that waits on another's join stops
     /// waiting at its own `deadline`.
-    pub async fn join<F>(
+    pub(crate) async fn join<F>(
         &self,
         key: &str,
         target: JoinTarget,

@@ -2,26 +2,26 @@
 //! Storage API that signs, discovers, retries and measures on behalf of
 //! backends in any language.
 
-pub mod admin;
+mod admin;
 pub mod alloc;
-pub mod aws_env;
+mod aws_env;
 pub mod clock;
 pub mod config;
 pub mod emulator;
-pub mod grpc;
-pub mod idempotency;
+mod grpc;
+mod idempotency;
 pub mod instruments;
 pub mod kvs;
-pub mod policy;
-pub mod readiness;
+mod policy;
+mod readiness;
 pub mod ready;
-pub mod serve;
+mod serve;
 pub mod server;
-pub mod session;
+mod session;
 pub mod signaling;
-pub mod store;
+mod store;
 pub mod telemetry;
-pub mod tls;
+mod tls;
 
 /// The one type-erased error, for what tower, hyper and the AWS SDK hand
 /// over boxed (and for a failed serve); everything the sidecar classifies

@@ -16,7 +16,7 @@ use std::{fmt, str::FromStr};
 use crate::kvs::arn::ChannelArn;
 
 #[derive(Debug, Clone, Default)]
-pub struct ChannelPolicy {
+pub(crate) struct ChannelPolicy {
     patterns: Vec<ArnPattern>,
 }
 
@@ -36,16 +36,12 @@ pub struct PatternError(String);
 // === impl ChannelPolicy ===
 
 impl ChannelPolicy {
-    pub fn new(patterns: Vec<ArnPattern>) -> Self {
+    pub(crate) fn new(patterns: Vec<ArnPattern>) -> Self {
         Self { patterns }
     }
 
-    pub fn allows(&self, arn: &ChannelArn) -> bool {
+    pub(crate) fn allows(&self, arn: &ChannelArn) -> bool {
         self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(arn))
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.patterns.is_empty()
     }
 }
 

@@ -27,7 +27,7 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
-pub struct SharedStore {
+pub(crate) struct SharedStore {
     client: redis::Client,
     /// Made on first use, so a Redis that is down at start does not stop
     /// the sidecar; it then reconnects by itself.
@@ -49,7 +49,7 @@ impl std::fmt::Debug for SharedStore {
 impl SharedStore {
     /// A store at `url` (`redis://[:password@]host:port[/db]`); nothing is
     /// connected yet.
-    pub fn open(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+    pub(crate) fn open(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         Ok(Self {
             client: redis::Client::open(url)?,
@@ -60,12 +60,12 @@ impl SharedStore {
     }
 
     /// This process's lease token.
-    pub fn token(&self) -> &str {
+    pub(crate) fn token(&self) -> &str {
         &self.token
     }
 
     /// Sets `key` to `value` for `ttl` unless it exists; true if it was set.
-    pub async fn insert_new(
+    pub(crate) async fn insert_new(
         &self,
         key: &str,
         value: &str,
@@ -80,19 +80,29 @@ impl SharedStore {
         Ok(set.is_some())
     }
 
-    pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         self.bounded(|mut c| async move { c.pset_ex(prefixed(key), value, millis(ttl)).await })
             .await
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.bounded(|mut c| async move { c.get(prefixed(key)).await })
             .await
     }
 
     /// Extends `key`'s time to live if it still holds `value`; false if it
     /// does not (the lease was lost).
-    pub async fn renew(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+    pub(crate) async fn renew(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         const RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
 end
@@ -111,7 +121,7 @@ return 0";
     }
 
     /// Deletes `key` if it still holds `value`.
-    pub async fn release(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    pub(crate) async fn release(&self, key: &str, value: &str) -> Result<(), StoreError> {
         const RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
 end

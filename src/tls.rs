@@ -23,7 +23,7 @@ pub enum TlsError {
 /// A rustls server configuration for gRPC (ALPN h2): the server's
 /// certificate chain and key, and with `client_ca` a required client
 /// certificate signed by it (mutual TLS).
-pub fn server_config(
+pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
@@ -68,7 +68,7 @@ pub fn server_config(
 /// The gRPC port over TLS. The handshake runs on the connection's own task
 /// (see `serve`), under the handshake timeout, so a slow or silent client
 /// holds up no one else and counts against the connection cap meanwhile.
-pub struct TlsListener {
+pub(crate) struct TlsListener {
     tcp: TcpListener,
     tls: TlsAcceptor,
 }
@@ -76,14 +76,14 @@ pub struct TlsListener {
 // === impl TlsListener ===
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> Self {
+    pub(crate) fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> Self {
         Self {
             tcp,
             tls: TlsAcceptor::from(config),
         }
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
 }

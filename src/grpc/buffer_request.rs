@@ -26,13 +26,13 @@ use super::{deadline, request_deadline::CallDeadline};
 const FRAME_HEADER: usize = 5;
 
 #[derive(Debug, Clone)]
-pub struct BufferRequestLayer {
+pub(crate) struct BufferRequestLayer {
     applies: fn(&str) -> bool,
     limit: usize,
 }
 
 #[derive(Debug, Clone)]
-pub struct BufferRequest<S> {
+pub(crate) struct BufferRequest<S> {
     inner: S,
     applies: fn(&str) -> bool,
     limit: usize,
@@ -43,7 +43,7 @@ pub struct BufferRequest<S> {
 impl BufferRequestLayer {
     /// Buffers requests whose path `applies`, refusing those whose message
     /// is larger than `max_message` bytes.
-    pub fn new(applies: fn(&str) -> bool, max_message: usize) -> Self {
+    pub(crate) fn new(applies: fn(&str) -> bool, max_message: usize) -> Self {
         Self {
             applies,
             limit: max_message.saturating_add(FRAME_HEADER),

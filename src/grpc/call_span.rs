@@ -27,10 +27,10 @@ use super::metrics::grpc_status;
 use crate::{pb::web_rtc_storage_service_server::SERVICE_NAME, telemetry};
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CallSpanLayer;
+pub(crate) struct CallSpanLayer;
 
 #[derive(Debug, Clone)]
-pub struct CallSpan<S> {
+pub(crate) struct CallSpan<S> {
     inner: S,
 }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 /// The instant the call must be answered by: the caller's `grpc-timeout`
 /// from `received`, capped at `max`.
-pub fn deadline(headers: &http::HeaderMap, received: Instant, max: Duration) -> Instant {
+pub(crate) fn deadline(headers: &http::HeaderMap, received: Instant, max: Duration) -> Instant {
     let timeout = headers
         .get("grpc-timeout")
         .and_then(|v| parse_timeout(v.to_str().ok()?))
@@ -19,7 +19,7 @@ pub fn deadline(headers: &http::HeaderMap, received: Instant, max: Duration) -> 
 }
 
 /// `grpc-timeout` is 1 to 8 ASCII digits and a unit: H, M, S, m, u or n.
-pub fn parse_timeout(value: &str) -> Option<Duration> {
+pub(crate) fn parse_timeout(value: &str) -> Option<Duration> {
     let split = value.len().checked_sub(1)?;
     let (digits, unit) = value.split_at(split);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -39,7 +39,7 @@ pub fn parse_timeout(value: &str) -> Option<Duration> {
 
 /// `left` as a `grpc-timeout` value: microseconds while they fit the
 /// header's 8 digits (99 s), milliseconds beyond.
-pub fn header_value(left: Duration) -> http::HeaderValue {
+pub(crate) fn header_value(left: Duration) -> http::HeaderValue {
     let micros = left.as_micros();
     let value = if micros <= 99_999_999 {
         format!("{micros}u")

@@ -41,10 +41,10 @@ const REFLECTION_V1ALPHA: &str =
     tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcMetricsLayer;
+pub(crate) struct GrpcMetricsLayer;
 
 #[derive(Debug, Clone)]
-pub struct GrpcMetrics<S> {
+pub(crate) struct GrpcMetrics<S> {
     inner: S,
 }
 

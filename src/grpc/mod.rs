@@ -1,15 +1,15 @@
 //! The gRPC side: the service, its status mapping, deadlines and metrics.
 
-pub mod buffer_request;
+pub(crate) mod buffer_request;
 mod call_log;
-pub mod call_span;
-pub mod deadline;
-pub mod metrics;
-pub mod request_deadline;
-pub mod require_http2;
+pub(crate) mod call_span;
+pub(crate) mod deadline;
+pub(crate) mod metrics;
+pub(crate) mod request_deadline;
+pub(crate) mod require_http2;
 mod service;
 mod session;
-pub mod status;
+pub(crate) mod status;
 
 /// The storage service's streams. One lives as long as its caller keeps it
 /// open, so the bounds of a unary call (a deadline on the whole request,
@@ -27,16 +27,16 @@ fn storage_method(path: &str) -> Option<&str> {
 
 /// Whether `path` is a unary call of the storage service: the calls read
 /// whole before they are served.
-pub fn is_unary_storage_call(path: &str) -> bool {
+pub(crate) fn is_unary_storage_call(path: &str) -> bool {
     storage_method(path).is_some_and(|method| !STREAMS.contains(&method))
 }
 
 /// Whether `path` is a long-lived stream.
-pub fn is_stream(path: &str) -> bool {
+pub(crate) fn is_stream(path: &str) -> bool {
     storage_method(path).is_some_and(|method| STREAMS.contains(&method))
 }
 
-pub use self::service::{CallLimits, WebRtcStorage};
+pub(crate) use self::service::{CallLimits, WebRtcStorage};
 
 #[cfg(test)]
 mod tests {

@@ -25,15 +25,15 @@ use super::deadline;
 
 /// When the call must be answered by, set by [`RequestDeadline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallDeadline(pub Instant);
+pub(crate) struct CallDeadline(pub Instant);
 
 #[derive(Debug, Clone)]
-pub struct RequestDeadlineLayer {
+pub(crate) struct RequestDeadlineLayer {
     max: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct RequestDeadline<S> {
+pub(crate) struct RequestDeadline<S> {
     inner: S,
     max: Duration,
 }
@@ -56,7 +56,7 @@ pin_project! {
 
 impl RequestDeadlineLayer {
     /// `max`: the deadline of calls that set none (`--max-call-duration`).
-    pub fn new(max: Duration) -> Self {
+    pub(crate) fn new(max: Duration) -> Self {
         Self { max }
     }
 }

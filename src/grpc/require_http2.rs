@@ -13,10 +13,10 @@ use futures_util::future::{Either, Ready, ready};
 const ANSWER: &str = "kvs-sidecar speaks gRPC, which needs HTTP/2\n";
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RequireHttp2Layer;
+pub(crate) struct RequireHttp2Layer;
 
 #[derive(Debug, Clone)]
-pub struct RequireHttp2<S> {
+pub(crate) struct RequireHttp2<S> {
     inner: S,
 }
 

@@ -28,7 +28,7 @@ use crate::{
     signaling::{Connection, Signaling},
 };
 
-pub struct WebRtcStorage {
+pub(crate) struct WebRtcStorage {
     client: Arc<KvsClient>,
     signaling: Signaling,
     readiness: StorageReadiness,
@@ -42,7 +42,7 @@ pub struct WebRtcStorage {
 
 /// The bounds every call of the service is served within.
 #[derive(Debug, Clone, Copy)]
-pub struct CallLimits {
+pub(crate) struct CallLimits {
     /// The deadline of calls that set none (`--max-call-duration`).
     pub max_call_duration: Duration,
     /// Unary calls served at once (`--max-concurrent-calls`); more are
@@ -54,7 +54,7 @@ pub struct CallLimits {
 // === impl WebRtcStorage ===
 
 impl WebRtcStorage {
-    pub fn new(
+    pub(crate) fn new(
         client: Arc<KvsClient>,
         signaling: Signaling,
         readiness: StorageReadiness,

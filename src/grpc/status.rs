@@ -13,7 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::kvs::{Error, ErrorKind, ServiceError};
 
 /// The gRPC code for each error class.
-pub fn code(err: &Error) -> Code {
+pub(crate) fn code(err: &Error) -> Code {
     match err {
         Error::InvalidRequest { .. } => Code::InvalidArgument,
         // The sidecar's FIPS / dual-stack settings cannot reach this
@@ -64,7 +64,7 @@ fn reason(e: &ServiceError) -> &str {
     }
 }
 
-pub fn to_status(err: &Error) -> Status {
+pub(crate) fn to_status(err: &Error) -> Status {
     let code = code(err);
     let Error::Service(e) = err else {
         return Status::new(code, err.to_string());

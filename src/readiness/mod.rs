@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 use crate::kvs::{Call, Error, ErrorKind, KvsClient, Operation, arn::ChannelArn};
 
 /// Most channels whose answer is kept.
-pub const CAPACITY: u64 = 10_000;
+pub(crate) const CAPACITY: u64 = 10_000;
 
 /// One reason a channel is not ready, with a stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub code: &'static str,
     pub message: String,
 }
@@ -34,7 +34,7 @@ pub struct Problem {
 /// What a check found. Fields KVS did not answer (access denied, nothing
 /// linked) are empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub channel_type: String,
     pub channel_status: String,
     pub media_storage_status: String,
@@ -45,12 +45,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.problems.is_empty()
     }
 }
 
-pub struct StorageReadiness {
+pub(crate) struct StorageReadiness {
     client: Arc<KvsClient>,
     answers: Cache<ChannelArn, Arc<Report>>,
 }
@@ -58,7 +58,7 @@ pub struct StorageReadiness {
 // === impl StorageReadiness ===
 
 impl StorageReadiness {
-    pub fn new(client: Arc<KvsClient>, ttl: Duration, capacity: u64) -> Self {
+    pub(crate) fn new(client: Arc<KvsClient>, ttl: Duration, capacity: u64) -> Self {
         let answers = Cache::builder()
             .max_capacity(capacity)
             .time_to_live(ttl)
@@ -68,7 +68,7 @@ impl StorageReadiness {
 
     /// The channel's readiness, from a check at most `ttl` old. A channel
     /// KVS does not know is an error (`NOT_FOUND`), not a problem.
-    pub async fn check(&self, call: &Call, arn: &ChannelArn) -> Result<Arc<Report>, Error> {
+    pub(crate) async fn check(&self, call: &Call, arn: &ChannelArn) -> Result<Arc<Report>, Error> {
         let work = async {
             self.answers
                 .entry(arn.clone())

@@ -15,10 +15,10 @@ use crate::instruments::{ACCEPT_ERRORS, CONNECTIONS, CONNECTIONS_REFUSED};
 /// What it takes to make an accepted connection speak HTTP: nothing for
 /// plain TCP, a TLS handshake for TLS. Run on the connection's own task,
 /// under the handshake timeout, so a slow peer holds up no one else.
-pub type Handshake<IO> = Pin<Box<dyn Future<Output = io::Result<IO>> + Send>>;
+pub(crate) type Handshake<IO> = Pin<Box<dyn Future<Output = io::Result<IO>> + Send>>;
 
 /// A listening socket.
-pub trait Listen: Send + 'static {
+pub(crate) trait Listen: Send + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     fn accept(&mut self) -> impl Future<Output = io::Result<Handshake<Self::Io>>> + Send;
@@ -26,12 +26,12 @@ pub trait Listen: Send + 'static {
 
 /// A running port; resolves once its listener is closed and its last
 /// connection has ended.
-pub type Server = JoinHandle<()>;
+pub(crate) type Server = JoinHandle<()>;
 
 /// Serves `router` on `listener` until `drain` turns true: then stops
 /// accepting (the socket closes) and lets each connection end as
 /// [`connection::run`] says.
-pub fn serve<L: Listen>(
+pub(crate) fn serve<L: Listen>(
     mut listener: L,
     router: axum::Router,
     settings: Settings,
@@ -122,7 +122,7 @@ pub(crate) fn no_delay(tcp: &mut TcpStream) {
 
 /// A plain TCP port; `no_delay` for gRPC, whose small answers a caller waits
 /// on would otherwise sit in Nagle's buffer until the caller's delayed ACK.
-pub struct Tcp {
+pub(crate) struct Tcp {
     pub listener: TcpListener,
     pub no_delay: bool,
 }
@@ -140,7 +140,7 @@ impl Listen for Tcp {
 }
 
 /// The Unix socket beside the gRPC port.
-pub struct Unix {
+pub(crate) struct Unix {
     pub listener: UnixListener,
     pub path: PathBuf,
 }

@@ -16,7 +16,7 @@ const OWN: u64 = 64;
 /// Raises the soft descriptor limit to the hard one (as Go's runtime does;
 /// container runtimes commonly set a soft 1024 under a much higher hard
 /// limit) and returns it. `None` when it cannot be read.
-pub fn raise_limit() -> Option<u64> {
+pub(crate) fn raise_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -41,7 +41,7 @@ pub fn raise_limit() -> Option<u64> {
 /// The gRPC port's connection cap: `wanted`, or less when `wanted`, the
 /// admin port's cap and the upstream pool would not fit in `limit`
 /// descriptors together.
-pub fn grpc_cap(wanted: usize, admin: usize, upstream: usize, limit: Option<u64>) -> usize {
+pub(crate) fn grpc_cap(wanted: usize, admin: usize, upstream: usize, limit: Option<u64>) -> usize {
     let Some(limit) = limit else { return wanted };
     let reserved = OWN + admin as u64 + upstream as u64;
     let room = limit.saturating_sub(reserved).max(1);

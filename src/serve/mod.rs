@@ -14,7 +14,7 @@
 mod accept;
 mod activity;
 mod connection;
-pub mod descriptors;
+pub(crate) mod descriptors;
 mod first_bytes;
 mod throttle;
 
@@ -26,11 +26,11 @@ use hyper_util::{
 };
 
 pub(crate) use self::accept::no_delay;
-pub use self::accept::{Handshake, Listen, Server, Tcp, Unix, serve};
+pub(crate) use self::accept::{Handshake, Listen, Tcp, Unix, serve};
 
 /// How connections on one port are served.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The port's name in logs and metrics (`grpc`, `admin`).
     pub port: &'static str,
     /// HTTP/2 streams in flight per connection.
@@ -69,21 +69,17 @@ impl Settings {
 /// The connection cap of one port, shared by its listeners (the gRPC port's
 /// TCP or TLS listener and its Unix socket count together).
 #[derive(Debug, Clone)]
-pub struct Cap {
+pub(crate) struct Cap {
     permits: Arc<tokio::sync::Semaphore>,
     size: usize,
 }
 
 impl Cap {
-    pub fn new(size: usize) -> Self {
+    pub(crate) fn new(size: usize) -> Self {
         let size = size.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(size)),
             size,
         }
-    }
-
-    pub fn size(&self) -> usize {
-        self.size
     }
 }

@@ -9,7 +9,7 @@
 //! [`Supervisor::run`] is the driver that runs a [`Policy`] over the KVS
 //! client and turns what happens into [`Event`]s.
 
-pub mod policy;
+pub(crate) mod policy;
 
 use std::{
     collections::HashSet,
@@ -23,7 +23,7 @@ use tokio::{
     time::Instant,
 };
 
-pub use self::policy::{Action, GiveUp, Policy, Reason, Report, Settings};
+pub(crate) use self::policy::{Action, GiveUp, Policy, Reason, Report, Settings};
 use crate::{
     instruments,
     kvs::{Call, Error, ErrorKind, Joined, KvsClient, arn::ChannelArn},
@@ -32,7 +32,7 @@ use crate::{
 
 /// What a maintained session does, for the caller's event stream.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub(crate) enum Event {
     Joined {
         attempt: u32,
         request_id: String,
@@ -49,7 +49,7 @@ pub enum Event {
 
 /// Why a supervisor stopped for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     Policy(GiveUp),
     /// The sidecar is shutting down; the caller's other replica may take
     /// over.
@@ -61,7 +61,7 @@ pub enum Stop {
 
 /// Why a session could not be started.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     AlreadyMaintained,
     /// Another replica holds the session's lease.
     MaintainedElsewhere,
@@ -75,7 +75,7 @@ type Key = (ChannelArn, Box<str>);
 
 /// The maintained sessions of this sidecar.
 #[derive(Debug)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     active: Mutex<HashSet<Key>>,
     capacity: usize,
     draining: watch::Sender<bool>,
@@ -86,7 +86,7 @@ pub struct Sessions {
 /// A session's place in the registry (and its lease), given back when
 /// dropped.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     sessions: Arc<Sessions>,
     key: Key,
     lease: Option<Lease>,
@@ -105,7 +105,7 @@ struct Lease {
 impl Sessions {
     /// A registry of this process's sessions; with `shared`, leased in the
     /// fleet's store for `lease` at a time.
-    pub fn new(capacity: usize, shared: Option<(Arc<SharedStore>, Duration)>) -> Arc<Self> {
+    pub(crate) fn new(capacity: usize, shared: Option<(Arc<SharedStore>, Duration)>) -> Arc<Self> {
         Arc::new(Self {
             active: Mutex::default(),
             capacity,
@@ -116,7 +116,7 @@ impl Sessions {
 
     /// Takes the one place for `channel` and `client_id`: in this process,
     /// then, with a shared store, in the fleet.
-    pub async fn claim(
+    pub(crate) async fn claim(
         self: &Arc<Self>,
         channel: &ChannelArn,
         client_id: &str,
@@ -157,7 +157,7 @@ impl Sessions {
     }
 
     /// Tells every supervisor to stop (SIGTERM), and refuses new ones.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         self.draining.send_replace(true);
     }
 
@@ -236,7 +236,7 @@ impl Lease {
 }
 
 /// One maintained session: the policy and what it needs to act.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     pub client: Arc<KvsClient>,
     pub channel: ChannelArn,
     /// Empty for the master; the viewer's client id otherwise.
@@ -254,7 +254,11 @@ impl Supervisor {
     /// sending reports (its stream ended) or stops listening (`events`
     /// closed). No join starts after the caller went away, and a join in
     /// flight then is abandoned.
-    pub async fn run(self, mut reports: mpsc::Receiver<Report>, events: mpsc::Sender<Event>) {
+    pub(crate) async fn run(
+        self,
+        mut reports: mpsc::Receiver<Report>,
+        events: mpsc::Sender<Event>,
+    ) {
         let Self {
             client,
             channel,

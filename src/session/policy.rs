@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 /// Why a join is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     Initial,
     NoOffer,
     SessionLimit,
@@ -23,7 +23,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::Initial => "initial",
             Reason::NoOffer => "no_offer",
@@ -36,7 +36,7 @@ impl Reason {
 
 /// What the caller saw on its signaling connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Report {
+pub(crate) enum Report {
     OfferReceived,
     Connected,
     Disconnected,
@@ -45,7 +45,7 @@ pub enum Report {
 
 /// Why the supervisor stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GiveUp {
+pub(crate) enum GiveUp {
     /// Too many failed joins (or joins without an offer) in the window.
     FailureBudget,
     /// A join failed in a way no retry can fix (not found, denied, ...).
@@ -54,7 +54,7 @@ pub enum GiveUp {
 
 /// Tunables, each within documented bounds (see `Settings::BOUNDS` users).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// How long to wait for the offer after a join before joining again
     /// (plus up to a quarter of it as jitter).
     pub offer_wait: Duration,
@@ -88,7 +88,7 @@ impl Default for Settings {
 
 /// What the driver should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Join(Reason),
     /// Nothing until this instant (or until a report arrives).
     WaitUntil(Instant),
@@ -121,7 +121,7 @@ enum Phase {
 }
 
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     settings: Settings,
     phase: Phase,
     last_join: Option<Instant>,
@@ -135,7 +135,7 @@ pub struct Policy {
 
 impl Policy {
     /// A policy that joins at once.
-    pub fn new(settings: Settings, now: Instant) -> Self {
+    pub(crate) fn new(settings: Settings, now: Instant) -> Self {
         Self {
             settings,
             phase: Phase::JoinDue {
@@ -149,7 +149,7 @@ impl Policy {
     }
 
     /// What to do at `now`; deadlines that passed are acted on first.
-    pub fn next(&mut self, now: Instant) -> Action {
+    pub(crate) fn next(&mut self, now: Instant) -> Action {
         match self.phase {
             Phase::AwaitingOffer { deadline, .. } if now >= deadline => {
                 // A join whose offer never came failed as surely as one
@@ -176,7 +176,7 @@ impl Policy {
 
     /// A join succeeded at `now`. `jitter` in `[0, 1)` spreads the offer
     /// wait, so a fleet restarted at once does not re-join in lockstep.
-    pub fn joined(&mut self, now: Instant, jitter: f64) {
+    pub(crate) fn joined(&mut self, now: Instant, jitter: f64) {
         self.last_join = Some(now);
         self.consecutive_failures = 0;
         let extra = self
@@ -191,7 +191,7 @@ impl Policy {
 
     /// A join failed at `now`; `final_error` when no retry can fix it.
     /// Returns how long until the next attempt, if there is one.
-    pub fn join_failed(
+    pub(crate) fn join_failed(
         &mut self,
         now: Instant,
         final_error: bool,
@@ -226,7 +226,7 @@ impl Policy {
     }
 
     /// The caller reported what it saw on its signaling connection.
-    pub fn report(&mut self, report: Report, now: Instant) {
+    pub(crate) fn report(&mut self, report: Report, now: Instant) {
         match (report, self.phase) {
             (Report::OfferReceived, Phase::AwaitingOffer { joined, .. }) => {
                 self.phase = Phase::Offered { joined };
