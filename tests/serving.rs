@@ -655,10 +655,11 @@ async fn calls_past_the_in_flight_limit_are_shed_at_once_and_health_still_answer
     };
     let (fake, sidecar, client) = common::warmed(&["--max-concurrent-calls", "2"]).await;
     let before = fake.received_on(JOIN).len();
-    let slow = common::slow_joins(&fake, &client, 2, Duration::from_millis(1500));
+    let slow = common::slow_joins(&fake, &client, 2, Duration::from_secs(4));
     common::joins_arrived(&fake, before + 2).await;
 
-    let started = Instant::now();
+    // Shed, not queued: a queued call would be served (OK) once a slow
+    // one ended, so a refusal is the proof; no stopwatch needed.
     for _ in 0..20 {
         let err = common::assert_refused(
             client.clone().join_storage_session(join(ARN)).await,
@@ -670,11 +671,6 @@ async fn calls_past_the_in_flight_limit_are_shed_at_once_and_health_still_answer
             err.message()
         );
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(1000),
-        "shedding is immediate: {:?}",
-        started.elapsed()
-    );
     let health = HealthClient::new(sidecar.channel().await)
         .check(HealthCheckRequest {
             service: String::new(),
