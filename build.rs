@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Smaller per-call buffers than tonic's 8 KiB (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::SmallBuffers")
         .compile_fds(fds)?;
     Ok(())
 }

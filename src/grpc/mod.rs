@@ -3,6 +3,7 @@
 pub(crate) mod buffer_request;
 mod call_log;
 pub(crate) mod call_span;
+pub(crate) mod codec;
 pub(crate) mod deadline;
 pub(crate) mod metrics;
 pub(crate) mod request_deadline;
