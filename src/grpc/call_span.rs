@@ -23,7 +23,7 @@ use tonic::Code;
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::metrics::grpc_status;
+use super::metrics::{frame_status, grpc_status};
 use crate::{pb::web_rtc_storage_service_server::SERVICE_NAME, telemetry};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -105,11 +105,7 @@ fn call_span(path: &str, headers: &http::HeaderMap) -> Option<Span> {
             )
         };
     }
-    let method = path
-        .strip_prefix('/')?
-        .strip_prefix(SERVICE_NAME)?
-        .strip_prefix('/')?;
-    let (method, span) = match method {
+    let (method, span) = match super::storage_method(path)? {
         "JoinStorageSession" => span!("JoinStorageSession"),
         "JoinStorageSessionAsViewer" => span!("JoinStorageSessionAsViewer"),
         "MaintainStorageSession" => span!("MaintainStorageSession"),
@@ -198,20 +194,12 @@ impl<B: Body> Body for SpannedBody<B> {
         let this = self.project();
         let _entered = this.span.as_ref().map(Span::enter);
         let frame = ready!(this.inner.poll_frame(cx));
-        if *this.open {
-            let code = match &frame {
-                Some(Ok(f)) => f
-                    .trailers_ref()
-                    .map(|t| grpc_status(t).unwrap_or(Code::Unknown)),
-                Some(Err(_)) => Some(Code::Internal),
-                None => Some(Code::Unknown),
-            };
-            if let Some(code) = code
-                && let Some(span) = this.span.as_ref()
-            {
-                finish(span, code);
-                *this.open = false;
-            }
+        if *this.open
+            && let Some(code) = frame_status(frame.as_ref())
+            && let Some(span) = this.span.as_ref()
+        {
+            finish(span, code);
+            *this.open = false;
         }
         Poll::Ready(frame)
     }

@@ -167,15 +167,8 @@ impl<B: Body> Body for MeteredBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        let code = match &frame {
-            Some(Ok(f)) => f
-                .trailers_ref()
-                .map(|t| grpc_status(t).unwrap_or(Code::Unknown)),
-            Some(Err(_)) => Some(Code::Internal),
-            None => Some(Code::Unknown),
-        };
         // Take the pending record only once the status is known.
-        if let Some(code) = code
+        if let Some(code) = frame_status(frame.as_ref())
             && let Some(p) = this.pending.take()
         {
             p.finish(code);
@@ -195,6 +188,19 @@ impl<B: Body> Body for MeteredBody<B> {
 impl Pending {
     fn finish(self, code: Code) {
         instruments::grpc_handled(self.service, self.method, code, self.start.elapsed());
+    }
+}
+
+/// The call's status as a response body frame tells it: in the trailers,
+/// `Internal` for a body error, `Unknown` for a body that ended without
+/// trailers; `None` for a data frame (not known yet).
+pub(super) fn frame_status<D, E>(frame: Option<&Result<Frame<D>, E>>) -> Option<Code> {
+    match frame {
+        Some(Ok(f)) => f
+            .trailers_ref()
+            .map(|t| grpc_status(t).unwrap_or(Code::Unknown)),
+        Some(Err(_)) => Some(Code::Internal),
+        None => Some(Code::Unknown),
     }
 }
 

@@ -20,7 +20,7 @@ const STREAMS: &[&str] = &["MaintainStorageSession"];
 
 /// The method `path` names on the storage service (by the generated
 /// service name), if it names one.
-fn storage_method(path: &str) -> Option<&str> {
+pub(super) fn storage_method(path: &str) -> Option<&str> {
     path.strip_prefix('/')?
         .strip_prefix(crate::pb::web_rtc_storage_service_server::SERVICE_NAME)?
         .strip_prefix('/')
