@@ -102,6 +102,15 @@ pub struct ChannelArn {
 // === impl ChannelArn ===
 
 impl ChannelArn {
+    /// The ARN of channel `name` in us-west-2, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str) -> Self {
+        Self::parse(&format!(
+            "arn:aws:kinesisvideo:us-west-2:123456789012:channel/{name}/1"
+        ))
+        .expect("a valid test ARN")
+    }
+
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         if s.is_empty() {
             return Err(ValidationError::Empty);

@@ -122,10 +122,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn arn(name: &str) -> ChannelArn {
-        ChannelArn::parse(&format!(
-            "arn:aws:kinesisvideo:us-west-2:123456789012:channel/{name}/1"
-        ))
-        .unwrap()
+        ChannelArn::for_tests(name)
     }
 
     fn endpoints(uri: &str) -> Arc<Endpoints> {

@@ -307,10 +307,7 @@ mod tests {
     use tokio::time::Instant;
 
     fn arn(name: &str) -> ChannelArn {
-        ChannelArn::parse(&format!(
-            "arn:aws:kinesisvideo:us-west-2:123456789012:channel/{name}/1"
-        ))
-        .unwrap()
+        ChannelArn::for_tests(name)
     }
 
     fn kvs_error(status: u16, code: &str) -> Error {

@@ -387,10 +387,7 @@ mod tests {
     use super::*;
 
     fn arn(name: &str) -> ChannelArn {
-        ChannelArn::parse(&format!(
-            "arn:aws:kinesisvideo:us-west-2:123456789012:channel/{name}/1"
-        ))
-        .unwrap()
+        ChannelArn::for_tests(name)
     }
 
     #[tokio::test]
