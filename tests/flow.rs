@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use common::{Emulator, Sidecar, arn};
+use common::{Emulator, Sidecar, Socket, arn, next_message};
 use futures_util::StreamExt;
 use kvs_sidecar::pb::{
     CheckStorageReadinessRequest, GetSignalingConnectionRequest, GetSignalingConnectionResponse,
@@ -17,12 +17,10 @@ use kvs_sidecar::pb::{
     web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, connect_async,
+    connect_async,
     tungstenite::{Error as WsError, Message},
 };
 use tonic::{Code, transport::Channel};
-
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn master(channel_arn: &str) -> GetSignalingConnectionRequest {
     GetSignalingConnectionRequest {
@@ -69,22 +67,6 @@ async fn refused(url: &str) -> u16 {
         Err(WsError::Http(answer)) => answer.status().as_u16(),
         Err(other) => panic!("refused otherwise than by HTTP status: {other}"),
         Ok(_) => panic!("the handshake was accepted"),
-    }
-}
-
-/// The next text message on the socket, as JSON, within 5 s.
-async fn next_message(socket: &mut Socket) -> serde_json::Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("the socket is open")
-            .expect("a well-formed frame");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected message {other:?}"),
-        }
     }
 }
 

@@ -8,8 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ARN, Emulator, Reply, Sidecar};
-use futures_util::StreamExt;
+use common::{ARN, Emulator, Reply, Sidecar, Socket};
 use kvs_sidecar::pb::{
     GetSignalingConnectionRequest, GiveUpReason, JoinReason, MaintainStorageSessionRequest,
     MaintainStorageSessionResponse, SessionReport, SessionReportKind, SessionStart, SignalingRole,
@@ -18,7 +17,7 @@ use kvs_sidecar::pb::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
+use tokio_tungstenite::connect_async;
 use tonic::{Code, Streaming, transport::Channel};
 
 const JOIN: &str = "/joinStorageSession";
@@ -77,8 +76,6 @@ impl Session {
     }
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// The master's signaling WebSocket of `channel`, opened as a backend
 /// opens it: with the presigned URL GetSignalingConnection gives.
 async fn signaling(client: &WebRtcStorageServiceClient<Channel>, channel: &str) -> Socket {
@@ -103,22 +100,8 @@ async fn signaling(client: &WebRtcStorageServiceClient<Channel>, channel: &str) 
 /// Reads the next message on the socket, within 5 s, and checks it is an
 /// SDP offer.
 async fn offer(socket: &mut Socket) {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("the socket is open")
-            .expect("a well-formed frame");
-        match message {
-            Message::Text(text) => {
-                let message: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-                assert_eq!(message["messageType"], "SDP_OFFER", "{message}");
-                return;
-            }
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected message {other:?}"),
-        }
-    }
+    let message = common::next_message(socket).await;
+    assert_eq!(message["messageType"], "SDP_OFFER", "{message}");
 }
 
 fn start(arn: &str) -> SessionStart {

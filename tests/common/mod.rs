@@ -175,3 +175,25 @@ pub(crate) fn slow_joins(
         })
         .collect()
 }
+
+/// A signaling WebSocket as the tests hold it.
+pub(crate) type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text message on a signaling socket, as JSON, within 5 s.
+pub(crate) async fn next_message(socket: &mut Socket) -> serde_json::Value {
+    use tokio_stream::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the socket is open")
+            .expect("a well-formed frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
