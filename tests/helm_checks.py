@@ -273,7 +273,14 @@ def check_metadata(chart_dir, chart, checks):
     )
     deploy = one(render(chart), "Deployment")
     assert deploy["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f":{crate}"), "image tag"
-    checks.ok("Chart.yaml version = appVersion = crate version")
+    with open("docs/helm.md") as f:
+        docs = f.read()
+    table = docs.split("\n## Values\n", 1)[1].split("\n## ", 1)[0]
+    first_column = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    documented = {name.split(".")[0] for cell in first_column for name in re.findall(r"`([^`]+)`", cell)}
+    missing = [key for key in chart.values if key not in documented]
+    assert not missing, f"docs/helm.md's values table lacks {missing}"
+    checks.ok("Chart.yaml version = appVersion = crate version; docs/helm.md lists every value")
 
 
 def check_lint(chart_dir, tmp, checks):
@@ -363,7 +370,17 @@ def check_renders(chart, tmp, checks):
     for values in ({"gateway": {"enabled": False}}, dict(EVERYTHING, gateway={"enabled": False})):
         objs = render(chart, values)
         assert objs == [], f"gateway off rendered {[o['kind'] for o in objs]}"
-    checks.ok("renders: defaults, everything on, other ports, no service account; gateway off renders 0 objects")
+    # NOTES.txt tells how to call the Service.
+    for values, flag in (({}, "-plaintext "), (EVERYTHING, "-cacert ca.crt -cert client.crt -key client.key ")):
+        notes = chart.render(values, name="kvs", namespace="media")[f"{CHART_NAME}/templates/NOTES.txt"]
+        svc = one(render(chart, values, name="kvs", namespace="media"), "Service")
+        address = f"{svc['metadata']['name']}.media.svc:{svc['spec']['ports'][0]['port']}"
+        assert f"grpcurl {flag}{address} list" in notes, f"NOTES.txt:\n{notes}"
+        port = svc["spec"]["ports"][0]["port"]
+        assert f"port-forward service/{svc['metadata']['name']} {port}:{port}" in notes, f"NOTES.txt:\n{notes}"
+    notes = chart.render({"gateway": {"enabled": False}})[f"{CHART_NAME}/templates/NOTES.txt"]
+    assert 'include "kvs-sidecar.nativeSidecar"' in notes, notes
+    checks.ok("renders: defaults, everything on, other ports, no service account; gateway off renders 0 objects; NOTES.txt")
     checks.ok("ports/probes/Service/NetworkPolicy/ServiceMonitor agree; selectors select the pods; settings reach the container")
     validate(files, checks, f"--strict of {len(files)} renders at {OLDEST} and {NEWEST}")
     crds = subprocess.run(
