@@ -34,7 +34,7 @@ app.kubernetes.io/component: gateway
 {{- define "kvs-sidecar.labels" -}}
 helm.sh/chart: {{ include "kvs-sidecar.chart" . }}
 {{ include "kvs-sidecar.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kvs-sidecar
 {{- end }}
