@@ -255,7 +255,15 @@ impl App {
 
         let grpc_settings = Settings {
             port: "grpc",
-            max_streams: config.max_calls_per_connection,
+            // Room for the unary calls and every session at once; calls
+            // other than sessions are held to their own per-connection limit.
+            max_streams: config
+                .max_calls_per_connection
+                .saturating_add(u32::try_from(config.max_maintained_sessions).unwrap_or(u32::MAX))
+                .min(MAX_STREAMS_PER_CONNECTION),
+            max_calls: config.max_calls_per_connection,
+            long_lived: grpc::LONG_LIVED,
+            drain_streams: DRAIN_STREAMS.min(config.shutdown_grace),
             handshake_timeout: config.handshake_timeout,
             keepalive_interval: config.keepalive_interval,
             keepalive_timeout: config.keepalive_timeout,
@@ -264,6 +272,8 @@ impl App {
         let admin_settings = Settings {
             port: "admin",
             max_streams: ADMIN_MAX_STREAMS,
+            max_calls: ADMIN_MAX_STREAMS,
+            long_lived: &[],
             ..grpc_settings.clone()
         };
         Ok(Self {
@@ -528,6 +538,14 @@ async fn emulated_kvs(config: &Config) -> Result<AwsEnv, BoxError> {
         network: Network::direct(),
     })
 }
+
+/// The most HTTP/2 streams one connection may have open, whatever
+/// `--max-maintained-sessions` says.
+const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
+
+/// In a drain, how long session streams get to take their final event
+/// (`gave_up DRAINING`) before their connection closes.
+const DRAIN_STREAMS: Duration = Duration::from_secs(2);
 
 /// A channel ARN for the emulator demo.
 const DEMO_ARN: &str = "arn:aws:kinesisvideo:us-west-2:123456789012:channel/demo/1700000000000";

@@ -227,6 +227,9 @@ impl Telemetry {
 /// Even a grace spent on draining leaves the exporter this long.
 const MIN_FLUSH: Duration = Duration::from_millis(100);
 
+/// The longest the last traces' flush may hold the exit.
+pub const MAX_FLUSH: Duration = Duration::from_secs(2);
+
 /// The trace settings the standard variables give, if they ask for traces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceSettings {

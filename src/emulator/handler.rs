@@ -56,6 +56,11 @@ impl Emulator {
                 .and_then(|q| q.pop_front())
                 .or_else(|| throttled.then(|| Reply::error(400, "ClientLimitExceededException")))
         };
+        let mut scripted = scripted;
+        while let Some(Reply::Slow(pause, then)) = scripted {
+            tokio::time::sleep(pause).await;
+            scripted = Some(*then);
+        }
         let service = if sts { "sts" } else { "kinesisvideo" };
         let mut answer = match self.authenticate(&parts.headers, signature, service) {
             Ok(_) if sts => sts::sts_error_or(scripted, || self.sts(&body)),
@@ -94,6 +99,17 @@ impl Emulator {
                     dialect,
                 } => Ok(error(status, code, &format!("emulated {code}"), dialect)),
                 Reply::Ok => Ok(self.operation(path, body, scope)),
+                Reply::Raw {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    let mut answer = Response::builder().status(status);
+                    for (name, value) in headers {
+                        answer = answer.header(name, value);
+                    }
+                    Ok(answer.body(Full::new(body)).unwrap_or_default())
+                }
             };
         }
     }

@@ -129,6 +129,13 @@ pub enum Reply {
     Slow(Duration, Box<Reply>),
     /// Drop the connection without answering.
     Reset,
+    /// Answer exactly this, for tests of a broken or hostile upstream
+    /// (oversized request ids, error codes or endpoint lists).
+    Raw {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
 }
 
 impl Reply {

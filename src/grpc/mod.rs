@@ -18,6 +18,11 @@ pub(crate) mod status;
 /// (`--max-maintained-sessions`, a deadline on its first message).
 const STREAMS: &[&str] = &["MaintainStorageSession"];
 
+/// The full paths of [`STREAMS`], for the serving layer, which counts them
+/// apart from calls (`serve::Settings::long_lived`).
+pub(crate) const LONG_LIVED: &[&str] =
+    &["/kvs.webrtcstorage.v1.WebRtcStorageService/MaintainStorageSession"];
+
 /// The method `path` names on the storage service (by the generated
 /// service name), if it names one.
 pub(super) fn storage_method(path: &str) -> Option<&str> {
@@ -65,5 +70,14 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    #[test]
+    fn long_lived_paths_are_the_streams() {
+        let methods: Vec<_> = LONG_LIVED
+            .iter()
+            .filter_map(|p| storage_method(p))
+            .collect();
+        assert_eq!(methods, STREAMS);
     }
 }

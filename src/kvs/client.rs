@@ -423,6 +423,9 @@ fn parse_endpoints(body: &[u8], control_plane: &Uri) -> Result<Endpoints, Error>
     Ok(found)
 }
 
+/// Longest endpoint URL accepted from `GetSignalingChannelEndpoint`.
+const MAX_ENDPOINT_LEN: usize = 512;
+
 fn checked_endpoint(
     protocol: &str,
     raw: &str,
@@ -430,6 +433,14 @@ fn checked_endpoint(
     plain: &str,
     clear_text_allowed: bool,
 ) -> Result<Uri, Error> {
+    // KVS's endpoints are under 100 bytes; they are cached for every
+    // channel, so a broken or hostile upstream must not choose their size.
+    if raw.len() > MAX_ENDPOINT_LEN {
+        return Err(Error::MalformedResponse(format!(
+            "{protocol} endpoint of {} bytes, past the {MAX_ENDPOINT_LEN} an endpoint URL may have",
+            raw.len()
+        )));
+    }
     let shown = super::redact::redact(raw);
     let uri: Uri = raw
         .parse()

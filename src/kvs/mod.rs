@@ -24,6 +24,7 @@ use std::sync::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub(crate) use self::error::is_request_id;
 pub use self::{
     client::{Call, ClientSettings, Joined, KvsClient, TurnServer},
     error::{BoxError, Error, ErrorKind, ServiceError},
