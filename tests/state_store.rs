@@ -390,13 +390,13 @@ async fn a_lease_planted_without_expiry_is_given_one() {
     assert!(first.event.is_some());
 }
 
-/// The README's Redis ACL for the sidecar's own user is enough: keyed joins
+/// docs/sessions.md's Redis ACL for the sidecar's own user is enough: keyed joins
 /// replay and sessions lease, with no state-store error.
 #[tokio::test]
 async fn the_documented_acl_is_all_the_sidecar_needs() {
     let redis_server = Redis::start();
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sessions.md")).unwrap();
     let acl = readme
         .split('`')
         .find(|s| s.starts_with("ACL SETUSER kvs-sidecar "))
