@@ -233,8 +233,8 @@ async fn memory_goes_back_to_the_system_after_a_spike() {
     assert!(grown > 20 * 1024, "the spike grew RSS by {grown} KiB only");
     // At least a third of it. Some stays with a worker thread that parked
     // before its pages' purge delay ran out and has not woken since (seen
-    // here: from a 48 MiB spike, 1 to 24 MiB stayed, run to run; see the
-    // README's Security section). Without purging, all of it stays.
+    // here: from a 48 MiB spike, 1 to 24 MiB stayed, run to run; see
+    // docs/security.md). Without purging, all of it stays.
     let fell = Instant::now();
     loop {
         let now = common::rss_kib(sidecar.pid());
