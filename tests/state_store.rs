@@ -395,12 +395,12 @@ async fn a_lease_planted_without_expiry_is_given_one() {
 #[tokio::test]
 async fn the_documented_acl_is_all_the_sidecar_needs() {
     let redis_server = Redis::start();
-    let readme =
+    let docs =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sessions.md")).unwrap();
-    let acl = readme
+    let acl = docs
         .split('`')
         .find(|s| s.starts_with("ACL SETUSER kvs-sidecar "))
-        .expect("the README names the ACL")
+        .expect("docs/sessions.md names the ACL")
         .replace(">PASSWORD", ">s3cret");
     let args: Vec<&[u8]> = acl.split(' ').map(str::as_bytes).collect();
     redis(&redis_server, &args).await;
