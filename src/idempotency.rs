@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::{
     grpc::status,
     instruments,
-    kvs::{Error, Joined, arn::ChannelArn, arn::ValidationError, endpoint::Role},
+    kvs::{Call, Error, Joined, arn::ChannelArn, arn::ValidationError, endpoint::Role},
     store::{SharedStore, StoreError},
 };
 
@@ -112,7 +112,7 @@ impl JoinLedger {
 
     /// The outcome of the first join made with `key`, running `join` if
     /// there is none yet. A caller that waits on another's join stops
-    /// waiting at its own `deadline`.
+    /// waiting at its own call's deadline.
     ///
     /// Only final outcomes are kept (a request id, or an error a repeat
     /// would meet again: `Error::is_final`). After a passing failure
@@ -126,14 +126,14 @@ impl JoinLedger {
         &self,
         key: &str,
         target: JoinTarget,
-        deadline: Instant,
+        call: &Call,
         join: impl Fn() -> F,
     ) -> Result<Joined, Error>
     where
         F: Future<Output = Result<Joined, Error>>,
     {
         if let Some(shared) = &self.shared {
-            return shared.join(key, target, deadline, join).await;
+            return shared.join(key, target, call.deadline(), join).await;
         }
         let work = async {
             loop {
@@ -172,9 +172,7 @@ impl JoinLedger {
                 return outcome.result.clone();
             }
         };
-        tokio::time::timeout_at(deadline, work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 }
 
@@ -363,8 +361,8 @@ mod tests {
         }
     }
 
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(60)
+    fn far() -> Call {
+        Call::new(Instant::now() + Duration::from_secs(60))
     }
 
     fn not_found() -> Error {
@@ -392,17 +390,17 @@ mod tests {
             }
         };
         let a = target("cam", Role::Master);
-        let first = ledger.join("k1", a.clone(), far(), join("req-1")).await;
-        let again = ledger.join("k1", a.clone(), far(), join("req-2")).await;
+        let first = ledger.join("k1", a.clone(), &far(), join("req-1")).await;
+        let again = ledger.join("k1", a.clone(), &far(), join("req-2")).await;
         assert_eq!(first.unwrap().request_id, "req-1");
         assert_eq!(again.unwrap().request_id, "req-1");
         assert_eq!(joins.load(Ordering::SeqCst), 1);
 
         // Final errors are outcomes too.
         let failed = ledger
-            .join("k2", a.clone(), far(), || async { Err(not_found()) })
+            .join("k2", a.clone(), &far(), || async { Err(not_found()) })
             .await;
-        let replayed = ledger.join("k2", a.clone(), far(), join("req-3")).await;
+        let replayed = ledger.join("k2", a.clone(), &far(), join("req-3")).await;
         assert!(matches!(failed, Err(Error::Service(_))));
         assert!(matches!(replayed, Err(Error::Service(_))), "{replayed:?}");
         assert_eq!(joins.load(Ordering::SeqCst), 1);
@@ -419,14 +417,14 @@ mod tests {
         ] {
             let key = format!("{passing:?}");
             let failed = ledger
-                .join(&key, a.clone(), far(), || {
+                .join(&key, a.clone(), &far(), || {
                     let passing = passing.clone();
                     async move { Err(passing) }
                 })
                 .await;
             assert!(failed.is_err());
             let retried = ledger
-                .join(&key, a.clone(), far(), || async {
+                .join(&key, a.clone(), &far(), || async {
                     Ok(Joined {
                         request_id: "retried".into(),
                     })
@@ -444,7 +442,7 @@ mod tests {
             let (ledger, a) = (ledger.clone(), a.clone());
             async move {
                 ledger
-                    .join("k", a, far(), || async {
+                    .join("k", a, &far(), || async {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         Err(Error::DeadlineExceeded)
                     })
@@ -453,7 +451,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let waiter = ledger
-            .join("k", a, far(), || async {
+            .join("k", a, &far(), || async {
                 Ok(Joined {
                     request_id: "own".into(),
                 })
@@ -473,11 +471,11 @@ mod tests {
             })
         };
         ledger
-            .join("k", target("cam", Role::Master), far(), ok)
+            .join("k", target("cam", Role::Master), &far(), ok)
             .await
             .unwrap();
         for other in [target("other", Role::Master), target("cam", Role::Viewer)] {
-            let refused = ledger.join("k", other, far(), ok).await;
+            let refused = ledger.join("k", other, &far(), ok).await;
             assert!(
                 matches!(
                     refused,
@@ -511,7 +509,7 @@ mod tests {
         let a = target("cam", Role::Master);
         let first = tokio::spawn({
             let (ledger, a) = (ledger.clone(), a.clone());
-            async move { ledger.join("k", a, far(), slow).await }
+            async move { ledger.join("k", a, &far(), slow).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let in_flight = || async { unreachable!("the first call is in flight") };
@@ -519,12 +517,12 @@ mod tests {
             .join(
                 "k",
                 a.clone(),
-                Instant::now() + Duration::from_millis(20),
+                &Call::new(Instant::now() + Duration::from_millis(20)),
                 in_flight,
             )
             .await;
         assert!(matches!(impatient, Err(Error::DeadlineExceeded)));
-        let patient = ledger.join("k", a, far(), in_flight).await;
+        let patient = ledger.join("k", a, &far(), in_flight).await;
         assert_eq!(patient.unwrap().request_id, "slow");
         assert_eq!(first.await.unwrap().unwrap().request_id, "slow");
         assert_eq!(joins.load(Ordering::SeqCst), 1);
@@ -536,7 +534,7 @@ mod tests {
         let a = target("cam", Role::Master);
         for i in 0..20_000 {
             ledger
-                .join(&format!("key-{i}"), a.clone(), far(), || async {
+                .join(&format!("key-{i}"), a.clone(), &far(), || async {
                     Ok(Joined {
                         request_id: "r".into(),
                     })

@@ -6,7 +6,7 @@ use prost_types::Timestamp;
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{call_log::log_call, deadline::deadline, status::to_status};
+use super::{call_log::log_call, request_deadline::CallDeadline, status::to_status};
 use crate::{
     idempotency::{JoinLedger, JoinTarget},
     kvs::{
@@ -148,7 +148,7 @@ impl WebRtcStorage {
         })?;
         // A join per real attempt: after a passing failure the ledger keeps
         // nothing, and a retry with the key joins again.
-        Box::pin(self.ledger.join(key, target(), call.deadline(), join)).await
+        Box::pin(self.ledger.join(key, target(), call, join)).await
     }
 
     /// A valid ARN of a channel this sidecar may act on.
@@ -187,12 +187,15 @@ impl WebRtcStorage {
         }
     }
 
+    /// The call's deadline, as `request_deadline` parsed it from
+    /// `grpc-timeout` when the request arrived (once, for every layer);
+    /// `--max-call-duration` from now for a request that did not pass it.
     fn call<T>(&self, req: &Request<T>) -> Call {
-        Call::new(deadline(
-            req.metadata().as_ref(),
-            Instant::now(),
-            self.limits.max_call_duration,
-        ))
+        let deadline = req
+            .extensions()
+            .get::<CallDeadline>()
+            .map_or_else(|| Instant::now() + self.limits.max_call_duration, |d| d.0);
+        Call::new(deadline)
     }
 }
 

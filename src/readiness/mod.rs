@@ -89,9 +89,7 @@ impl StorageReadiness {
                 // Callers that waited on the same check share its error.
                 .map_err(|shared| (*shared).clone())
         };
-        tokio::time::timeout_at(call.deadline(), work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 
     async fn inspect(&self, call: &Call, arn: &ChannelArn) -> Result<Arc<Report>, Error> {

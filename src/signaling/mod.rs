@@ -120,9 +120,7 @@ impl Signaling {
                 turn: turn?,
             })
         };
-        tokio::time::timeout_at(call.deadline(), work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 }
 
