@@ -25,8 +25,7 @@ use crate::{
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{
-        self, CallLimits, WebRtcStorage, buffer_request::BufferRequestLayer,
-        call_span::CallSpanLayer, metrics::GrpcMetricsLayer,
+        self, CallLimits, WebRtcStorage, buffer_request::BufferRequestLayer, observe::ObserveLayer,
         request_deadline::RequestDeadlineLayer, require_http2::RequireHttp2Layer,
     },
     idempotency::JoinLedger,
@@ -246,9 +245,9 @@ impl App {
                 config.max_request_bytes,
             ))
             .layer(RequestDeadlineLayer::new(config.max_call_duration))
-            .layer(GrpcMetricsLayer)
-            // Outermost: what every layer below logs belongs to the call.
-            .layer(CallSpanLayer);
+            // Outermost: what every layer below logs belongs to the call,
+            // and every answer (refusals included) is counted.
+            .layer(ObserveLayer);
 
         let ready = Readiness::default();
         let admin_router = admin::router(ready.clone(), metrics.clone()).merge(admin_health);

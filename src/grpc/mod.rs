@@ -2,10 +2,9 @@
 
 pub(crate) mod buffer_request;
 mod call_log;
-pub(crate) mod call_span;
 pub(crate) mod codec;
 pub(crate) mod deadline;
-pub(crate) mod metrics;
+pub(crate) mod observe;
 pub(crate) mod request_deadline;
 pub(crate) mod require_http2;
 mod service;

@@ -160,7 +160,7 @@ impl WebRtcStorage {
         if !self.policy.allows(&arn) {
             return Err(Error::ChannelNotAllowed(arn.to_string()));
         }
-        // On the call's span (`call_span`), now that it is known valid.
+        // On the call's span (`observe`), now that it is known valid.
         tracing::Span::current().record("channel", arn.as_str());
         Ok(arn)
     }
