@@ -503,7 +503,7 @@ fn ice_server_config(arn: &ChannelArn, now: std::time::SystemTime) -> String {
 fn respond(status: u16) -> http::response::Builder {
     Response::builder()
         .status(status)
-        .header("x-amzn-RequestId", request_id())
+        .header("x-amzn-RequestId", super::request_id())
         .header("content-type", "application/json")
 }
 
@@ -539,14 +539,4 @@ fn access_key(headers: &http::HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split("Credential=").nth(1))
         .and_then(|v| v.split('/').next())
-}
-
-/// A random UUID, the form of KVS's request ids.
-pub(super) fn request_id() -> String {
-    let hex = |n: usize| -> String {
-        (0..n)
-            .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))
-            .collect()
-    };
-    format!("{}-{}-4{}-a{}-{}", hex(8), hex(4), hex(3), hex(3), hex(12))
 }

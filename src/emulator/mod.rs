@@ -379,3 +379,13 @@ impl Emulator {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// A random UUID, the form of KVS's request ids.
+fn request_id() -> String {
+    let hex = |n: usize| -> String {
+        (0..n)
+            .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))
+            .collect()
+    };
+    format!("{}-{}-4{}-a{}-{}", hex(8), hex(4), hex(3), hex(3), hex(12))
+}

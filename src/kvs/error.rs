@@ -323,7 +323,13 @@ impl ServiceError {
             http_status,
             code,
             kind,
-            message: redact::kvs_message(kind, &raw_message),
+            message: redact::kvs_message(
+                matches!(
+                    kind,
+                    ErrorKind::AuthRejected | ErrorKind::ExpiredCredentials | ErrorKind::ClockSkew
+                ),
+                &raw_message,
+            ),
             request_id: request_id(headers),
             server_date: headers
                 .get(http::header::DATE)
