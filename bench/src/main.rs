@@ -15,7 +15,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use clap::{Parser, Subcommand};
 use load::{Target, Window};
 use procfs::Probe;
-use report::{ChannelMemory, Load, Phase, Report, Route, Spread, Startup};
+use report::{AfterLoad, ChannelMemory, Load, Phase, Report, Route, Spread, Startup};
 use targets::Workload;
 
 #[derive(Parser)]
@@ -154,6 +154,22 @@ async fn run(args: &Args) -> Report {
         closed_loop.push(measure(Route::Stack, load, stack.clone(), Probe::Me, window).await);
         closed_loop.push(measure(Route::Sidecar, load, through, probe_sidecar, window).await);
     }
+    // What the sidecar keeps once the closed-loop load (up to the highest
+    // concurrency) is over: its resident memory 10 s later.
+    tokio::time::sleep(AFTER_LOAD).await;
+    let after_load = AfterLoad {
+        seconds: AFTER_LOAD.as_secs_f64(),
+        peak_rss_mib: closed_loop
+            .iter()
+            .filter(|p| p.path == Route::Sidecar)
+            .map(|p| p.sample.peak_rss_mib)
+            .fold(0.0, f64::max),
+        rss_mib: probe_sidecar.rss_kib() as f64 / 1024.0,
+    };
+    println!(
+        "sidecar RSS {:.1} MiB {:.0} s after the load (peak {:.1} MiB)",
+        after_load.rss_mib, after_load.seconds, after_load.peak_rss_mib
+    );
 
     let mut open_loop = Vec::new();
     let direct = Arc::new(targets::Direct::new(&fake, &one));
@@ -180,6 +196,7 @@ async fn run(args: &Args) -> Report {
         warmup_seconds: args.warmup.as_secs_f64(),
         startup,
         closed_loop,
+        after_load,
         open_loop,
         channels,
         memory: channel_memory(args, &fake).await,
@@ -254,6 +271,9 @@ fn longest() -> Workload {
         Some("c".repeat(kvs_sidecar::kvs::arn::MAX_CLIENT_ID_LEN)),
     )
 }
+
+/// How long after the load its leftover memory is measured.
+const AFTER_LOAD: Duration = Duration::from_secs(10);
 
 /// Five cold starts with credentials from the environment, then the idle
 /// RSS of one that has served nothing.

@@ -14,6 +14,7 @@ pub struct Report {
     pub warmup_seconds: f64,
     pub startup: Startup,
     pub closed_loop: Vec<Phase>,
+    pub after_load: AfterLoad,
     pub open_loop: Vec<Phase>,
     pub channels: Vec<Spread>,
     pub memory: ChannelMemory,
@@ -45,6 +46,15 @@ impl Machine {
                 .to_owned(),
         }
     }
+}
+
+/// The sidecar's resident memory some time after the closed-loop load.
+#[derive(Debug, Serialize)]
+pub struct AfterLoad {
+    pub seconds: f64,
+    /// The highest peak RSS of the closed-loop phases.
+    pub peak_rss_mib: f64,
+    pub rss_mib: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -239,6 +249,14 @@ impl Report {
             self.startup.idle_rss_mib < 15.0,
         );
         check(
+            "RSS 10 s after the load ≤ idle + 4 MiB",
+            format!(
+                "{:.1} MiB (idle {:.1}, peak {:.1})",
+                self.after_load.rss_mib, self.startup.idle_rss_mib, self.after_load.peak_rss_mib
+            ),
+            self.after_load.rss_mib <= self.startup.idle_rss_mib + 4.0,
+        );
+        check(
             "start to SERVING < 100 ms (median)",
             format!("{:.1} ms", self.startup.median_ms),
             self.startup.median_ms < 100.0,
@@ -343,10 +361,13 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "Start to SERVING: median {:.1} ms over {} starts; idle RSS {:.1} MiB.",
+            "Start to SERVING: median {:.1} ms over {} starts; idle RSS {:.1} MiB; {:.1} MiB {:.0} s after the closed-loop load (peak {:.1} MiB).",
             self.startup.median_ms,
             self.startup.to_serving_ms.len(),
-            self.startup.idle_rss_mib
+            self.startup.idle_rss_mib,
+            self.after_load.rss_mib,
+            self.after_load.seconds,
+            self.after_load.peak_rss_mib
         );
         md.push('\n');
         md.push_str(&at_rest_markdown(&self.at_rest));
