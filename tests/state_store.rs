@@ -248,7 +248,16 @@ async fn redis(redis: &Redis, args: &[&[u8]]) -> redis::Value {
 async fn an_oversized_record_in_the_store_is_never_read_into_memory() {
     let redis_server = Redis::start();
     let fake = common::kvs().await;
-    let sidecar = Sidecar::start(&fake, &["--state-store", redis_server.url.as_str()]);
+    // Time enough to read the whole value, were it read.
+    let sidecar = Sidecar::start(
+        &fake,
+        &[
+            "--state-store",
+            redis_server.url.as_str(),
+            "--state-store-timeout",
+            "5s",
+        ],
+    );
     let mut client = sidecar.client().await;
     client.join_storage_session(keyed("warm")).await.unwrap();
     let planted = vec![b'x'; 64 << 20];
