@@ -7,6 +7,7 @@
 pub mod arn;
 mod client;
 pub mod credentials;
+pub mod data_endpoint;
 pub mod endpoint;
 pub mod endpoint_cache;
 mod error;
@@ -45,6 +46,10 @@ pub enum Operation {
     DescribeSignalingChannel,
     DescribeMediaStorageConfiguration,
     DescribeStream,
+    /// A stream's data-plane endpoint for one API (`data_endpoint.rs`).
+    GetDataEndpoint,
+    /// A page of a stream's fragments, on its LIST_FRAGMENTS data endpoint.
+    ListFragments,
 }
 
 impl Operation {
@@ -57,6 +62,8 @@ impl Operation {
             Operation::DescribeSignalingChannel => "DescribeSignalingChannel",
             Operation::DescribeMediaStorageConfiguration => "DescribeMediaStorageConfiguration",
             Operation::DescribeStream => "DescribeStream",
+            Operation::GetDataEndpoint => "GetDataEndpoint",
+            Operation::ListFragments => "ListFragments",
         }
     }
 
@@ -79,6 +86,8 @@ impl Operation {
             Operation::DescribeSignalingChannel => "/describeSignalingChannel",
             Operation::DescribeMediaStorageConfiguration => "/describeMediaStorageConfiguration",
             Operation::DescribeStream => "/describeStream",
+            Operation::GetDataEndpoint => "/getDataEndpoint",
+            Operation::ListFragments => "/listFragments",
         }
     }
 }
@@ -105,6 +114,10 @@ pub struct UpstreamRequest {
     pub retry_reason: Option<&'static str>,
     /// What signs it: the channel's account's credentials.
     pub credentials: Arc<credentials::CredentialCache>,
+    /// The per-stream pace every attempt of a data-plane request keeps
+    /// (`stack/pace.rs`); `None` for the control plane and the signaling
+    /// APIs, which KVS limits per account or channel instead.
+    pub pace: Option<stack::pace::PaceKey>,
 }
 
 impl UpstreamRequest {
