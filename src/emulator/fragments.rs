@@ -476,7 +476,9 @@ const API_NAMES: &[&str] = &[
     "GET_IMAGES",
 ];
 
-/// Which stream a data-plane request names, after KVS's checks; its name.
+/// Which stream a data-plane request names, after KVS's checks; its name,
+/// or KVS's refusal (large, but only built on the error path).
+#[allow(clippy::result_large_err)]
 fn named_stream(
     operation: &str,
     stream_arn: Option<&str>,

@@ -59,6 +59,9 @@ pub(crate) struct CallLimits {
 // === impl WebRtcStorage ===
 
 impl WebRtcStorage {
+    // One argument per capability the service serves: a builder would only
+    // move the list.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: Arc<KvsClient>,
         signaling: Signaling,

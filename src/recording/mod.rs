@@ -209,10 +209,11 @@ impl Recording {
     /// The channel's stream, from the readiness checks' cache or a check.
     async fn stream_of(&self, call: &Call, channel: &ChannelArn) -> Result<ChannelArn, Refusal> {
         let report = self.readiness.check(call, channel).await?;
-        if report.media_storage_status.is_empty() && report.stream_arn.is_empty() {
-            if let Some(problem) = report.problems.iter().find(|p| p.code == "ACCESS_DENIED") {
-                return Err(Refusal::Denied(problem.message.clone()));
-            }
+        if report.media_storage_status.is_empty()
+            && report.stream_arn.is_empty()
+            && let Some(problem) = report.problems.iter().find(|p| p.code == "ACCESS_DENIED")
+        {
+            return Err(Refusal::Denied(problem.message.clone()));
         }
         if report.media_storage_status != "ENABLED" || report.stream_arn.is_empty() {
             return Err(Refusal::StorageDisabled(format!(
