@@ -213,7 +213,7 @@ impl WebRtcStorageService for WebRtcStorage {
                 .idempotent(&msg.idempotency_key, target, call, join)
                 .await?;
             // The default window of the channel's recording status.
-            self.recording.master_joined(&arn).await;
+            self.recording.master_joined(&arn);
             Ok(joined)
         };
         let Joined { request_id } = self

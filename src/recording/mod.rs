@@ -17,9 +17,11 @@
 //! windows on one stream.
 //!
 //! The default `since` is the last successful master join of the channel
-//! this sidecar knows ([`Recording::master_joined`], bounded like every
-//! cache), else one hour before the call.
+//! this sidecar knows ([`Recording::master_joined`], a fixed table that
+//! costs the join path a hash, see `joins.rs`), else one hour before the
+//! call.
 
+mod joins;
 pub(crate) mod poller;
 pub(crate) mod status;
 
@@ -29,7 +31,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use moka::future::Cache;
 use tokio::time::Instant;
 
 pub(crate) use self::{
@@ -45,10 +46,6 @@ use crate::{
 
 /// Distinct windows one stream's poller sums at once.
 pub(crate) const MAX_WINDOWS_PER_STREAM: usize = 256;
-/// Channels whose last master join is remembered.
-const JOINS_KEPT: u64 = 10_000;
-/// How long a last join is remembered: a session lasts at most an hour.
-const JOINS_TTL: Duration = Duration::from_secs(2 * 3600);
 /// The default window when no join is known.
 pub(crate) const DEFAULT_LOOKBACK: Duration = Duration::from_secs(3600);
 
@@ -104,7 +101,7 @@ pub(crate) struct Recording {
     clock: SharedClock,
     settings: Settings,
     pollers: Mutex<HashMap<ChannelArn, Arc<poller::Poller>>>,
-    joins: Cache<ChannelArn, SystemTime>,
+    joins: joins::LastJoins,
 }
 
 impl Recording {
@@ -120,10 +117,7 @@ impl Recording {
             clock,
             settings,
             pollers: Mutex::default(),
-            joins: Cache::builder()
-                .max_capacity(JOINS_KEPT)
-                .time_to_live(JOINS_TTL)
-                .build(),
+            joins: joins::LastJoins::new(joins::SLOTS),
         })
     }
 
@@ -132,17 +126,20 @@ impl Recording {
         self.clock.now()
     }
 
-    /// A master join of `channel` succeeded now.
-    pub(crate) async fn master_joined(&self, channel: &ChannelArn) {
-        self.joins.insert(channel.clone(), self.now()).await;
+    /// A master join of `channel` succeeded now (on the join path: a hash
+    /// and three atomic stores).
+    pub(crate) fn master_joined(&self, channel: &ChannelArn) {
+        self.joins.record(channel.as_str(), self.now());
     }
 
-    /// The window a caller gets when it names no `since`.
-    pub(crate) async fn default_since(&self, channel: &ChannelArn) -> SystemTime {
-        match self.joins.get(channel).await {
-            Some(joined) => joined,
-            None => self.now() - DEFAULT_LOOKBACK,
-        }
+    /// The window a caller gets when it names no `since`: from the last
+    /// master join, unless it is older than the default lookback.
+    pub(crate) fn default_since(&self, channel: &ChannelArn) -> SystemTime {
+        let hour_ago = self.now() - DEFAULT_LOOKBACK;
+        self.joins
+            .get(channel.as_str())
+            .filter(|joined| *joined > hour_ago)
+            .unwrap_or(hour_ago)
     }
 
     /// Subscribes to the status of `channel`'s recording over the window

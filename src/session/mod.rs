@@ -310,7 +310,7 @@ impl Supervisor {
                             policy.joined(now, fastrand::f64());
                             joined_at = Some(now);
                             if client_id.is_empty() {
-                                recording.master_joined(&channel).await;
+                                recording.master_joined(&channel);
                             }
                             if watch_media {
                                 let wall = recording.now();
