@@ -580,3 +580,102 @@ async fn fragments_prove_the_session_and_their_stop_rejoins() {
         Some(JoinReason::NoMedia)
     );
 }
+
+#[tokio::test]
+async fn streams_polled_at_once_are_capped_and_a_poller_left_alone_stops() {
+    let fake = common::kvs().await;
+    fake.set_fragment_length(Duration::from_millis(200));
+    fake.set_listing_delay(Duration::from_millis(50));
+    let sidecar = Sidecar::start(&fake, &["--max-recording-streams", "2"]);
+    let client = sidecar.client().await;
+    let (a, b, c) = (arn("cap-a"), arn("cap-b"), arn("cap-c"));
+    join(&client, &a).await;
+    let open = |channel: &str| {
+        let (mut client, channel) = (client.clone(), channel.to_owned());
+        async move {
+            let mut stream = client
+                .watch_recording(WatchRecordingRequest {
+                    channel_arn: channel,
+                    since: None,
+                    stalled_after: secs(5.0),
+                })
+                .await?
+                .into_inner();
+            let first = stream.message().await?.and_then(|m| m.status);
+            let state = first.map_or(RecordingState::Unspecified, |s| s.state());
+            Ok::<_, tonic::Status>((stream, state))
+        }
+    };
+    let (mut watch_a, first) = open(&a).await.unwrap();
+    // One status at each change of state: `a` records within a second.
+    if first != RecordingState::Recording {
+        assert_eq!(first, RecordingState::NoMedia);
+        let next = tokio::time::timeout(Duration::from_secs(5), watch_a.message())
+            .await
+            .expect("a change of state within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status.unwrap().state(), RecordingState::Recording);
+    }
+    let _watch_b = open(&b).await.unwrap();
+    let refused = status(&client, request(&c, 5.0)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("--max-recording-streams"),
+        "{refused:?}"
+    );
+    // Nothing was listed for the refused stream.
+    assert_eq!(fake.list_fragments_requests(&c).total, 0);
+
+    // The watcher of `a` goes away: its poller stops, its place frees.
+    drop(watch_a);
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        match status(&client, request(&c, 5.0)).await {
+            Ok(answer) => break answer,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(tokio::time::Instant::now() < until, "never freed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(answer.state(), RecordingState::NoMedia);
+    let listed = fake.list_fragments_requests(&a).total;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        fake.list_fragments_requests(&a).total,
+        listed,
+        "a stream nobody watches is not listed"
+    );
+    assert!(fake.list_fragments_requests(&b).total > listed.min(3));
+
+    // The metrics carry no channel or stream.
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    let recording: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kvs_sidecar_recording_"))
+        .collect();
+    assert!(
+        recording.iter().any(
+            |l| l.starts_with("kvs_sidecar_recording_state_changes_total{state=\"recording\"}")
+        ),
+        "{metrics}"
+    );
+    assert!(
+        recording
+            .iter()
+            .any(|l| l.starts_with("kvs_sidecar_recording_streams_polled ")),
+        "{metrics}"
+    );
+    assert!(
+        recording.iter().all(|l| !l.contains("arn:")),
+        "{recording:#?}"
+    );
+    for method in ["GetRecordingStatus", "WatchRecording"] {
+        assert!(
+            metrics.contains(&format!("grpc_method=\"{method}\"")),
+            "{method} is labelled by name"
+        );
+    }
+}

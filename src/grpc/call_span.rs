@@ -111,6 +111,8 @@ fn call_span(path: &str, headers: &http::HeaderMap) -> Option<Span> {
         "MaintainStorageSession" => span!("MaintainStorageSession"),
         "GetSignalingConnection" => span!("GetSignalingConnection"),
         "CheckStorageReadiness" => span!("CheckStorageReadiness"),
+        "GetRecordingStatus" => span!("GetRecordingStatus"),
+        "WatchRecording" => span!("WatchRecording"),
         _ => return None,
     };
     if telemetry::traces_on() {

@@ -28,6 +28,8 @@ const KNOWN: &[(&str, &str)] = &[
     (STORAGE, "MaintainStorageSession"),
     (STORAGE, "GetSignalingConnection"),
     (STORAGE, "CheckStorageReadiness"),
+    (STORAGE, "GetRecordingStatus"),
+    (STORAGE, "WatchRecording"),
     (HEALTH, "Check"),
     (HEALTH, "Watch"),
     (REFLECTION_V1, "ServerReflectionInfo"),
