@@ -42,7 +42,11 @@ pub async fn measure(
     streams: usize,
     idle: Duration,
 ) -> Watching {
-    let sidecar = process::sidecar(binary, fake, env, flags);
+    // No pacing of the Describe* reads that find each channel's stream:
+    // the fake KVS has no quota to protect.
+    let mut all = vec!["--describe-rate", "0"];
+    all.extend_from_slice(flags);
+    let sidecar = process::sidecar(binary, fake, env, &all);
     let probe = Probe::Pid(sidecar.process.pid());
     let channel = tonic::transport::Endpoint::from_shared(sidecar.grpc_url.clone())
         .expect("a valid URL")

@@ -35,6 +35,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::Either;
 use tokio::time::Instant;
 
 use crate::kvs::{Error, UpstreamRequest, data_endpoint::ApiName};
@@ -189,20 +190,22 @@ where
 {
     type Response = R;
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>;
+    // Requests without a pace (the joins, discovery, the control plane)
+    // pass straight through: no box, no clone, the join path as it was.
+    type Future = Either<S::Future, Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
-        let mut inner = super::take_ready(&mut self.inner);
         let Some(key) = req.pace.clone() else {
-            return Box::pin(inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
+        let mut inner = super::take_ready(&mut self.inner);
         let pacer = self.pacer.clone();
         let operation = req.operation.name();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let now = Instant::now();
             let at = lock(&pacer).acquire(&key, now, req.deadline);
             let at = match at {
@@ -227,7 +230,7 @@ where
                 reservation.keep();
             }
             inner.call(req).await
-        })
+        }))
     }
 }
 
