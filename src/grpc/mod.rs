@@ -17,7 +17,12 @@ pub(crate) mod status;
 /// open, so the bounds of a unary call (a deadline on the whole request,
 /// reading it whole, a call slot) do not fit it; it has its own
 /// (`--max-maintained-sessions`, a deadline on its first message).
-const STREAMS: &[&str] = &["MaintainStorageSession", "WatchRecording"];
+///
+/// WatchRecording is not one of them: its request is one message, read
+/// whole under the call's deadline like a unary call's (a caller that opens
+/// it and sends nothing holds nothing long); only its answer is a stream,
+/// bounded by the watchers' limit (`recording.rs`).
+const STREAMS: &[&str] = &["MaintainStorageSession"];
 
 /// The method `path` names on the storage service (by the generated
 /// service name), if it names one.
