@@ -164,7 +164,7 @@ fn describe() {
     );
     describe_counter!(
         STATE_STORE_ERRORS,
-        "Operations on the shared state store (Redis) that failed, by purpose (idempotency, lease)."
+        "Operations on the shared state store (Redis) that failed, by purpose (idempotency, lease, recording)."
     );
     describe_counter!(
         IDEMPOTENT_REPLAYS,

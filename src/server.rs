@@ -194,7 +194,7 @@ impl App {
             config.max_maintained_sessions,
             store.clone().map(|store| (store, config.session_lease)),
         );
-        let ledger = match store {
+        let ledger = match store.clone() {
             // A claimed key outlives any call that could record it.
             Some(store) => JoinLedger::shared(
                 store,
@@ -217,6 +217,7 @@ impl App {
                 max_streams: config.max_recording_streams,
                 ..recording::Settings::default()
             },
+            store.clone(),
         );
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
             client.clone(),

@@ -64,7 +64,7 @@ pub(super) async fn window(
     };
     let now = recording.now();
     let since = match since {
-        None => recording.default_since(channel),
+        None => recording.default_since(channel).await,
         Some(ts) => {
             let since = SystemTime::try_from(ts)
                 .map_err(|_| Status::invalid_argument("since: is not a valid timestamp"))?;

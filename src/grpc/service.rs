@@ -485,6 +485,7 @@ mod tests {
             )),
             Arc::new(crate::clock::SystemClock),
             crate::recording::Settings::default(),
+            None,
         );
         WebRtcStorage::new(
             client,

@@ -42,12 +42,26 @@ use crate::{
     instruments,
     kvs::{Call, Error, arn::ChannelArn, data_endpoint::DataPlane},
     readiness::StorageReadiness,
+    store::SharedStore,
 };
 
 /// Distinct windows one stream's poller sums at once.
 pub(crate) const MAX_WINDOWS_PER_STREAM: usize = 256;
 /// The default window when no join is known.
 pub(crate) const DEFAULT_LOOKBACK: Duration = Duration::from_secs(3600);
+/// How long the shared store keeps a channel's last join: past the
+/// lookback it is never used.
+const JOIN_KEPT: Duration = Duration::from_secs(2 * 3600);
+
+fn join_key(channel: &ChannelArn) -> String {
+    format!("lastjoin:{channel}")
+}
+
+fn millis(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
 
 /// Tunables (see [`Settings::default`]).
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +116,9 @@ pub(crate) struct Recording {
     settings: Settings,
     pollers: Mutex<HashMap<ChannelArn, Arc<poller::Poller>>>,
     joins: joins::LastJoins,
+    /// The replicas' shared store, if any: the last join is kept there
+    /// too, so a replica that did not make it still knows it.
+    store: Option<Arc<SharedStore>>,
 }
 
 impl Recording {
@@ -110,6 +127,7 @@ impl Recording {
         data: Arc<DataPlane>,
         clock: SharedClock,
         settings: Settings,
+        store: Option<Arc<SharedStore>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             readiness,
@@ -118,6 +136,7 @@ impl Recording {
             settings,
             pollers: Mutex::default(),
             joins: joins::LastJoins::new(joins::SLOTS),
+            store,
         })
     }
 
@@ -126,20 +145,43 @@ impl Recording {
         self.clock.now()
     }
 
-    /// A master join of `channel` succeeded now (on the join path: a hash
-    /// and three atomic stores).
+    /// A master join of `channel` succeeded now. On the join path: a hash
+    /// and three atomic stores; with a shared store, a write to it in the
+    /// background (the join does not wait for it, and a failure only costs
+    /// other replicas the default).
     pub(crate) fn master_joined(&self, channel: &ChannelArn) {
-        self.joins.record(channel.as_str(), self.now());
+        let now = self.now();
+        self.joins.record(channel.as_str(), now);
+        if let Some(store) = &self.store {
+            let (store, key) = (store.clone(), join_key(channel));
+            let ms = millis(now).to_string();
+            tokio::spawn(async move {
+                if store.set(&key, &ms, JOIN_KEPT).await.is_err() {
+                    instruments::state_store_error("recording");
+                }
+            });
+        }
     }
 
     /// The window a caller gets when it names no `since`: from the last
-    /// master join, unless it is older than the default lookback.
-    pub(crate) fn default_since(&self, channel: &ChannelArn) -> SystemTime {
+    /// master join this sidecar or the shared store knows, unless older
+    /// than the default lookback.
+    pub(crate) async fn default_since(&self, channel: &ChannelArn) -> SystemTime {
         let hour_ago = self.now() - DEFAULT_LOOKBACK;
-        self.joins
-            .get(channel.as_str())
-            .filter(|joined| *joined > hour_ago)
-            .unwrap_or(hour_ago)
+        let mut joined = self.joins.get(channel.as_str());
+        if joined.is_none()
+            && let Some(store) = &self.store
+        {
+            match store.get(&join_key(channel)).await {
+                Ok(found) => {
+                    joined = found
+                        .and_then(|ms| ms.parse::<u64>().ok())
+                        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+                }
+                Err(_) => instruments::state_store_error("recording"),
+            }
+        }
+        joined.filter(|at| *at > hour_ago).unwrap_or(hour_ago)
     }
 
     /// Subscribes to the status of `channel`'s recording over the window
