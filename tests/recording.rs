@@ -679,3 +679,27 @@ async fn streams_polled_at_once_are_capped_and_a_poller_left_alone_stops() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_emulated_media_ends_with_its_storage_session() {
+    let (fake, _sidecar, client) = setup().await;
+    fake.set_fragment_length(Duration::from_millis(100));
+    fake.set_session_lifetime(Duration::from_millis(1500));
+    let channel = arn("short-lived");
+    join(&client, &channel).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let fragments = fake.recorded_fragments(&channel);
+    let record = fake.storage_session(&channel, None).unwrap();
+    assert_eq!(record.expired, 1, "{record:?}");
+    // From 0.5 s after the join to the session's end, 1.5 s after it.
+    assert!(
+        (8..=11).contains(&fragments.len()),
+        "{} fragments",
+        fragments.len()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.recorded_fragments(&channel).len(), fragments.len());
+    let answer = status(&client, request(&channel, 1.0)).await.unwrap();
+    assert_eq!(answer.state(), RecordingState::Stalled);
+    assert_eq!(answer.fragment_count as usize, fragments.len());
+}
