@@ -374,6 +374,12 @@ async fn many_callers_share_one_pace_of_five_requests_a_second_per_stream() {
         let seen = fake.list_fragments_requests(channel);
         assert_eq!(seen.throttled, 0, "KVS never throttled: {seen:?}");
         assert!(densest(&seen.times) <= 5, "{}", densest(&seen.times));
+        eprintln!(
+            "{channel}: {} ListFragments, at most {} in a second, {} throttled",
+            seen.total,
+            densest(&seen.times),
+            seen.throttled
+        );
         assert!(seen.total >= 5, "{seen:?}");
     }
 }
