@@ -135,15 +135,7 @@ fn main() {
     if let Some(Command::Watching) = args.command {
         let watching = runtime.block_on(async {
             let (_fake, fake) = process::fake();
-            watching::measure(
-                &args.sidecar,
-                &fake,
-                &args.sidecar_env,
-                &args.flags(&[]),
-                args.watched_streams,
-                args.rest_idle,
-            )
-            .await
+            watching(&args, &fake).await
         });
         let out = args.out.join("kvs-bench-watching.json");
         std::fs::create_dir_all(&args.out).expect("create the results folder");
@@ -152,6 +144,7 @@ fn main() {
             serde_json::to_string_pretty(&watching).expect("the result serializes"),
         )
         .expect("write the result");
+        println!("\n{}", report::watching_markdown(&watching));
         println!("results: {}", out.display());
         return;
     }
@@ -215,11 +208,25 @@ async fn run(args: &Args) -> Report {
         channels,
         memory: channel_memory(args, &fake).await,
         at_rest: at_rest(args, &fake).await,
+        watching: watching(args, &fake).await,
         micro: report::read_criterion(&args.criterion),
         targets: Vec::new(),
     };
     report.check_targets();
     report
+}
+
+/// Watched streams at rest, on a sidecar of their own.
+async fn watching(args: &Args, fake: &str) -> watching::Watching {
+    watching::measure(
+        &args.sidecar,
+        fake,
+        &args.sidecar_env,
+        &args.flags(&[]),
+        args.watched_streams,
+        args.rest_idle,
+    )
+    .await
 }
 
 /// Maintained sessions at rest, on a sidecar of their own.
