@@ -709,3 +709,76 @@ async fn the_emulated_media_ends_with_its_storage_session() {
     assert_eq!(answer.state(), RecordingState::Stalled);
     assert_eq!(answer.fragment_count as usize, fragments.len());
 }
+
+/// The sidecar's GetDataEndpoint and ListFragments against boto3's
+/// (tests/boto3_wire.py, the same stream and range, the same emulator):
+/// the same paths, the same JSON bodies, signed for the same service and
+/// region; and boto3 reads the emulator's answers.
+#[tokio::test]
+async fn requests_are_the_ones_boto3_sends() {
+    let (fake, _sidecar, client) = setup().await;
+    let channel = arn("wire");
+    let stream = channel.replace(":channel/", ":stream/");
+    join(&client, &channel).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    status(&client, request(&channel, 5.0)).await.unwrap();
+    let ours = (
+        fake.received_on("/getDataEndpoint")[0].clone(),
+        fake.received_on(LIST)[0].clone(),
+    );
+    let range = ours.1.json()["FragmentSelector"]["TimestampRange"].clone();
+    let keys = fake.credentials();
+    // Off the runtime: the emulator answering boto3 runs on it.
+    let (url, stream_arn) = (fake.url(), stream.clone());
+    let (start, end) = (
+        range["StartTimestamp"].to_string(),
+        range["EndTimestamp"].to_string(),
+    );
+    let keys = keys.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::python())
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boto3_wire.py"))
+            .args([url, "eu-central-1".into(), stream_arn, start, end])
+            .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+            .env("AWS_SESSION_TOKEN", keys.session_token.as_deref().unwrap())
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python with boto3 (tests/requirements.txt)");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains(&format!("data_endpoint {}", fake.url())),
+        "{printed}"
+    );
+    let listed: usize = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("fragments "))
+        .and_then(|n| n.parse().ok())
+        .expect("boto3 read the page");
+    assert!(listed >= 1, "{printed}");
+
+    let theirs = (
+        fake.received_on("/getDataEndpoint").last().unwrap().clone(),
+        fake.received_on(LIST).last().unwrap().clone(),
+    );
+    for (ours, theirs) in [(&ours.0, &theirs.0), (&ours.1, &theirs.1)] {
+        assert_eq!(ours.json(), theirs.json(), "{}", ours.path);
+        let (a, b) = (
+            ours.signature.as_ref().unwrap(),
+            theirs.signature.as_ref().unwrap(),
+        );
+        assert_eq!((&a.service, &a.region), (&b.service, &b.region));
+        let content_type =
+            |r: &kvs_sidecar::emulator::Received| r.headers.get("content-type").cloned();
+        assert_eq!(content_type(ours), content_type(theirs));
+    }
+}
