@@ -15,6 +15,7 @@ pub mod kvs;
 mod policy;
 mod readiness;
 pub mod ready;
+mod recording;
 mod serve;
 pub mod server;
 mod session;

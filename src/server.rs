@@ -32,12 +32,14 @@ use crate::{
     kvs::{
         KvsClient,
         credentials::Identities,
+        data_endpoint::{self, DataPlane},
         endpoint::EndpointSettings,
         transport::{BuildError, Network},
     },
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     readiness::{self, StorageReadiness},
+    recording::{self, Recording},
     serve::{self, Cap, Settings, Tcp, Unix},
     session::Sessions,
     signaling::Signaling,
@@ -174,7 +176,7 @@ impl App {
         let signaling = Signaling::new(
             client.clone(),
             identities.clone(),
-            clock,
+            clock.clone(),
             config.signaling_url_expiry,
         );
         let readiness = StorageReadiness::new(
@@ -191,7 +193,7 @@ impl App {
             config.max_maintained_sessions,
             store.clone().map(|store| (store, config.session_lease)),
         );
-        let ledger = match store {
+        let ledger = match store.clone() {
             // A claimed key outlives any call that could record it.
             Some(store) => JoinLedger::shared(
                 store,
@@ -200,6 +202,22 @@ impl App {
             ),
             None => JoinLedger::new(config.idempotency_window, config.idempotency_keys),
         };
+        // Recording status: the streams' fragments, through their data
+        // endpoints, on KVS's clock as far as we know it.
+        let recording = Recording::new(
+            readiness.clone(),
+            Arc::new(DataPlane::new(
+                client.clone(),
+                data_endpoint::TTL,
+                data_endpoint::CAPACITY,
+            )),
+            clock.clone(),
+            recording::Settings {
+                max_streams: config.max_recording_streams,
+                ..recording::Settings::default()
+            },
+            store.clone(),
+        );
         let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
             client.clone(),
             signaling,
@@ -207,6 +225,7 @@ impl App {
             ChannelPolicy::new(config.allowed_channels.clone()),
             ledger,
             sessions.clone(),
+            recording,
             CallLimits {
                 max_call_duration: config.max_call_duration,
                 max_concurrent_calls: config.max_concurrent_calls,

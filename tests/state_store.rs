@@ -440,3 +440,56 @@ async fn the_documented_acl_is_all_the_sidecar_needs() {
             .join("\n")
     );
 }
+
+/// The default window of a recording status is the channel's last master
+/// join, also when another replica made it: the join is kept in the store.
+#[tokio::test]
+async fn a_replica_knows_the_last_join_another_made() {
+    let redis = Redis::start();
+    let fake = common::kvs().await;
+    let args = ["--state-store", redis.url.as_str()];
+    let (one, two) = (Sidecar::start(&fake, &args), Sidecar::start(&fake, &args));
+    let (mut a, mut b) = (one.client().await, two.client().await);
+    let channel = common::arn("shared-join");
+    let status = |client: &mut kvs_sidecar::pb::web_rtc_storage_service_client::WebRtcStorageServiceClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        let channel = channel.clone();
+        async move {
+            let status = client
+                .get_recording_status(kvs_sidecar::pb::GetRecordingStatusRequest {
+                    channel_arn: channel,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            std::time::SystemTime::try_from(status.since.unwrap()).unwrap()
+        }
+    };
+    let before = status(&mut b).await;
+    let hour = std::time::SystemTime::now().duration_since(before).unwrap();
+    assert!(
+        hour > Duration::from_secs(3500),
+        "no join known: an hour ago"
+    );
+    let joined = std::time::SystemTime::now();
+    a.join_storage_session(common::join(&channel))
+        .await
+        .unwrap();
+    // The store is written after the join answers, in the background.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let since = status(&mut b).await;
+        if since >= joined - Duration::from_secs(1) {
+            assert!(since <= std::time::SystemTime::now());
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the other replica never saw the join"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

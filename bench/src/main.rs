@@ -9,6 +9,7 @@ mod process;
 mod procfs;
 mod report;
 mod targets;
+mod watching;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -60,6 +61,9 @@ struct Args {
     /// sidecar without them before).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     rest_idle: Duration,
+    /// Streams watched (WatchRecording) for the watching measurement.
+    #[arg(long, default_value_t = 100)]
+    watched_streams: usize,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +74,10 @@ enum Command {
     /// Only the cost of maintained sessions at rest (--rest-sessions,
     /// --rest-idle); results in kvs-bench-at-rest.json under --out.
     AtRest,
+    /// Only the cost of watched streams at rest: --watched-streams
+    /// WatchRecording streams on channels of their own, over --rest-idle;
+    /// results in kvs-bench-watching.json under --out.
+    Watching,
 }
 
 impl Args {
@@ -121,6 +129,22 @@ fn main() {
         )
         .expect("write the result");
         println!("\n{}", report::at_rest_markdown(&at_rest));
+        println!("results: {}", out.display());
+        return;
+    }
+    if let Some(Command::Watching) = args.command {
+        let watching = runtime.block_on(async {
+            let (_fake, fake) = process::fake();
+            watching(&args, &fake).await
+        });
+        let out = args.out.join("kvs-bench-watching.json");
+        std::fs::create_dir_all(&args.out).expect("create the results folder");
+        std::fs::write(
+            &out,
+            serde_json::to_string_pretty(&watching).expect("the result serializes"),
+        )
+        .expect("write the result");
+        println!("\n{}", report::watching_markdown(&watching));
         println!("results: {}", out.display());
         return;
     }
@@ -201,11 +225,25 @@ async fn run(args: &Args) -> Report {
         channels,
         memory: channel_memory(args, &fake).await,
         at_rest: at_rest(args, &fake).await,
+        watching: watching(args, &fake).await,
         micro: report::read_criterion(&args.criterion),
         targets: Vec::new(),
     };
     report.check_targets();
     report
+}
+
+/// Watched streams at rest, on a sidecar of their own.
+async fn watching(args: &Args, fake: &str) -> watching::Watching {
+    watching::measure(
+        &args.sidecar,
+        fake,
+        &args.sidecar_env,
+        &args.flags(&[]),
+        args.watched_streams,
+        args.rest_idle,
+    )
+    .await
 }
 
 /// Maintained sessions at rest, on a sidecar of their own.

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use crate::{at_rest::AtRest, load::Sample};
+use crate::{at_rest::AtRest, load::Sample, watching::Watching};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -19,6 +19,7 @@ pub struct Report {
     pub channels: Vec<Spread>,
     pub memory: ChannelMemory,
     pub at_rest: AtRest,
+    pub watching: Watching,
     pub micro: Vec<Micro>,
     pub targets: Vec<Check>,
 }
@@ -371,6 +372,8 @@ impl Report {
         );
         md.push('\n');
         md.push_str(&at_rest_markdown(&self.at_rest));
+        md.push('\n');
+        md.push_str(&watching_markdown(&self.watching));
         if !self.micro.is_empty() {
             md.push_str(
                 "\n**Micro-benchmarks** (criterion, mean)\n\n| benchmark | time |\n|---|---:|\n",
@@ -426,6 +429,39 @@ pub fn at_rest_markdown(r: &AtRest) -> String {
         md,
         "| RSS | {:.1} MiB | {:.1} MiB | {:+.1} MiB |",
         r.rss_before_mib, r.rss_at_rest_mib, r.rss_mib_per_1000
+    );
+    md
+}
+
+/// The watched-streams figures as a Markdown paragraph and table.
+pub fn watching_markdown(r: &Watching) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "**Watched streams at rest** ({} WatchRecording streams on channels of their own, each polled once a second; sidecar CPU and RSS over {:.0} s idle, before the watches and with them; {} errors{})\n",
+        r.streams,
+        r.idle_seconds,
+        r.errors,
+        r.first_error
+            .as_deref()
+            .map(|e| format!(", first: {e}"))
+            .unwrap_or_default()
+    );
+    md.push_str("| | no watch | watched | per stream |\n|---|---:|---:|---:|\n");
+    let per = |before: f64, after: f64| (after - before) / r.streams.max(1) as f64;
+    let _ = writeln!(
+        md,
+        "| CPU | {:.2} ms/s | {:.2} ms/s | {:+.3} ms/s |",
+        r.cpu_ms_per_s_before,
+        r.cpu_ms_per_s_watching,
+        per(r.cpu_ms_per_s_before, r.cpu_ms_per_s_watching)
+    );
+    let _ = writeln!(
+        md,
+        "| RSS | {:.1} MiB | {:.1} MiB | {:+.1} KiB |",
+        r.rss_before_mib,
+        r.rss_watching_mib,
+        per(r.rss_before_mib, r.rss_watching_mib) * 1024.0
     );
     md
 }

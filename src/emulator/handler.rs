@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{CONTAINER_CREDENTIALS_PATH, Dialect, Emulator, Received, Reply, sigv4, sts};
 use crate::kvs::arn::{ChannelArn, validate_client_id};
 
-type Answer = Response<Full<Bytes>>;
+pub(super) type Answer = Response<Full<Bytes>>;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -213,6 +213,9 @@ impl Emulator {
         }
 
         let (arn, operation) = match path {
+            // Streams, not channels: their own checks (`fragments.rs`).
+            "/getDataEndpoint" => return self.get_data_endpoint(body, scope),
+            "/listFragments" => return self.list_fragments(body, scope),
             "/getSignalingChannelEndpoint" => {
                 let Ok(req) = serde_json::from_slice::<Discover>(body) else {
                     return invalid("the request body is not a GetSignalingChannelEndpoint input");
@@ -500,14 +503,14 @@ fn ice_server_config(arn: &ChannelArn, now: std::time::SystemTime) -> String {
     .to_string()
 }
 
-fn respond(status: u16) -> http::response::Builder {
+pub(super) fn respond(status: u16) -> http::response::Builder {
     Response::builder()
         .status(status)
         .header("x-amzn-RequestId", super::request_id())
         .header("content-type", "application/json")
 }
 
-fn invalid(message: &str) -> Answer {
+pub(super) fn invalid(message: &str) -> Answer {
     error(400, "InvalidArgumentException", message, Dialect::Header)
 }
 

@@ -5,6 +5,7 @@ mod call_log;
 pub(crate) mod codec;
 pub(crate) mod deadline;
 pub(crate) mod observe;
+mod recording;
 pub(crate) mod request_deadline;
 pub(crate) mod require_http2;
 mod service;
@@ -15,12 +16,20 @@ pub(crate) mod status;
 /// open, so the bounds of a unary call (a deadline on the whole request,
 /// reading it whole, a call slot) do not fit it; it has its own
 /// (`--max-maintained-sessions`, a deadline on its first message).
+///
+/// WatchRecording is not one of them: its request is one message, read
+/// whole under the call's deadline like a unary call's (a caller that opens
+/// it and sends nothing holds nothing long); only its answer is a stream,
+/// bounded by the watchers' limit (`recording.rs`).
 const STREAMS: &[&str] = &["MaintainStorageSession"];
 
-/// The full paths of [`STREAMS`], for the serving layer, which counts them
-/// apart from calls (`serve::Settings::long_lived`).
-pub(crate) const LONG_LIVED: &[&str] =
-    &["/kvs.webrtcstorage.v1.WebRtcStorageService/MaintainStorageSession"];
+/// The paths of the calls that live as long as their callers want, for the
+/// serving layer, which counts them apart from calls and bounds them in a
+/// drain (`serve::Settings::long_lived`): sessions and recording watchers.
+pub(crate) const LONG_LIVED: &[&str] = &[
+    "/kvs.webrtcstorage.v1.WebRtcStorageService/MaintainStorageSession",
+    "/kvs.webrtcstorage.v1.WebRtcStorageService/WatchRecording",
+];
 
 /// The method `path` names on the storage service (by the generated
 /// service name), if it names one.
@@ -72,11 +81,19 @@ mod tests {
     }
 
     #[test]
-    fn long_lived_paths_are_the_streams() {
-        let methods: Vec<_> = LONG_LIVED
-            .iter()
-            .filter_map(|p| storage_method(p))
-            .collect();
-        assert_eq!(methods, STREAMS);
+    fn long_lived_paths_are_streams_of_the_storage_service() {
+        for path in LONG_LIVED {
+            let kind = observe::method(path).map(|m| m.kind);
+            assert!(
+                matches!(kind, Some("server_stream" | "bidi_stream")),
+                "{path}: {kind:?}"
+            );
+        }
+        for method in STREAMS {
+            assert!(
+                LONG_LIVED.iter().any(|p| storage_method(p) == Some(method)),
+                "{method}"
+            );
+        }
     }
 }

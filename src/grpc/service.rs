@@ -15,15 +15,17 @@ use crate::{
         endpoint::Role,
     },
     pb::{
-        CheckStorageReadinessRequest, CheckStorageReadinessResponse, GetSignalingConnectionRequest,
-        GetSignalingConnectionResponse, IceServer, JoinStorageSessionAsViewerRequest,
-        JoinStorageSessionAsViewerResponse, JoinStorageSessionRequest, JoinStorageSessionResponse,
-        MaintainStorageSessionRequest, ReadinessProblem, SignalingRole,
+        CheckStorageReadinessRequest, CheckStorageReadinessResponse, GetRecordingStatusRequest,
+        GetRecordingStatusResponse, GetSignalingConnectionRequest, GetSignalingConnectionResponse,
+        IceServer, JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
+        JoinStorageSessionRequest, JoinStorageSessionResponse, MaintainStorageSessionRequest,
+        ReadinessProblem, SignalingRole, WatchRecordingRequest,
         maintain_storage_session_request::Kind,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
     policy::ChannelPolicy,
     readiness::StorageReadiness,
+    recording::Recording,
     session::Sessions,
     signaling::{Connection, Signaling},
 };
@@ -35,6 +37,9 @@ pub(crate) struct WebRtcStorage {
     policy: ChannelPolicy,
     ledger: JoinLedger,
     sessions: Arc<Sessions>,
+    recording: Arc<Recording>,
+    /// WatchRecording streams being served.
+    watchers: Arc<Semaphore>,
     limits: CallLimits,
     /// Unary calls being served; one is taken per call, none queued.
     slots: Semaphore,
@@ -63,6 +68,9 @@ pub(crate) struct CallLimits {
 // === impl WebRtcStorage ===
 
 impl WebRtcStorage {
+    // One argument per capability the service serves: a builder would only
+    // move the list.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: Arc<KvsClient>,
         signaling: Signaling,
@@ -70,6 +78,7 @@ impl WebRtcStorage {
         policy: ChannelPolicy,
         ledger: JoinLedger,
         sessions: Arc<Sessions>,
+        recording: Arc<Recording>,
         limits: CallLimits,
     ) -> Self {
         let slots = limits.max_concurrent_calls.clamp(1, Semaphore::MAX_PERMITS);
@@ -80,6 +89,8 @@ impl WebRtcStorage {
             policy,
             ledger,
             sessions,
+            recording,
+            watchers: Arc::new(Semaphore::new(super::recording::MAX_WATCHERS)),
             limits,
             slots: Semaphore::new(slots),
             starts: Semaphore::new(PENDING_STARTS),
@@ -213,8 +224,12 @@ impl WebRtcStorageService for WebRtcStorage {
                 client_id: "".into(),
             };
             let join = || self.client.join_storage_session(call, &arn);
-            self.idempotent(&msg.idempotency_key, target, call, join)
-                .await
+            let joined = self
+                .idempotent(&msg.idempotency_key, target, call, join)
+                .await?;
+            // The default window of the channel's recording status.
+            self.recording.master_joined(&arn);
+            Ok(joined)
         };
         let Joined { request_id } = self
             .unary(
@@ -316,6 +331,7 @@ impl WebRtcStorageService for WebRtcStorage {
         let events = super::session::maintain(
             self.client.clone(),
             &self.sessions,
+            &self.recording,
             channel,
             &start,
             self.limits.max_call_duration,
@@ -382,6 +398,49 @@ impl WebRtcStorageService for WebRtcStorage {
                 .collect(),
         }))
     }
+
+    async fn get_recording_status(
+        &self,
+        req: Request<GetRecordingStatusRequest>,
+    ) -> Result<Response<GetRecordingStatusResponse>, Status> {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "the sidecar is at its limit of {} calls in flight; retry with backoff",
+                self.limits.max_concurrent_calls
+            )));
+        };
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let channel = self.channel(&msg.channel_arn).map_err(|e| to_status(&e))?;
+        let window =
+            super::recording::window(&self.recording, &channel, msg.since, msg.stalled_after)
+                .await?;
+        let status = super::recording::status(&self.recording, &call, &channel, window).await?;
+        Ok(Response::new(GetRecordingStatusResponse {
+            status: Some(status),
+        }))
+    }
+
+    type WatchRecordingStream = super::recording::WatchStream;
+
+    async fn watch_recording(
+        &self,
+        req: Request<WatchRecordingRequest>,
+    ) -> Result<Response<Self::WatchRecordingStream>, Status> {
+        // The deadline bounds finding the stream; the watch itself lasts
+        // as long as the caller keeps it.
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let channel = self.channel(&msg.channel_arn).map_err(|e| to_status(&e))?;
+        let window =
+            super::recording::window(&self.recording, &channel, msg.since, msg.stalled_after)
+                .await?;
+        let stream =
+            super::recording::watch(&self.recording, &self.watchers, &call, &channel, window)
+                .await?;
+        Ok(Response::new(stream))
+    }
 }
 
 fn signaling_response(c: Connection) -> GetSignalingConnectionResponse {
@@ -446,6 +505,17 @@ mod tests {
             Duration::from_secs(300),
         );
         let readiness = StorageReadiness::new(client.clone(), Duration::from_secs(5), 10);
+        let recording = Recording::new(
+            readiness.clone(),
+            Arc::new(crate::kvs::data_endpoint::DataPlane::new(
+                client.clone(),
+                Duration::from_secs(60),
+                10,
+            )),
+            Arc::new(crate::clock::SystemClock),
+            crate::recording::Settings::default(),
+            None,
+        );
         WebRtcStorage::new(
             client,
             signaling,
@@ -453,6 +523,7 @@ mod tests {
             ChannelPolicy::default(),
             JoinLedger::new(Duration::from_secs(60), 100),
             Sessions::new(10, None),
+            recording,
             CallLimits {
                 max_call_duration: Duration::from_secs(1),
                 max_concurrent_calls,

@@ -49,6 +49,13 @@ pub enum Error {
         "the client-side rate for {operation} is exhausted (KVS has been throttling this account); retry with backoff"
     )]
     RateLimited { operation: &'static str },
+    /// KVS allows 5 `operation` requests a second per stream, and no slot
+    /// of this stream's is free before the call's deadline (or the pacer
+    /// tracks as many streams as it may); nothing was sent.
+    #[error(
+        "KVS allows 5 {operation} requests a second per stream, and this stream's are taken until after the call's deadline; retry later"
+    )]
+    StreamPaced { operation: &'static str },
     /// The process-wide retry quota is empty (KVS is failing broadly), so
     /// the sidecar stopped retrying; the attempt's own error is kept.
     #[error(
@@ -112,6 +119,7 @@ impl Error {
             | Error::AttemptTimeout(_)
             | Error::DeadlineExceeded
             | Error::RateLimited { .. }
+            | Error::StreamPaced { .. }
             | Error::RetryQuotaExhausted(_)
             | Error::Credentials(_)
             | Error::Signing(_)
@@ -229,7 +237,9 @@ impl ErrorKind {
             }
             c if AUTH_CODES.contains(&c) => ErrorKind::AuthRejected,
             "ResourceNotFoundException" => ErrorKind::NotFound,
-            "AccessDeniedException" => ErrorKind::AccessDenied,
+            // The archived-media APIs' refusal (HTTP 401) of a caller whose
+            // policy does not allow the operation on the stream.
+            "AccessDeniedException" | "NotAuthorizedException" => ErrorKind::AccessDenied,
             "InvalidArgumentException" => ErrorKind::InvalidArgument,
             "ResourceInUseException" => ErrorKind::ResourceInUse,
             c if TRANSIENT_ERRORS.contains(&c) => ErrorKind::Transient,

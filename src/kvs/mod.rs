@@ -7,9 +7,11 @@
 pub mod arn;
 mod client;
 pub mod credentials;
+pub mod data_endpoint;
 pub mod endpoint;
 pub mod endpoint_cache;
 mod error;
+pub mod fragments;
 mod redact;
 pub mod retry;
 pub mod sign;
@@ -46,6 +48,10 @@ pub enum Operation {
     DescribeSignalingChannel,
     DescribeMediaStorageConfiguration,
     DescribeStream,
+    /// A stream's data-plane endpoint for one API (`data_endpoint.rs`).
+    GetDataEndpoint,
+    /// A page of a stream's fragments, on its LIST_FRAGMENTS data endpoint.
+    ListFragments,
 }
 
 impl Operation {
@@ -58,6 +64,8 @@ impl Operation {
             Operation::DescribeSignalingChannel => "DescribeSignalingChannel",
             Operation::DescribeMediaStorageConfiguration => "DescribeMediaStorageConfiguration",
             Operation::DescribeStream => "DescribeStream",
+            Operation::GetDataEndpoint => "GetDataEndpoint",
+            Operation::ListFragments => "ListFragments",
         }
     }
 
@@ -80,6 +88,8 @@ impl Operation {
             Operation::DescribeSignalingChannel => "/describeSignalingChannel",
             Operation::DescribeMediaStorageConfiguration => "/describeMediaStorageConfiguration",
             Operation::DescribeStream => "/describeStream",
+            Operation::GetDataEndpoint => "/getDataEndpoint",
+            Operation::ListFragments => "/listFragments",
         }
     }
 }
@@ -106,6 +116,10 @@ pub struct UpstreamRequest {
     pub retry_reason: Option<&'static str>,
     /// What signs it: the channel's account's credentials.
     pub credentials: Arc<credentials::CredentialCache>,
+    /// The per-stream pace every attempt of a data-plane request keeps
+    /// (`stack/pace.rs`); `None` for the control plane and the signaling
+    /// APIs, which KVS limits per account or channel instead.
+    pub pace: Option<stack::pace::PaceKey>,
 }
 
 impl UpstreamRequest {
@@ -122,6 +136,7 @@ impl UpstreamRequest {
             attempts: Arc::default(),
             attempt: 1,
             retry_reason: None,
+            pace: None,
             credentials: credentials::Identities::for_tests()
                 .all()
                 .next()

@@ -190,6 +190,12 @@ impl RateLimitLayer {
             Operation::DescribeSignalingChannel
             | Operation::DescribeMediaStorageConfiguration
             | Operation::DescribeStream => self.describe.clone(),
+            // A stream's data endpoint is found as a channel's endpoints
+            // are: an account-wide control-plane quota.
+            Operation::GetDataEndpoint => self.discovery.clone(),
+            // KVS limits it per stream, not per account: the per-stream
+            // pacer below this layer keeps that limit.
+            Operation::ListFragments => None,
         }
     }
 }
