@@ -19,6 +19,7 @@ mod serve;
 pub mod server;
 mod session;
 pub mod signaling;
+mod storage;
 mod store;
 pub mod telemetry;
 mod tls;

@@ -128,7 +128,9 @@ async fn reflection_lists_and_describes_the_service_in_v1_and_v1alpha() {
             "JoinStorageSessionAsViewer",
             "MaintainStorageSession",
             "GetSignalingConnection",
-            "CheckStorageReadiness"
+            "CheckStorageReadiness",
+            "EnsureStorage",
+            "GetPlaybackUrl"
         ]
     );
 

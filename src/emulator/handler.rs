@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{CONTAINER_CREDENTIALS_PATH, Dialect, Emulator, Received, Reply, sigv4, sts};
 use crate::kvs::arn::{ChannelArn, validate_client_id};
 
-type Answer = Response<Full<Bytes>>;
+pub(super) type Answer = Response<Full<Bytes>>;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -167,6 +167,10 @@ impl Emulator {
     }
 
     fn operation(&self, path: &str, body: &[u8], scope: &sigv4::Scope) -> Answer {
+        // Streams and media storage have state of their own (storage.rs).
+        if let Some(answer) = self.storage_operation(path, body, scope) {
+            return answer;
+        }
         #[derive(Deserialize)]
         struct Discover {
             #[serde(rename = "ChannelARN")]
@@ -232,7 +236,7 @@ impl Emulator {
                 }
                 (req.channel_arn, "GetIceServerConfig")
             }
-            "/describeSignalingChannel" | "/describeMediaStorageConfiguration" => {
+            "/describeSignalingChannel" => {
                 #[derive(Deserialize)]
                 struct Describe {
                     #[serde(rename = "ChannelARN")]
@@ -241,23 +245,7 @@ impl Emulator {
                 let Ok(req) = serde_json::from_slice::<Describe>(body) else {
                     return invalid("ChannelARN is required");
                 };
-                let op = if path == "/describeSignalingChannel" {
-                    "DescribeSignalingChannel"
-                } else {
-                    "DescribeMediaStorageConfiguration"
-                };
-                (req.channel_arn, op)
-            }
-            "/describeStream" => {
-                #[derive(Deserialize)]
-                struct Describe {
-                    #[serde(rename = "StreamARN")]
-                    stream_arn: String,
-                }
-                let Ok(req) = serde_json::from_slice::<Describe>(body) else {
-                    return invalid("StreamARN is required");
-                };
-                (req.stream_arn, "DescribeStream")
+                (req.channel_arn, "DescribeSignalingChannel")
             }
             "/joinStorageSession" | "/joinStorageSessionAsViewer" => {
                 let viewer = path == "/joinStorageSessionAsViewer";
@@ -315,11 +303,6 @@ impl Emulator {
             );
             return error(403, "AccessDeniedException", &message, Dialect::Header);
         }
-        if operation == "DescribeStream"
-            && let Some(refusal) = stream_refusal(&arn)
-        {
-            return refusal;
-        }
         let body = match operation {
             "GetSignalingChannelEndpoint" => {
                 let webrtc = self
@@ -337,8 +320,6 @@ impl Emulator {
             }
             "GetIceServerConfig" => ice_server_config(&arn, self.now()),
             "DescribeSignalingChannel" => describe_signaling_channel(&arn),
-            "DescribeMediaStorageConfiguration" => describe_media_storage(&arn),
-            "DescribeStream" => describe_stream(&arn),
             "JoinStorageSession" => {
                 self.start_storage_session(arn.as_str(), None);
                 String::new()
@@ -394,10 +375,8 @@ fn amz_date(t: std::time::SystemTime) -> String {
 }
 
 // Readiness by channel name (the README lists these): `inactive-*` is still
-// CREATING, `fullmesh-*` is FULL_MESH, `nostorage-*` has storage DISABLED;
-// the linked stream is named after the channel, and `nostream-*` does not
-// exist, `denystream-*` may not be described, `creatingstream-*` is still
-// CREATING, `noretention-*` keeps no data.
+// CREATING, `fullmesh-*` is FULL_MESH; storage and streams (`nostorage-*`
+// and the stream prefixes) are in storage.rs.
 
 fn describe_signaling_channel(arn: &ChannelArn) -> String {
     let name = arn.name();
@@ -408,49 +387,6 @@ fn describe_signaling_channel(arn: &ChannelArn) -> String {
         "ChannelType": if name.starts_with("fullmesh-") { "FULL_MESH" } else { "SINGLE_MASTER" },
         "CreationTime": 1_700_000_000.0,
         "SingleMasterConfiguration": {"MessageTtlSeconds": 60},
-        "Version": "1",
-    }})
-    .to_string()
-}
-
-fn describe_media_storage(arn: &ChannelArn) -> String {
-    if arn.name().starts_with("nostorage-") {
-        return serde_json::json!({"MediaStorageConfiguration": {"Status": "DISABLED"}})
-            .to_string();
-    }
-    let stream = arn.as_str().replacen(":channel/", ":stream/", 1);
-    serde_json::json!({"MediaStorageConfiguration": {"Status": "ENABLED", "StreamARN": stream}})
-        .to_string()
-}
-
-/// KVS's refusal of a DescribeStream, for the streams that have one.
-fn stream_refusal(stream: &ChannelArn) -> Option<Answer> {
-    let name = stream.name();
-    if name.starts_with("nostream-") {
-        return Some(error(
-            404,
-            "ResourceNotFoundException",
-            "The requested stream is not found or not active.",
-            Dialect::Header,
-        ));
-    }
-    name.starts_with("denystream-").then(|| {
-        let message = format!(
-            "User: arn:aws:sts::000000000000:assumed-role/emulated is not authorized to perform: kinesisvideo:DescribeStream on resource: {stream}"
-        );
-        error(403, "AccessDeniedException", &message, Dialect::Header)
-    })
-}
-
-fn describe_stream(stream: &ChannelArn) -> String {
-    let name = stream.name();
-    serde_json::json!({"StreamInfo": {
-        "StreamARN": stream.as_str(),
-        "StreamName": name,
-        "Status": if name.starts_with("creatingstream-") { "CREATING" } else { "ACTIVE" },
-        "DataRetentionInHours": if name.starts_with("noretention-") { 0 } else { 24 },
-        "MediaType": "video/h264",
-        "CreationTime": 1_700_000_000.0,
         "Version": "1",
     }})
     .to_string()
@@ -491,7 +427,14 @@ fn respond(status: u16) -> http::response::Builder {
         .header("content-type", "application/json")
 }
 
-fn invalid(message: &str) -> Answer {
+/// A 200 with this JSON body.
+pub(super) fn ok(body: serde_json::Value) -> Answer {
+    respond(200)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}
+
+pub(super) fn invalid(message: &str) -> Answer {
     error(400, "InvalidArgumentException", message, Dialect::Header)
 }
 

@@ -44,10 +44,12 @@ mod handler;
 mod sessions;
 mod signaling;
 pub mod sigv4;
+mod storage;
 mod sts;
 
 pub use self::{
     sessions::{MAX_SESSION_LIFETIME, StorageSession},
+    storage::{ACCOUNT, MAX_LINKS, MAX_STREAMS},
     sts::AssumedRole,
 };
 
@@ -183,6 +185,8 @@ struct State {
     assumed: VecDeque<AssumedRole>,
     /// Storage sessions and offers, by master or viewer.
     sessions: sessions::Sessions,
+    /// Streams and channels' media storage (see `storage.rs`).
+    storage: storage::Storage,
 }
 
 #[derive(Clone)]

@@ -28,6 +28,8 @@ const KNOWN: &[(&str, &str)] = &[
     (STORAGE, "MaintainStorageSession"),
     (STORAGE, "GetSignalingConnection"),
     (STORAGE, "CheckStorageReadiness"),
+    (STORAGE, "EnsureStorage"),
+    (STORAGE, "GetPlaybackUrl"),
     (HEALTH, "Check"),
     (HEALTH, "Watch"),
     (REFLECTION_V1, "ServerReflectionInfo"),

@@ -15,17 +15,19 @@ use crate::{
         endpoint::Role,
     },
     pb::{
-        CheckStorageReadinessRequest, CheckStorageReadinessResponse, GetSignalingConnectionRequest,
-        GetSignalingConnectionResponse, IceServer, JoinStorageSessionAsViewerRequest,
-        JoinStorageSessionAsViewerResponse, JoinStorageSessionRequest, JoinStorageSessionResponse,
-        MaintainStorageSessionRequest, ReadinessProblem, SignalingRole,
-        maintain_storage_session_request::Kind,
+        CheckStorageReadinessRequest, CheckStorageReadinessResponse, EnsureStorageRequest,
+        EnsureStorageResponse, GetPlaybackUrlRequest, GetPlaybackUrlResponse,
+        GetSignalingConnectionRequest, GetSignalingConnectionResponse, IceServer,
+        JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
+        JoinStorageSessionRequest, JoinStorageSessionResponse, MaintainStorageSessionRequest,
+        ReadinessProblem, SignalingRole, StorageChange, maintain_storage_session_request::Kind,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
     policy::ChannelPolicy,
     readiness::StorageReadiness,
     session::Sessions,
     signaling::{Connection, Signaling},
+    storage::{Change, Storage, Wanted},
 };
 
 pub(crate) struct WebRtcStorage {
@@ -35,6 +37,8 @@ pub(crate) struct WebRtcStorage {
     policy: ChannelPolicy,
     ledger: JoinLedger,
     sessions: Arc<Sessions>,
+    /// EnsureStorage; refuses every call unless [`WebRtcStorage::allow_storage_changes`].
+    storage: Storage,
     limits: CallLimits,
     /// Unary calls being served; one is taken per call, none queued.
     slots: Semaphore,
@@ -65,6 +69,7 @@ impl WebRtcStorage {
     ) -> Self {
         let slots = limits.max_concurrent_calls.clamp(1, Semaphore::MAX_PERMITS);
         Self {
+            storage: Storage::new(client.clone(), false),
             client,
             signaling,
             readiness,
@@ -74,6 +79,12 @@ impl WebRtcStorage {
             limits,
             slots: Semaphore::new(slots),
         }
+    }
+
+    /// Lets EnsureStorage write to the account (`--allow-storage-changes`).
+    pub(crate) fn allow_storage_changes(mut self, allowed: bool) -> Self {
+        self.storage = Storage::new(self.client.clone(), allowed);
+        self
     }
 
     /// The skeleton of every unary call: a call slot (none free:
@@ -352,6 +363,49 @@ impl WebRtcStorageService for WebRtcStorage {
                 })
                 .collect(),
         }))
+    }
+
+    async fn ensure_storage(
+        &self,
+        req: Request<EnsureStorageRequest>,
+    ) -> Result<Response<EnsureStorageResponse>, Status> {
+        let work = async |msg: &EnsureStorageRequest, call: &Call| {
+            let arn = self.channel(&msg.channel_arn)?;
+            let wanted = Wanted::parse(&msg.stream_name, msg.retention_hours)?;
+            let ensured = self.storage.ensure(call, &arn, &wanted).await;
+            // Whatever it changed, even if it failed later, the next
+            // readiness check must see.
+            if !matches!(ensured, Err(Error::StorageChangesDisabled)) {
+                self.readiness.forget(&arn).await;
+            }
+            ensured
+        };
+        let ensured = self
+            .unary("EnsureStorage", req, |m| &m.channel_arn, work, |_| "")
+            .await?;
+        Ok(Response::new(EnsureStorageResponse {
+            stream_arn: ensured.stream_arn,
+            changes: ensured
+                .changes
+                .iter()
+                .map(|c| {
+                    (match c {
+                        Change::StreamCreated => StorageChange::StreamCreated,
+                        Change::RetentionIncreased => StorageChange::RetentionIncreased,
+                        Change::StorageEnabled => StorageChange::StorageEnabled,
+                    }) as i32
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_playback_url(
+        &self,
+        _req: Request<GetPlaybackUrlRequest>,
+    ) -> Result<Response<GetPlaybackUrlResponse>, Status> {
+        Err(Status::unimplemented(
+            "GetPlaybackUrl: not yet in this build",
+        ))
     }
 }
 

@@ -14,6 +14,7 @@ mod redact;
 pub mod retry;
 pub mod sign;
 pub mod stack;
+pub mod streams;
 pub mod transport;
 
 use std::sync::{
@@ -45,6 +46,11 @@ pub enum Operation {
     DescribeSignalingChannel,
     DescribeMediaStorageConfiguration,
     DescribeStream,
+    /// EnsureStorage's control-plane reads and writes (`streams.rs`).
+    DescribeMappedResourceConfiguration,
+    CreateStream,
+    UpdateDataRetention,
+    UpdateMediaStorageConfiguration,
 }
 
 impl Operation {
@@ -57,6 +63,10 @@ impl Operation {
             Operation::DescribeSignalingChannel => "DescribeSignalingChannel",
             Operation::DescribeMediaStorageConfiguration => "DescribeMediaStorageConfiguration",
             Operation::DescribeStream => "DescribeStream",
+            Operation::DescribeMappedResourceConfiguration => "DescribeMappedResourceConfiguration",
+            Operation::CreateStream => "CreateStream",
+            Operation::UpdateDataRetention => "UpdateDataRetention",
+            Operation::UpdateMediaStorageConfiguration => "UpdateMediaStorageConfiguration",
         }
     }
 
@@ -79,6 +89,12 @@ impl Operation {
             Operation::DescribeSignalingChannel => "/describeSignalingChannel",
             Operation::DescribeMediaStorageConfiguration => "/describeMediaStorageConfiguration",
             Operation::DescribeStream => "/describeStream",
+            Operation::DescribeMappedResourceConfiguration => {
+                "/describeMappedResourceConfiguration"
+            }
+            Operation::CreateStream => "/createStream",
+            Operation::UpdateDataRetention => "/updateDataRetention",
+            Operation::UpdateMediaStorageConfiguration => "/updateMediaStorageConfiguration",
         }
     }
 }

@@ -58,6 +58,10 @@ pub fn classify(err: &Error) -> Option<RetryKind> {
             | ErrorKind::AccessDenied
             | ErrorKind::InvalidArgument
             | ErrorKind::ResourceInUse
+            | ErrorKind::VersionMismatch
+            | ErrorKind::NoDataRetention
+            | ErrorKind::AccountLimit
+            | ErrorKind::NotPlayable
             | ErrorKind::AuthRejected
             | ErrorKind::Other => None,
         },

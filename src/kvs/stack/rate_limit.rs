@@ -190,6 +190,12 @@ impl RateLimitLayer {
             Operation::DescribeSignalingChannel
             | Operation::DescribeMediaStorageConfiguration
             | Operation::DescribeStream => self.describe.clone(),
+            // EnsureStorage's reads and writes are control-plane calls of
+            // the same account-wide quotas, a handful per call.
+            Operation::DescribeMappedResourceConfiguration
+            | Operation::CreateStream
+            | Operation::UpdateDataRetention
+            | Operation::UpdateMediaStorageConfiguration => self.describe.clone(),
         }
     }
 }
