@@ -44,6 +44,11 @@ pub const CREDENTIAL_REFRESHES: &str = "kvs_credential_refreshes_total";
 pub const CONNECTIONS: &str = "kvs_sidecar_connections";
 pub const CONNECTIONS_REFUSED: &str = "kvs_sidecar_connections_refused_total";
 pub const ACCEPT_ERRORS: &str = "kvs_sidecar_accept_errors_total";
+pub const STREAM_PACED_REFUSED: &str = "kvs_stream_paced_refused_total";
+pub const RECORDING_STATE_CHANGES: &str = "kvs_sidecar_recording_state_changes_total";
+pub const RECORDING_FIRST_FRAGMENT_SECONDS: &str = "kvs_sidecar_recording_first_fragment_seconds";
+pub const RECORDING_GAP_SECONDS: &str = "kvs_sidecar_recording_gap_seconds";
+pub const RECORDING_STREAMS: &str = "kvs_sidecar_recording_streams_polled";
 
 /// Latency buckets from 1 ms to 30 s: sidecar overhead is sub-millisecond,
 /// KVS answers in tens of milliseconds, retries and deadlines run to seconds.
@@ -107,6 +112,7 @@ fn observe(key: SeriesKey, value: f64, register: impl FnOnce() -> Histogram) {
 }
 
 fn describe() {
+    describe_recording();
     describe_counter!(GRPC_STARTED, "gRPC calls started, by service and method.");
     describe_counter!(
         GRPC_HANDLED,
@@ -316,6 +322,56 @@ pub fn endpoint_cache(hit: bool) {
 
 /// `role` is `default` (the default chain) or a configured role ARN, so the
 /// label set is bounded by the configuration.
+// === Data plane and recording status (issue 17) ===
+//
+// No series carries a channel or stream: the label values are fixed lists,
+// so the series are bounded whatever channels callers watch.
+
+fn describe_recording() {
+    describe_counter!(
+        STREAM_PACED_REFUSED,
+        "Data-plane requests refused locally because the stream's 5-a-second pace had no slot before their deadline, by reason (no_slot, too_many_streams)."
+    );
+    describe_counter!(
+        RECORDING_STATE_CHANGES,
+        "Recording states entered by polled streams, by state (recording, no_media, stalled)."
+    );
+    describe_histogram!(
+        RECORDING_FIRST_FRAGMENT_SECONDS,
+        Unit::Seconds,
+        "Time from a supervised session's join to the first fragment KVS listed after it."
+    );
+    describe_histogram!(
+        RECORDING_GAP_SECONDS,
+        Unit::Seconds,
+        "Holes between fragments longer than the watchers' stalled_after, as found."
+    );
+    describe_gauge!(
+        RECORDING_STREAMS,
+        "Streams whose fragments are being polled now."
+    );
+}
+
+pub fn stream_paced_refused(reason: &'static str) {
+    counter!(STREAM_PACED_REFUSED, "reason" => reason).increment(1);
+}
+
+pub fn recording_state_change(state: &'static str) {
+    counter!(RECORDING_STATE_CHANGES, "state" => state).increment(1);
+}
+
+pub fn recording_first_fragment(elapsed: Duration) {
+    histogram!(RECORDING_FIRST_FRAGMENT_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub fn recording_gap(length: Duration) {
+    histogram!(RECORDING_GAP_SECONDS).record(length.as_secs_f64());
+}
+
+pub fn recording_streams(streams: usize) {
+    gauge!(RECORDING_STREAMS).set(streams as f64);
+}
+
 pub fn credential_refresh(ok: bool, role: &str) {
     let outcome = if ok { "success" } else { "error" };
     counter!(CREDENTIAL_REFRESHES, "outcome" => outcome, "role" => role.to_owned()).increment(1);

@@ -201,6 +201,9 @@ impl Emulator {
         }
 
         let (arn, operation) = match path {
+            // Streams, not channels: their own checks (`fragments.rs`).
+            "/getDataEndpoint" => return self.get_data_endpoint(body, scope),
+            "/listFragments" => return self.list_fragments(body, scope),
             "/getSignalingChannelEndpoint" => {
                 let Ok(req) = serde_json::from_slice::<Discover>(body) else {
                     return invalid("the request body is not a GetSignalingChannelEndpoint input");
@@ -420,7 +423,7 @@ fn ice_server_config(arn: &ChannelArn, now: std::time::SystemTime) -> String {
     .to_string()
 }
 
-fn respond(status: u16) -> http::response::Builder {
+pub(super) fn respond(status: u16) -> http::response::Builder {
     Response::builder()
         .status(status)
         .header("x-amzn-RequestId", request_id())

@@ -27,6 +27,12 @@
 //! `denystream-`; see `handler.rs` and the README), one per readiness
 //! problem.
 //!
+//! After each master join the emulator records fragments into the
+//! channel's stream (`nomedia-` channels record none, `stalls-` ones stop
+//! after 10 s), and serves `GetDataEndpoint` (itself, for every API) and
+//! `ListFragments` over them, paged, unordered, listed a second after they
+//! end and limited to 5 requests a second per stream (see `fragments.rs`).
+//!
 //! Tests and demos can also script faults per path ([`Emulator::script`])
 //! and read back what was received ([`Emulator::received`]).
 //!
@@ -40,6 +46,7 @@
 //! # Ok(()) }
 //! ```
 
+mod fragments;
 mod handler;
 mod sessions;
 mod signaling;
@@ -48,6 +55,7 @@ mod storage;
 mod sts;
 
 pub use self::{
+    fragments::{FRAGMENT_LENGTH, Fragment, FragmentRequests, LISTING_DELAY, MEDIA_STARTUP},
     sessions::{MAX_SESSION_LIFETIME, StorageSession},
     storage::{ACCOUNT, MAX_LINKS, MAX_STREAMS},
     sts::AssumedRole,
@@ -187,6 +195,8 @@ struct State {
     sessions: sessions::Sessions,
     /// Streams and channels' media storage (see `storage.rs`).
     storage: storage::Storage,
+    /// The media the masters' sessions recorded, by stream.
+    recordings: fragments::Recordings,
 }
 
 #[derive(Clone)]

@@ -282,6 +282,12 @@ impl Emulator {
         let wall = self.now();
         let mut state = self.lock();
         let (offer, first_to_end) = state.sessions.join(&peer, Instant::now(), wall);
+        if client_id.is_none() {
+            // A master's media follows its offer; none if it was dropped.
+            state
+                .recordings
+                .joined(channel_arn, wall, offer == Offer::Send);
+        }
         if offer == Offer::Send {
             let delivered = state.signaling.deliver_offer(&peer);
             state.sessions.offered(&peer, delivered);
@@ -299,8 +305,14 @@ impl Emulator {
     pub(super) async fn reap_sessions(self) {
         loop {
             let next = {
+                // Read before the lock: `now` takes it too.
+                let wall = self.now();
                 let mut state = self.lock();
                 for (session, lifetime) in state.sessions.expire(Instant::now()) {
+                    if session.client_id.is_none() {
+                        // The session ended, and its media with it.
+                        state.recordings.stopped(&session.channel_arn, wall);
+                    }
                     tracing::info!(
                         channel_arn = %session.channel_arn,
                         client_id = session.client_id.as_deref().unwrap_or(""),

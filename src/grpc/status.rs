@@ -30,7 +30,7 @@ pub(crate) fn code(err: &Error) -> Code {
         | Error::AttemptTimeout(_)
         | Error::Credentials(_) => Code::Unavailable,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
-        Error::RateLimited { .. } => Code::ResourceExhausted,
+        Error::RateLimited { .. } | Error::StreamPaced { .. } => Code::ResourceExhausted,
         // Out of retries while being throttled is still throttling.
         Error::RetryQuotaExhausted(last) => match code(last) {
             Code::ResourceExhausted => Code::ResourceExhausted,
@@ -173,6 +173,12 @@ mod tests {
             (
                 Error::RateLimited {
                     operation: "GetSignalingChannelEndpoint",
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::StreamPaced {
+                    operation: "ListFragments",
                 },
                 Code::ResourceExhausted,
             ),

@@ -229,6 +229,12 @@ impl KvsClient {
             .map(|answer| answer.body)
     }
 
+    /// The control-plane endpoint for `arn`'s region under the configured
+    /// FIPS / dual-stack settings.
+    pub(crate) fn control_plane(&self, arn: &ChannelArn) -> Result<Uri, Error> {
+        endpoint::control_plane(arn, &self.endpoint_settings)
+    }
+
     /// The TURN servers for a connection to the channel, from
     /// `GetIceServerConfig` on the channel's HTTPS endpoint for `role`.
     /// `client_id` is the viewer's; a master sends none.
@@ -348,6 +354,23 @@ impl KvsClient {
         arn: &ChannelArn,
         body: Bytes,
     ) -> Result<UpstreamResponse, Error> {
+        self.send_paced(call, operation, endpoint, arn, body, None)
+            .await
+    }
+
+    /// A request to `endpoint` about `arn` (a channel or a stream: signed
+    /// for its region with its account's credentials), each attempt keeping
+    /// `pace` when given. The data-plane operations (`data_endpoint.rs`)
+    /// send through this.
+    pub(crate) async fn send_paced(
+        &self,
+        call: &Call,
+        operation: Operation,
+        endpoint: Uri,
+        arn: &ChannelArn,
+        body: Bytes,
+        pace: Option<super::stack::pace::PaceKey>,
+    ) -> Result<UpstreamResponse, Error> {
         let request = UpstreamRequest {
             operation,
             endpoint,
@@ -358,6 +381,7 @@ impl KvsClient {
             attempt: 1,
             retry_reason: None,
             credentials: self.identities.for_channel(arn).clone(),
+            pace,
         };
         self.upstream.clone().oneshot(request).await
     }
@@ -489,7 +513,7 @@ fn turn_servers(body: &[u8]) -> Result<Vec<TurnServer>, Error> {
         .collect())
 }
 
-fn json(value: &impl Serialize) -> Bytes {
+pub(super) fn json(value: &impl Serialize) -> Bytes {
     // Serializing these plain string structs cannot fail.
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }

@@ -49,6 +49,13 @@ pub enum Error {
         "the client-side rate for {operation} is exhausted (KVS has been throttling this account); retry with backoff"
     )]
     RateLimited { operation: &'static str },
+    /// KVS allows 5 `operation` requests a second per stream, and no slot
+    /// of this stream's is free before the call's deadline (or the pacer
+    /// tracks as many streams as it may); nothing was sent.
+    #[error(
+        "KVS allows 5 {operation} requests a second per stream, and this stream's are taken until after the call's deadline; retry later"
+    )]
+    StreamPaced { operation: &'static str },
     /// The process-wide retry quota is empty (KVS is failing broadly), so
     /// the sidecar stopped retrying; the attempt's own error is kept.
     #[error(
@@ -226,9 +233,8 @@ impl ErrorKind {
             }
             c if AUTH_CODES.contains(&c) => ErrorKind::AuthRejected,
             "ResourceNotFoundException" => ErrorKind::NotFound,
-            // KVS's media APIs (DescribeStream, the playback URLs) answer
-            // 401 NotAuthorizedException where the signaling APIs answer
-            // AccessDeniedException.
+            // The archived-media APIs' refusal (HTTP 401) of a caller whose
+            // policy does not allow the operation on the stream.
             "AccessDeniedException" | "NotAuthorizedException" => ErrorKind::AccessDenied,
             "InvalidArgumentException" => ErrorKind::InvalidArgument,
             "ResourceInUseException" => ErrorKind::ResourceInUse,

@@ -7,6 +7,7 @@
 pub mod arn;
 mod client;
 pub mod credentials;
+pub mod data_endpoint;
 pub mod endpoint;
 pub mod endpoint_cache;
 mod error;
@@ -51,6 +52,10 @@ pub enum Operation {
     CreateStream,
     UpdateDataRetention,
     UpdateMediaStorageConfiguration,
+    /// A stream's data-plane endpoint for one API (`data_endpoint.rs`).
+    GetDataEndpoint,
+    /// A page of a stream's fragments, on its LIST_FRAGMENTS data endpoint.
+    ListFragments,
 }
 
 impl Operation {
@@ -67,6 +72,8 @@ impl Operation {
             Operation::CreateStream => "CreateStream",
             Operation::UpdateDataRetention => "UpdateDataRetention",
             Operation::UpdateMediaStorageConfiguration => "UpdateMediaStorageConfiguration",
+            Operation::GetDataEndpoint => "GetDataEndpoint",
+            Operation::ListFragments => "ListFragments",
         }
     }
 
@@ -95,6 +102,8 @@ impl Operation {
             Operation::CreateStream => "/createStream",
             Operation::UpdateDataRetention => "/updateDataRetention",
             Operation::UpdateMediaStorageConfiguration => "/updateMediaStorageConfiguration",
+            Operation::GetDataEndpoint => "/getDataEndpoint",
+            Operation::ListFragments => "/listFragments",
         }
     }
 }
@@ -121,6 +130,10 @@ pub struct UpstreamRequest {
     pub retry_reason: Option<&'static str>,
     /// What signs it: the channel's account's credentials.
     pub credentials: Arc<credentials::CredentialCache>,
+    /// The per-stream pace every attempt of a data-plane request keeps
+    /// (`stack/pace.rs`); `None` for the control plane and the signaling
+    /// APIs, which KVS limits per account or channel instead.
+    pub pace: Option<stack::pace::PaceKey>,
 }
 
 impl UpstreamRequest {

@@ -3,6 +3,8 @@
 //!
 //! 1. retry: standard-mode retries within a process-wide quota, never past
 //!    the call's deadline;
+//! 1a. pace: KVS's 5 requests a second per stream for the data-plane APIs,
+//!    every attempt included (`pace.rs`);
 //! 2. rate limit: per-operation token buckets, slowing down on throttling;
 //!    a wait that cannot end before the deadline fails at once;
 //! 3. authorize: waits for credentials from the cache of the channel's
@@ -22,6 +24,7 @@ mod attempt_metrics;
 mod attempt_timeout;
 mod authorize;
 mod concurrency;
+pub mod pace;
 pub mod rate_limit;
 mod sign;
 
@@ -72,6 +75,7 @@ pub fn build(config: &StackConfig, clock: Arc<SkewCorrectedClock>) -> Result<Ups
     );
     let stack = ServiceBuilder::new()
         .layer(RetryLayer::new(retry))
+        .layer(pace::PaceLayer::new(pace::MAX_KEYS))
         .layer(RateLimitLayer::new(config.rate_limits))
         .layer(AuthorizeLayer)
         .layer(ConcurrencyLimitLayer::new(config.max_concurrency))

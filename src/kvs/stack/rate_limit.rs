@@ -196,6 +196,12 @@ impl RateLimitLayer {
             | Operation::CreateStream
             | Operation::UpdateDataRetention
             | Operation::UpdateMediaStorageConfiguration => self.describe.clone(),
+            // A stream's data endpoint is found as a channel's endpoints
+            // are: an account-wide control-plane quota.
+            Operation::GetDataEndpoint => self.discovery.clone(),
+            // KVS limits it per stream, not per account: the per-stream
+            // pacer below this layer keeps that limit.
+            Operation::ListFragments => None,
         }
     }
 }
@@ -384,6 +390,7 @@ mod tests {
             attempts: Arc::new(AtomicU32::new(0)),
             attempt: 1,
             retry_reason: None,
+            pace: None,
             credentials: crate::kvs::credentials::Identities::for_tests()
                 .all()
                 .next()
