@@ -12,6 +12,7 @@ mod grpc;
 mod idempotency;
 pub mod instruments;
 pub mod kvs;
+mod playback;
 mod policy;
 mod readiness;
 pub mod ready;

@@ -159,7 +159,7 @@ impl Emulator {
     }
 
     /// The account the keys belong to.
-    fn account_of(&self, access_key: &str) -> String {
+    pub(super) fn account_of(&self, access_key: &str) -> String {
         self.lock()
             .assumed
             .iter()
@@ -454,7 +454,7 @@ impl Emulator {
     }
 
     /// The channel whose media storage links the stream.
-    fn mapped_channel(&self, stream_arn: &str) -> Option<String> {
+    pub(super) fn mapped_channel(&self, stream_arn: &str) -> Option<String> {
         let state = self.lock();
         let links = &state.storage.links;
         if let Some((channel, _)) = links
@@ -474,6 +474,23 @@ impl Emulator {
             && stream_arn.contains(":stream/")
             && !links.contains_key(&channel);
         implicit.then_some(channel)
+    }
+
+    /// The ARN, retention and name of the stream a data-plane request
+    /// names, or KVS's refusal.
+    pub(super) fn stream_for_playback(
+        &self,
+        stream_arn: Option<&str>,
+        stream_name: Option<&str>,
+        account: &str,
+        region: &str,
+    ) -> Result<(String, u64, String), Answer> {
+        let by = StreamRef {
+            stream_arn: stream_arn.map(str::to_owned),
+            stream_name: stream_name.map(str::to_owned),
+        };
+        self.find_stream(&by, account, region)
+            .map(|s| (s.arn, s.retention_hours, s.name))
     }
 
     /// The stream a request names, or KVS's refusal.

@@ -12,6 +12,7 @@ use crate::{
     kvs::{
         Call, Error, Joined, KvsClient,
         arn::{ChannelArn, ValidationError, validate_client_id, validate_idempotency_key},
+        data_endpoint::{self, DataPlane},
         endpoint::Role,
     },
     pb::{
@@ -23,6 +24,7 @@ use crate::{
         ReadinessProblem, SignalingRole, StorageChange, maintain_storage_session_request::Kind,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
+    playback::{Playback, PlaybackRequest},
     policy::ChannelPolicy,
     readiness::StorageReadiness,
     session::Sessions,
@@ -39,6 +41,8 @@ pub(crate) struct WebRtcStorage {
     sessions: Arc<Sessions>,
     /// EnsureStorage; refuses every call unless [`WebRtcStorage::allow_storage_changes`].
     storage: Storage,
+    /// GetPlaybackUrl.
+    playback: Playback,
     limits: CallLimits,
     /// Unary calls being served; one is taken per call, none queued.
     slots: Semaphore,
@@ -70,6 +74,11 @@ impl WebRtcStorage {
         let slots = limits.max_concurrent_calls.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             storage: Storage::new(client.clone(), false),
+            playback: Playback::new(Arc::new(DataPlane::new(
+                client.clone(),
+                data_endpoint::TTL,
+                data_endpoint::CAPACITY,
+            ))),
             client,
             signaling,
             readiness,
@@ -401,11 +410,23 @@ impl WebRtcStorageService for WebRtcStorage {
 
     async fn get_playback_url(
         &self,
-        _req: Request<GetPlaybackUrlRequest>,
+        req: Request<GetPlaybackUrlRequest>,
     ) -> Result<Response<GetPlaybackUrlResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetPlaybackUrl: not yet in this build",
-        ))
+        let work = async |msg: &GetPlaybackUrlRequest, call: &Call| {
+            let arn = self.channel(&msg.channel_arn)?;
+            let request = PlaybackRequest::parse(msg)?;
+            self.playback
+                .url(call, &self.readiness, &arn, &request)
+                .await
+        };
+        // The log line never holds the URL.
+        let playback = self
+            .unary("GetPlaybackUrl", req, |m| &m.channel_arn, work, |_| "")
+            .await?;
+        Ok(Response::new(GetPlaybackUrlResponse {
+            url: playback.url,
+            expires_at: Some(Timestamp::from(playback.expires_at)),
+        }))
     }
 }
 

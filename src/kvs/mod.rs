@@ -56,6 +56,10 @@ pub enum Operation {
     GetDataEndpoint,
     /// A page of a stream's fragments, on its LIST_FRAGMENTS data endpoint.
     ListFragments,
+    /// A new playback session's URL, on the stream's data endpoint for
+    /// the API (`playback/`).
+    GetHlsStreamingSessionUrl,
+    GetDashStreamingSessionUrl,
 }
 
 impl Operation {
@@ -74,6 +78,8 @@ impl Operation {
             Operation::UpdateMediaStorageConfiguration => "UpdateMediaStorageConfiguration",
             Operation::GetDataEndpoint => "GetDataEndpoint",
             Operation::ListFragments => "ListFragments",
+            Operation::GetHlsStreamingSessionUrl => "GetHLSStreamingSessionURL",
+            Operation::GetDashStreamingSessionUrl => "GetDASHStreamingSessionURL",
         }
     }
 
@@ -83,6 +89,15 @@ impl Operation {
         matches!(
             self,
             Operation::JoinStorageSession | Operation::JoinStorageSessionAsViewer
+        )
+    }
+
+    /// Whether each call opens a playback session: KVS keeps at most 10
+    /// per stream and ends the oldest, so an extra one is not harmless.
+    pub fn opens_session(self) -> bool {
+        matches!(
+            self,
+            Operation::GetHlsStreamingSessionUrl | Operation::GetDashStreamingSessionUrl
         )
     }
 
@@ -104,6 +119,8 @@ impl Operation {
             Operation::UpdateMediaStorageConfiguration => "/updateMediaStorageConfiguration",
             Operation::GetDataEndpoint => "/getDataEndpoint",
             Operation::ListFragments => "/listFragments",
+            Operation::GetHlsStreamingSessionUrl => "/getHLSStreamingSessionURL",
+            Operation::GetDashStreamingSessionUrl => "/getDASHStreamingSessionURL",
         }
     }
 }

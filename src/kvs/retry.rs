@@ -242,6 +242,11 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         if !self.retry_sent_joins && req.operation.is_join() && err.may_have_reached_kvs() {
             return None;
         }
+        // A second playback session could end someone else's (KVS keeps
+        // 10 per stream): only what surely did not open one is retried.
+        if req.operation.opens_session() && err.may_have_reached_kvs() {
+            return None;
+        }
 
         if kind == RetryKind::ExpiredCredentials {
             // One forced refresh per call, outside the attempt budget: the

@@ -21,16 +21,6 @@ pub(crate) enum Protocol {
     Dash,
 }
 
-impl Protocol {
-    /// `GetDataEndpoint`'s `APIName` for the protocol's session URL.
-    pub(crate) fn api_name(self) -> &'static str {
-        match self {
-            Protocol::Hls => "GET_HLS_STREAMING_SESSION_URL",
-            Protocol::Dash => "GET_DASH_STREAMING_SESSION_URL",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     Live,
@@ -103,10 +93,7 @@ impl Playback {
                 return Err(invalid("start", "must be unset for PLAYBACK_MODE_LIVE"));
             }
             (Mode::Live | Mode::LiveReplay, _, Some(_)) => {
-                return Err(invalid(
-                    "end",
-                    "is only for PLAYBACK_MODE_ON_DEMAND",
-                ));
+                return Err(invalid("end", "is only for PLAYBACK_MODE_ON_DEMAND"));
             }
             (Mode::LiveReplay | Mode::OnDemand, None, _) => {
                 return Err(invalid(
@@ -169,9 +156,15 @@ impl Playback {
             #[serde(rename = "StreamARN")]
             stream_arn: &'a str,
             playback_mode: &'static str,
-            #[serde(rename = "HLSFragmentSelector", skip_serializing_if = "Option::is_none")]
+            #[serde(
+                rename = "HLSFragmentSelector",
+                skip_serializing_if = "Option::is_none"
+            )]
             hls: Option<Selector>,
-            #[serde(rename = "DASHFragmentSelector", skip_serializing_if = "Option::is_none")]
+            #[serde(
+                rename = "DASHFragmentSelector",
+                skip_serializing_if = "Option::is_none"
+            )]
             dash: Option<Selector>,
             expires: u64,
         }
@@ -288,8 +281,7 @@ mod tests {
             }),
         })
         .unwrap();
-        let body: serde_json::Value =
-            serde_json::from_slice(&on_demand.body("arn:s")).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&on_demand.body("arn:s")).unwrap();
         assert_eq!(
             body,
             serde_json::json!({

@@ -201,7 +201,9 @@ impl RateLimitLayer {
             Operation::GetDataEndpoint => self.discovery.clone(),
             // KVS limits it per stream, not per account: the per-stream
             // pacer below this layer keeps that limit.
-            Operation::ListFragments => None,
+            Operation::ListFragments
+            | Operation::GetHlsStreamingSessionUrl
+            | Operation::GetDashStreamingSessionUrl => None,
         }
     }
 }
