@@ -39,6 +39,7 @@ use super::{
     Dialect, Emulator,
     handler::{Answer, error, invalid, ok},
     sigv4,
+    storage::Refusal,
 };
 
 /// Live sessions KVS keeps per stream.
@@ -288,7 +289,7 @@ impl Emulator {
             &scope.region,
         ) {
             Ok(stream) => stream,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         let (stream_arn, recording) = stream;
         let started = Instant::now();
@@ -348,15 +349,15 @@ impl Emulator {
         stream_name: Option<&str>,
         account: &str,
         region: &str,
-    ) -> Result<(String, String), Answer> {
+    ) -> Result<(String, String), Refusal> {
         let stream = self.stream_for_playback(stream_arn, stream_name, account, region)?;
         if stream.1 == 0 {
-            return Err(error(
+            return Err(Box::new(error(
                 400,
                 "NoDataRetentionException",
                 "The Stream data retention in hours is equal to zero.",
                 Dialect::Header,
-            ));
+            )));
         }
         let recording = self
             .mapped_channel(&stream.0)

@@ -34,6 +34,9 @@ use super::{
 };
 use crate::kvs::arn::{ChannelArn, validate_stream_name};
 
+/// KVS's error answer, boxed: it is large, and refusals are rare.
+pub(super) type Refusal = Box<Answer>;
+
 /// The account of the emulator's own keys: the account of the README's and
 /// the tests' channel ARNs.
 pub const ACCOUNT: &str = "123456789012";
@@ -240,7 +243,7 @@ impl Emulator {
         };
         match self.find_stream(&req, account, region) {
             Ok(stream) => ok(serde_json::json!({ "StreamInfo": stream.info(Instant::now()) })),
-            Err(refusal) => refusal,
+            Err(refusal) => *refusal,
         }
     }
 
@@ -265,7 +268,7 @@ impl Emulator {
         let change = req.data_retention_change_in_hours as u64;
         let stream = match self.find_stream(&req.stream, account, region) {
             Ok(stream) => stream,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         if stream.status(Instant::now()) != "ACTIVE" {
             return error(
@@ -327,7 +330,7 @@ impl Emulator {
         };
         let stream = match self.find_stream(&req, account, region) {
             Ok(stream) => stream,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         let list: Vec<_> = self
             .mapped_channel(&stream.arn)
@@ -340,7 +343,7 @@ impl Emulator {
     fn describe_media_storage(&self, body: &[u8], region: &str) -> Answer {
         let channel = match channel_of(body, region, "DescribeMediaStorageConfiguration") {
             Ok(channel) => channel,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         let configuration = match self.link_of(&channel) {
             Link::Enabled(stream) => serde_json::json!({"Status": "ENABLED", "StreamARN": stream}),
@@ -364,7 +367,7 @@ impl Emulator {
         }
         let channel = match channel_of(body, region, "UpdateMediaStorageConfiguration") {
             Ok(channel) => channel,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         let Ok(req) = serde_json::from_slice::<Update>(body) else {
             return invalid("MediaStorageConfiguration is required");
@@ -393,7 +396,7 @@ impl Emulator {
                 };
                 let stream = match self.find_stream(&by_arn, channel.account(), region) {
                     Ok(stream) => stream,
-                    Err(refusal) => return refusal,
+                    Err(refusal) => return *refusal,
                 };
                 if stream.status(Instant::now()) != "ACTIVE" {
                     return error(
@@ -484,7 +487,7 @@ impl Emulator {
         stream_name: Option<&str>,
         account: &str,
         region: &str,
-    ) -> Result<(String, u64, String), Answer> {
+    ) -> Result<(String, u64, String), Refusal> {
         let by = StreamRef {
             stream_arn: stream_arn.map(str::to_owned),
             stream_name: stream_name.map(str::to_owned),
@@ -494,7 +497,7 @@ impl Emulator {
     }
 
     /// The stream a request names, or KVS's refusal.
-    fn find_stream(&self, req: &StreamRef, account: &str, region: &str) -> Result<Stream, Answer> {
+    fn find_stream(&self, req: &StreamRef, account: &str, region: &str) -> Result<Stream, Refusal> {
         let not_found = || {
             error(
                 404,
@@ -508,15 +511,17 @@ impl Emulator {
         match (req.stream_arn.as_deref(), req.stream_name.as_deref()) {
             (Some(arn), _) => {
                 let Ok(parsed) = ChannelArn::parse(arn) else {
-                    return Err(invalid("Value at 'streamARN' failed to satisfy constraint"));
+                    return Err(Box::new(invalid(
+                        "Value at 'streamARN' failed to satisfy constraint",
+                    )));
                 };
                 if parsed.region() != region {
-                    return Err(error(
+                    return Err(Box::new(error(
                         403,
                         "InvalidSignatureException",
                         &format!("Credential should be scoped to a valid region, not '{region}'."),
                         Dialect::Header,
-                    ));
+                    )));
                 }
                 if let Some(stream) = streams.get(arn) {
                     return Ok(stream.clone());
@@ -526,18 +531,18 @@ impl Emulator {
             }
             (None, Some(name)) => {
                 if validate_stream_name(name).is_err() {
-                    return Err(invalid(
+                    return Err(Box::new(invalid(
                         "Value at 'streamName' failed to satisfy constraint",
-                    ));
+                    )));
                 }
                 let prefix = format!("arn:aws:kinesisvideo:{region}:{account}:stream/{name}/");
                 streams
                     .values()
                     .find(|s| s.arn.starts_with(&prefix))
                     .cloned()
-                    .ok_or_else(not_found)
+                    .ok_or_else(|| Box::new(not_found()))
             }
-            (None, None) => Err(invalid("StreamName or StreamARN is required")),
+            (None, None) => Err(Box::new(invalid("StreamName or StreamARN is required"))),
         }
     }
 }
@@ -549,32 +554,32 @@ fn is_created(streams: &HashMap<String, Stream>, stream_arn: &str) -> bool {
 }
 
 /// The implicit stream with this ARN, as its name says, or KVS's refusal.
-fn implicit_stream(arn: &ChannelArn) -> Result<Stream, Answer> {
+fn implicit_stream(arn: &ChannelArn) -> Result<Stream, Refusal> {
     let name = arn.name();
     let exists = arn.as_str().contains(":stream/")
         && !name.starts_with("nostream-")
         && !name.starts_with("nostorage-");
     if let Some(refusal) = refusal_by_name(arn, "DescribeStream") {
-        return Err(refusal);
+        return Err(Box::new(refusal));
     }
     if name.starts_with("denystream-") {
         let message = format!(
             "User: arn:aws:sts::000000000000:assumed-role/emulated is not authorized to perform: kinesisvideo:DescribeStream on resource: {arn}"
         );
-        return Err(error(
+        return Err(Box::new(error(
             403,
             "AccessDeniedException",
             &message,
             Dialect::Header,
-        ));
+        )));
     }
     if !exists {
-        return Err(error(
+        return Err(Box::new(error(
             404,
             "ResourceNotFoundException",
             "The requested stream is not found or not active.",
             Dialect::Header,
-        ));
+        )));
     }
     Ok(Stream {
         arn: arn.as_str().to_owned(),
@@ -601,29 +606,29 @@ fn implicit_stream_arn(channel: &str) -> String {
 
 /// The request's `ChannelARN`, checked as the other channel operations
 /// check it, or the refusal.
-fn channel_of(body: &[u8], region: &str, operation: &str) -> Result<ChannelArn, Answer> {
+fn channel_of(body: &[u8], region: &str, operation: &str) -> Result<ChannelArn, Refusal> {
     #[derive(Deserialize)]
     struct ByChannel {
         #[serde(rename = "ChannelARN")]
         channel_arn: String,
     }
     let Ok(req) = serde_json::from_slice::<ByChannel>(body) else {
-        return Err(invalid("ChannelARN is required"));
+        return Err(Box::new(invalid("ChannelARN is required")));
     };
     let Ok(arn) = ChannelArn::parse(&req.channel_arn) else {
-        return Err(invalid(
+        return Err(Box::new(invalid(
             "Value at 'channelARN' failed to satisfy constraint",
-        ));
+        )));
     };
     if arn.region() != region {
-        return Err(error(
+        return Err(Box::new(error(
             403,
             "InvalidSignatureException",
             &format!("Credential should be scoped to a valid region, not '{region}'."),
             Dialect::Header,
-        ));
+        )));
     }
-    refusal_by_name(&arn, operation).map_or(Ok(arn), Err)
+    refusal_by_name(&arn, operation).map_or(Ok(arn), |r| Err(Box::new(r)))
 }
 
 /// The answer KVS gives for a `missing-*` (not found) or `denied-*` (not

@@ -244,11 +244,15 @@ mod tests {
         assert_eq!(refused_field(&request(OnDemand, 100, 0)), "end");
         assert_eq!(refused_field(&request(OnDemand, 200, 100)), "end");
         assert_eq!(refused_field(&request(OnDemand, 200, 200)), "end");
-        let mut bad_mode = GetPlaybackUrlRequest::default();
-        bad_mode.mode = 9;
+        let bad_mode = GetPlaybackUrlRequest {
+            mode: 9,
+            ..Default::default()
+        };
         assert_eq!(refused_field(&bad_mode), "mode");
-        let mut bad_protocol = GetPlaybackUrlRequest::default();
-        bad_protocol.protocol = -1;
+        let bad_protocol = GetPlaybackUrlRequest {
+            protocol: -1,
+            ..Default::default()
+        };
         assert_eq!(refused_field(&bad_protocol), "protocol");
     }
 
@@ -271,6 +275,7 @@ mod tests {
     #[test]
     fn bodies_follow_the_archived_media_model() {
         let on_demand = Playback::parse(&GetPlaybackUrlRequest {
+            channel_arn: String::new(),
             protocol: PlaybackProtocol::Dash as i32,
             mode: PlaybackMode::OnDemand as i32,
             start: ts(1_700_000_000),

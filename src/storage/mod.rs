@@ -457,7 +457,7 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_secs(1), second.lock()).await;
         assert!(waited.is_err(), "the gate is held");
         drop(held);
-        tokio::time::timeout(Duration::from_secs(1), second.lock())
+        let _turn = tokio::time::timeout(Duration::from_secs(1), second.lock())
             .await
             .expect("free once the first ends");
     }
