@@ -417,3 +417,37 @@ async fn a_stream_still_creating_at_the_deadline_is_finished_by_the_next_call() 
         "not created twice"
     );
 }
+
+#[tokio::test]
+async fn two_replicas_creating_the_same_stream_both_end_linked_to_it() {
+    let fake = common::kvs().await;
+    let replicas = [
+        Sidecar::start(&fake, &["--allow-storage-changes"]),
+        Sidecar::start(&fake, &["--allow-storage-changes"]),
+    ];
+    // The first CreateStream to arrive is answered late: the other
+    // replica's, sent meanwhile, creates the stream, and the late one
+    // then finds it taken (ResourceInUseException).
+    fake.script(
+        "/createStream",
+        [Reply::Slow(Duration::from_millis(300), Box::new(Reply::Ok))],
+    );
+    let mut calls = Vec::new();
+    for replica in &replicas {
+        let mut client = replica.client().await;
+        calls.push(tokio::spawn(async move {
+            client.ensure_storage(ensure("nostorage-cam", "", 0)).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap().unwrap().into_inner());
+    }
+    assert_eq!(fake.received_on("/createStream").len(), 2);
+    assert_eq!(answers[0].stream_arn, answers[1].stream_arn);
+    let created: usize = answers
+        .iter()
+        .map(|a| changes(a).contains(&StorageChange::StreamCreated) as usize)
+        .sum();
+    assert_eq!(created, 1, "{answers:?}");
+}

@@ -691,4 +691,58 @@ mod tests {
             assert!(!is_media_type(bad), "{bad}");
         }
     }
+
+    fn code(answer: &Answer) -> Option<String> {
+        answer
+            .headers()
+            .get("x-amzn-ErrorType")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(':').next())
+            .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn streams_and_links_are_bounded_by_the_account_limits() {
+        let emulator = Emulator::start(crate::emulator::EmulatorCredentials::generate())
+            .await
+            .unwrap();
+        let region = "us-west-2";
+        for i in 0..MAX_STREAMS {
+            let body = serde_json::json!({"StreamName": format!("s-{i}")}).to_string();
+            let answer = emulator.create_stream(body.as_bytes(), ACCOUNT, region);
+            assert_eq!(answer.status(), 200, "stream {i}");
+        }
+        let body = serde_json::json!({"StreamName": "one-more"}).to_string();
+        let refused = emulator.create_stream(body.as_bytes(), ACCOUNT, region);
+        assert_eq!(
+            code(&refused).as_deref(),
+            Some("AccountStreamLimitExceededException")
+        );
+        // A name in use is refused as KVS refuses it.
+        let body = serde_json::json!({"StreamName": "s-7"}).to_string();
+        let taken = emulator.create_stream(body.as_bytes(), ACCOUNT, region);
+        assert_eq!(code(&taken).as_deref(), Some("ResourceInUseException"));
+        assert_eq!(emulator.lock().storage.streams.len(), MAX_STREAMS);
+
+        let link = |name: String| {
+            serde_json::json!({
+                "ChannelARN": format!("arn:aws:kinesisvideo:{region}:{ACCOUNT}:channel/{name}/1"),
+                "MediaStorageConfiguration": {"Status": "DISABLED"},
+            })
+            .to_string()
+        };
+        for i in 0..MAX_LINKS {
+            let answer = emulator.update_media_storage(link(format!("c-{i}")).as_bytes(), region);
+            assert_eq!(answer.status(), 200, "channel {i}");
+        }
+        let refused = emulator.update_media_storage(link("one-more".into()).as_bytes(), region);
+        assert_eq!(
+            code(&refused).as_deref(),
+            Some("AccountChannelLimitExceededException")
+        );
+        // A channel already changed may still be changed.
+        let again = emulator.update_media_storage(link("c-3".into()).as_bytes(), region);
+        assert_eq!(again.status(), 200);
+        assert_eq!(emulator.lock().storage.links.len(), MAX_LINKS);
+    }
 }
