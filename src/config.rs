@@ -153,6 +153,12 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_MAX_MAINTAINED_SESSIONS", default_value_t = 1000, value_parser = count)]
     pub max_maintained_sessions: usize,
 
+    /// Most streams whose fragments are polled at once for
+    /// GetRecordingStatus, WatchRecording and sessions with no_media_after;
+    /// a call for one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KVS_SIDECAR_MAX_RECORDING_STREAMS", default_value_t = 1000, value_parser = count)]
+    pub max_recording_streams: usize,
+
     /// Redis shared by the replicas of a gateway, e.g.
     /// `redis://kvs-state:6379/0`: idempotency keys and session ownership
     /// then hold across replicas. Unset: each sidecar keeps them in memory.

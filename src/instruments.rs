@@ -320,8 +320,6 @@ pub fn endpoint_cache(hit: bool) {
     );
 }
 
-/// `role` is `default` (the default chain) or a configured role ARN, so the
-/// label set is bounded by the configuration.
 // === Data plane and recording status (issue 17) ===
 //
 // No series carries a channel or stream: the label values are fixed lists,
@@ -372,6 +370,8 @@ pub fn recording_streams(streams: usize) {
     gauge!(RECORDING_STREAMS).set(streams as f64);
 }
 
+/// `role` is `default` (the default chain) or a configured role ARN, so the
+/// label set is bounded by the configuration.
 pub fn credential_refresh(ok: bool, role: &str) {
     let outcome = if ok { "success" } else { "error" };
     counter!(CREDENTIAL_REFRESHES, "outcome" => outcome, "role" => role.to_owned()).increment(1);

@@ -16,6 +16,7 @@ mod playback;
 mod policy;
 mod readiness;
 pub mod ready;
+mod recording;
 mod serve;
 pub mod server;
 mod session;

@@ -33,12 +33,14 @@ use crate::{
     kvs::{
         KvsClient,
         credentials::Identities,
+        data_endpoint::{self, DataPlane},
         endpoint::EndpointSettings,
         transport::{BuildError, Network},
     },
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     policy::ChannelPolicy,
     readiness::{self, StorageReadiness},
+    recording::{self, Recording},
     serve::{self, Cap, Settings, Tcp, Unix},
     session::Sessions,
     signaling::Signaling,
@@ -175,7 +177,7 @@ impl App {
         let signaling = Signaling::new(
             client.clone(),
             identities.clone(),
-            clock,
+            clock.clone(),
             config.signaling_url_expiry,
         );
         let readiness = StorageReadiness::new(
@@ -201,6 +203,21 @@ impl App {
             ),
             None => JoinLedger::new(config.idempotency_window, config.idempotency_keys),
         };
+        // Recording status: the streams' fragments, through their data
+        // endpoints, on KVS's clock as far as we know it.
+        let recording = Recording::new(
+            readiness.clone(),
+            Arc::new(DataPlane::new(
+                client.clone(),
+                data_endpoint::TTL,
+                data_endpoint::CAPACITY,
+            )),
+            clock.clone(),
+            recording::Settings {
+                max_streams: config.max_recording_streams,
+                ..recording::Settings::default()
+            },
+        );
         let storage = WebRtcStorageServiceServer::new(
             WebRtcStorage::new(
                 client.clone(),
@@ -209,6 +226,7 @@ impl App {
                 ChannelPolicy::new(config.allowed_channels.clone()),
                 ledger,
                 sessions.clone(),
+                recording,
                 CallLimits {
                     max_call_duration: config.max_call_duration,
                     max_concurrent_calls: config.max_concurrent_calls,

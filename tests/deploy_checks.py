@@ -67,7 +67,7 @@ def main(sidecar_yaml, gateway_yaml, policy_json):
     with open(policy_json) as f:
         statements = {s["Sid"]: s for s in json.load(f)["Statement"]}
     channels = statements.pop("JoinWebRtcStorageSessions")
-    streams = statements.pop("DescribeLinkedStreams")
+    streams = statements.pop("ReadLinkedStreams")
     roles = statements.pop("AssumeMappedRoles")
     playback = statements.pop("PlayBackRecordings")
     # EnsureStorage's writes, in their own statement that a deployment
@@ -85,8 +85,13 @@ def main(sidecar_yaml, gateway_yaml, policy_json):
         "kinesisvideo:JoinStorageSessionAsViewer",
     ], channels["Action"]
     assert channels["Resource"].startswith("arn:aws:kinesisvideo:") and ":channel/" in channels["Resource"]
-    # CheckStorageReadiness describes the stream linked to the channel.
-    assert streams["Action"] == ["kinesisvideo:DescribeStream"], streams["Action"]
+    # CheckStorageReadiness describes the stream linked to the channel; the
+    # recording status lists its fragments on its LIST_FRAGMENTS endpoint.
+    assert sorted(streams["Action"]) == [
+        "kinesisvideo:DescribeStream",
+        "kinesisvideo:GetDataEndpoint",
+        "kinesisvideo:ListFragments",
+    ], streams["Action"]
     assert streams["Resource"].startswith("arn:aws:kinesisvideo:") and ":stream/" in streams["Resource"]
     # --assume-role: exactly the mapped roles, never "*".
     assert roles["Action"] == ["sts:AssumeRole"], roles["Action"]

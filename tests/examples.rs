@@ -287,3 +287,72 @@ fn the_python_maintain_example_rejoins_without_an_offer_and_ahead_of_the_limit()
         "{out}"
     );
 }
+
+/// The example that maintains a session with no_media_after while watching
+/// its recording (examples/python/watch_recording.py), against `--emulate`:
+/// on a channel that records, the watch goes from no media to recording
+/// and the session is never joined again (no report comes, the fragments
+/// prove it); on a `nomedia-` channel, the session joins again for want of
+/// media and the watch says why.
+#[test]
+fn the_python_watch_recording_example_sees_media_and_rejoins_without_it() {
+    let sidecar = Sidecar::emulated(&[]);
+    let args = example("python/watch_recording.py");
+    let out = run(&common::python(), &args, &sidecar, ARN);
+    let lines: Vec<&str> = out.lines().collect();
+    let kinds: Vec<String> = lines
+        .iter()
+        .map(|l| match l.split_once(' ') {
+            Some(("joined", rest)) => format!("joined {}", fields(rest)["reason"]),
+            Some(("recording", rest)) => format!("recording {}", fields(rest)["state"]),
+            Some(("ended", rest)) => format!("ended {}", fields(rest)["status"]),
+            _ => l.to_string(),
+        })
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("joined initial"),
+        "{out}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| k.starts_with("joined")).count(),
+        1,
+        "{out}"
+    );
+    assert!(kinds.contains(&"recording recording".to_owned()), "{out}");
+    assert_eq!(kinds.last().map(String::as_str), Some("ended OK"), "{out}");
+    let recording = lines
+        .iter()
+        .find(|l| l.starts_with("recording state=recording"))
+        .unwrap();
+    let stream = fields(recording)["stream"].trim_matches('"').to_owned();
+    assert_eq!(stream, ARN.replace(":channel/", ":stream/"), "{out}");
+
+    let mut args = example("python/watch_recording.py");
+    args.extend(["--no-media-after", "2", "--joins", "2"].map(String::from));
+    let out = run(
+        &common::python(),
+        &args,
+        &sidecar,
+        &common::arn("nomedia-porch"),
+    );
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| match l.split_once(' ') {
+            Some(("joined", rest)) => format!("joined {}", fields(rest)["reason"]),
+            Some(("recording", rest)) => format!("recording {}", fields(rest)["state"]),
+            Some(("ended", rest)) => format!("ended {}", fields(rest)["status"]),
+            _ => l.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "joined initial",
+            "recording no_media",
+            "joined no_media",
+            "ended OK"
+        ],
+        "{out}"
+    );
+}

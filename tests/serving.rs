@@ -131,6 +131,8 @@ async fn reflection_lists_and_describes_the_service_in_v1_and_v1alpha() {
             "MaintainStorageSession",
             "GetSignalingConnection",
             "CheckStorageReadiness",
+            "GetRecordingStatus",
+            "WatchRecording",
             "EnsureStorage",
             "GetPlaybackUrl"
         ]

@@ -155,7 +155,7 @@ pub async fn measure(
 
 /// The probed process's CPU over `idle`, in ms per second: per thread in
 /// nanoseconds where the kernel counts them, else in clock ticks.
-async fn cpu_over(probe: Probe, idle: Duration) -> f64 {
+pub(crate) async fn cpu_over(probe: Probe, idle: Duration) -> f64 {
     let read = || {
         probe
             .thread_cpu_seconds()

@@ -9,6 +9,7 @@ mod process;
 mod procfs;
 mod report;
 mod targets;
+mod watching;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -60,6 +61,9 @@ struct Args {
     /// sidecar without them before).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     rest_idle: Duration,
+    /// Streams watched (WatchRecording) for the watching measurement.
+    #[arg(long, default_value_t = 100)]
+    watched_streams: usize,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +74,10 @@ enum Command {
     /// Only the cost of maintained sessions at rest (--rest-sessions,
     /// --rest-idle); results in kvs-bench-at-rest.json under --out.
     AtRest,
+    /// Only the cost of watched streams at rest: --watched-streams
+    /// WatchRecording streams on channels of their own, over --rest-idle;
+    /// results in kvs-bench-watching.json under --out.
+    Watching,
 }
 
 impl Args {
@@ -121,6 +129,29 @@ fn main() {
         )
         .expect("write the result");
         println!("\n{}", report::at_rest_markdown(&at_rest));
+        println!("results: {}", out.display());
+        return;
+    }
+    if let Some(Command::Watching) = args.command {
+        let watching = runtime.block_on(async {
+            let (_fake, fake) = process::fake();
+            watching::measure(
+                &args.sidecar,
+                &fake,
+                &args.sidecar_env,
+                &args.flags(&[]),
+                args.watched_streams,
+                args.rest_idle,
+            )
+            .await
+        });
+        let out = args.out.join("kvs-bench-watching.json");
+        std::fs::create_dir_all(&args.out).expect("create the results folder");
+        std::fs::write(
+            &out,
+            serde_json::to_string_pretty(&watching).expect("the result serializes"),
+        )
+        .expect("write the result");
         println!("results: {}", out.display());
         return;
     }

@@ -110,6 +110,9 @@ pub(super) struct Recordings {
     streams: HashMap<String, Stream>,
     fragment_length: Duration,
     listing_delay: Duration,
+    /// Fragments per page at most, whatever MaxResults asks (KVS too may
+    /// answer fewer than asked).
+    page_limit: usize,
     clock: u64,
 }
 
@@ -119,6 +122,7 @@ impl Default for Recordings {
             streams: HashMap::new(),
             fragment_length: FRAGMENT_LENGTH,
             listing_delay: LISTING_DELAY,
+            page_limit: 1000,
             clock: 0,
         }
     }
@@ -386,7 +390,8 @@ impl Recordings {
             None => 100,
             Some(n @ 1..=1000) => n as usize,
             Some(_) => return Err("MaxResults must be from 1 to 1000"),
-        };
+        }
+        .min(self.page_limit);
         let token = match (&input.next_token, &input.fragment_selector) {
             (Some(token), _) => Token::decode(token).ok_or("NextToken is not valid")?,
             (None, Some(selector)) => {
@@ -471,7 +476,9 @@ const API_NAMES: &[&str] = &[
     "GET_IMAGES",
 ];
 
-/// Which stream a data-plane request names, after KVS's checks; its name.
+/// Which stream a data-plane request names, after KVS's checks; its name,
+/// or KVS's refusal (large, but only built on the error path).
+#[allow(clippy::result_large_err)]
 fn named_stream(
     operation: &str,
     stream_arn: Option<&str>,
@@ -615,6 +622,12 @@ impl Emulator {
     /// set).
     pub fn set_listing_delay(&self, delay: Duration) {
         self.lock().recordings.set_listing_delay(delay);
+    }
+
+    /// Answers at most `n` fragments a page from now on (1000 unless set),
+    /// so tests see pagination without thousands of fragments.
+    pub fn set_list_page_limit(&self, n: usize) {
+        self.lock().recordings.page_limit = n.clamp(1, 1000);
     }
 
     /// Stops the media of the channel's current session now; the session

@@ -111,6 +111,8 @@ fn call_span(path: &str, headers: &http::HeaderMap) -> Option<Span> {
         "MaintainStorageSession" => span!("MaintainStorageSession"),
         "GetSignalingConnection" => span!("GetSignalingConnection"),
         "CheckStorageReadiness" => span!("CheckStorageReadiness"),
+        "GetRecordingStatus" => span!("GetRecordingStatus"),
+        "WatchRecording" => span!("WatchRecording"),
         "EnsureStorage" => span!("EnsureStorage"),
         "GetPlaybackUrl" => span!("GetPlaybackUrl"),
         _ => return None,

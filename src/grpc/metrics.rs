@@ -28,6 +28,8 @@ const KNOWN: &[(&str, &str)] = &[
     (STORAGE, "MaintainStorageSession"),
     (STORAGE, "GetSignalingConnection"),
     (STORAGE, "CheckStorageReadiness"),
+    (STORAGE, "GetRecordingStatus"),
+    (STORAGE, "WatchRecording"),
     (STORAGE, "EnsureStorage"),
     (STORAGE, "GetPlaybackUrl"),
     (HEALTH, "Check"),

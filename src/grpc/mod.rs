@@ -6,6 +6,7 @@ pub(crate) mod call_span;
 pub(crate) mod codec;
 pub(crate) mod deadline;
 pub(crate) mod metrics;
+mod recording;
 pub(crate) mod request_deadline;
 pub(crate) mod require_http2;
 mod service;
@@ -16,7 +17,7 @@ pub(crate) mod status;
 /// open, so the bounds of a unary call (a deadline on the whole request,
 /// reading it whole, a call slot) do not fit it; it has its own
 /// (`--max-maintained-sessions`, a deadline on its first message).
-const STREAMS: &[&str] = &["MaintainStorageSession"];
+const STREAMS: &[&str] = &["MaintainStorageSession", "WatchRecording"];
 
 /// The method `path` names on the storage service (by the generated
 /// service name), if it names one.

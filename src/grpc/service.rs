@@ -12,21 +12,22 @@ use crate::{
     kvs::{
         Call, Error, Joined, KvsClient,
         arn::{ChannelArn, ValidationError, validate_client_id, validate_idempotency_key},
-        data_endpoint::{self, DataPlane},
         endpoint::Role,
     },
     pb::{
         CheckStorageReadinessRequest, CheckStorageReadinessResponse, EnsureStorageRequest,
         EnsureStorageResponse, GetPlaybackUrlRequest, GetPlaybackUrlResponse,
-        GetSignalingConnectionRequest, GetSignalingConnectionResponse, IceServer,
-        JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
-        JoinStorageSessionRequest, JoinStorageSessionResponse, MaintainStorageSessionRequest,
-        ReadinessProblem, SignalingRole, StorageChange, maintain_storage_session_request::Kind,
+        GetRecordingStatusRequest, GetRecordingStatusResponse, GetSignalingConnectionRequest,
+        GetSignalingConnectionResponse, IceServer, JoinStorageSessionAsViewerRequest,
+        JoinStorageSessionAsViewerResponse, JoinStorageSessionRequest, JoinStorageSessionResponse,
+        MaintainStorageSessionRequest, ReadinessProblem, SignalingRole, StorageChange,
+        WatchRecordingRequest, maintain_storage_session_request::Kind,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
     playback::{Playback, PlaybackRequest},
     policy::ChannelPolicy,
     readiness::StorageReadiness,
+    recording::Recording,
     session::Sessions,
     signaling::{Connection, Signaling},
     storage::{Change, Storage, Wanted},
@@ -43,6 +44,9 @@ pub(crate) struct WebRtcStorage {
     storage: Storage,
     /// GetPlaybackUrl.
     playback: Playback,
+    recording: Arc<Recording>,
+    /// WatchRecording streams being served.
+    watchers: Arc<Semaphore>,
     limits: CallLimits,
     /// Unary calls being served; one is taken per call, none queued.
     slots: Semaphore,
@@ -62,6 +66,9 @@ pub(crate) struct CallLimits {
 // === impl WebRtcStorage ===
 
 impl WebRtcStorage {
+    // One argument per capability the service serves: a builder would only
+    // move the list.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: Arc<KvsClient>,
         signaling: Signaling,
@@ -69,22 +76,22 @@ impl WebRtcStorage {
         policy: ChannelPolicy,
         ledger: JoinLedger,
         sessions: Arc<Sessions>,
+        recording: Arc<Recording>,
         limits: CallLimits,
     ) -> Self {
         let slots = limits.max_concurrent_calls.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             storage: Storage::new(client.clone(), false),
-            playback: Playback::new(Arc::new(DataPlane::new(
-                client.clone(),
-                data_endpoint::TTL,
-                data_endpoint::CAPACITY,
-            ))),
+            // One data plane (endpoint cache) for playback and recording.
+            playback: Playback::new(recording.data_plane()),
             client,
             signaling,
             readiness,
             policy,
             ledger,
             sessions,
+            recording,
+            watchers: Arc::new(Semaphore::new(super::recording::MAX_WATCHERS)),
             limits,
             slots: Semaphore::new(slots),
         }
@@ -218,8 +225,12 @@ impl WebRtcStorageService for WebRtcStorage {
                 client_id: "".into(),
             };
             let join = || self.client.join_storage_session(call, &arn);
-            self.idempotent(&msg.idempotency_key, target, call, join)
-                .await
+            let joined = self
+                .idempotent(&msg.idempotency_key, target, call, join)
+                .await?;
+            // The default window of the channel's recording status.
+            self.recording.master_joined(&arn);
+            Ok(joined)
         };
         let Joined { request_id } = self
             .unary(
@@ -307,6 +318,7 @@ impl WebRtcStorageService for WebRtcStorage {
         let events = super::session::maintain(
             self.client.clone(),
             &self.sessions,
+            &self.recording,
             channel,
             &start,
             self.limits.max_call_duration,
@@ -428,6 +440,49 @@ impl WebRtcStorageService for WebRtcStorage {
             expires_at: Some(Timestamp::from(playback.expires_at)),
         }))
     }
+
+    async fn get_recording_status(
+        &self,
+        req: Request<GetRecordingStatusRequest>,
+    ) -> Result<Response<GetRecordingStatusResponse>, Status> {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "the sidecar is at its limit of {} calls in flight; retry with backoff",
+                self.limits.max_concurrent_calls
+            )));
+        };
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let channel = self.channel(&msg.channel_arn).map_err(|e| to_status(&e))?;
+        let window =
+            super::recording::window(&self.recording, &channel, msg.since, msg.stalled_after)
+                .await?;
+        let status = super::recording::status(&self.recording, &call, &channel, window).await?;
+        Ok(Response::new(GetRecordingStatusResponse {
+            status: Some(status),
+        }))
+    }
+
+    type WatchRecordingStream = super::recording::WatchStream;
+
+    async fn watch_recording(
+        &self,
+        req: Request<WatchRecordingRequest>,
+    ) -> Result<Response<Self::WatchRecordingStream>, Status> {
+        // The deadline bounds finding the stream; the watch itself lasts
+        // as long as the caller keeps it.
+        let call = self.call(&req);
+        let msg = req.into_inner();
+        let channel = self.channel(&msg.channel_arn).map_err(|e| to_status(&e))?;
+        let window =
+            super::recording::window(&self.recording, &channel, msg.since, msg.stalled_after)
+                .await?;
+        let stream =
+            super::recording::watch(&self.recording, &self.watchers, &call, &channel, window)
+                .await?;
+        Ok(Response::new(stream))
+    }
 }
 
 fn signaling_response(c: Connection) -> GetSignalingConnectionResponse {
@@ -492,6 +547,16 @@ mod tests {
             Duration::from_secs(300),
         );
         let readiness = StorageReadiness::new(client.clone(), Duration::from_secs(5), 10);
+        let recording = Recording::new(
+            readiness.clone(),
+            Arc::new(crate::kvs::data_endpoint::DataPlane::new(
+                client.clone(),
+                Duration::from_secs(60),
+                10,
+            )),
+            Arc::new(crate::clock::SystemClock),
+            crate::recording::Settings::default(),
+        );
         WebRtcStorage::new(
             client,
             signaling,
@@ -499,6 +564,7 @@ mod tests {
             ChannelPolicy::default(),
             JoinLedger::new(Duration::from_secs(60), 100),
             Sessions::new(10, None),
+            recording,
             CallLimits {
                 max_call_duration: Duration::from_secs(1),
                 max_concurrent_calls,

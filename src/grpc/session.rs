@@ -17,6 +17,7 @@ use crate::{
         SessionGaveUp, SessionJoinFailed, SessionJoined, SessionReportKind, SessionStart,
         maintain_storage_session_request::Kind, maintain_storage_session_response,
     },
+    recording::Recording,
     session::{Event, GiveUp, Reason, Refusal, Report, Sessions, Settings, Stop, Supervisor},
 };
 
@@ -31,6 +32,7 @@ const QUEUE: usize = 16;
 pub(super) async fn maintain(
     client: Arc<KvsClient>,
     sessions: &Arc<Sessions>,
+    recording: &Arc<Recording>,
     channel: ChannelArn,
     start: &SessionStart,
     join_timeout: Duration,
@@ -68,6 +70,7 @@ pub(super) async fn maintain(
         settings,
         join_timeout,
         claim,
+        recording: recording.clone(),
     };
     // Its joins and log lines belong to the stream's call span.
     tokio::spawn(supervisor.run(reports, events).in_current_span());
@@ -142,6 +145,15 @@ fn settings(start: &SessionStart) -> Result<Settings, Status> {
     }
     if let Some(d) = bounded("failure_window", start.failure_window, 1, 24 * 3600)? {
         settings.failure_window = d;
+    }
+    if let Some(d) = bounded("no_media_after", start.no_media_after, 1, 3600)? {
+        // Fragments are the master's media: a viewer records none.
+        if !start.client_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "start.no_media_after: is for master sessions only (client_id empty)",
+            ));
+        }
+        settings.no_media_after = Some(d);
     }
     match start.failure_budget {
         0 => {}
@@ -249,5 +261,6 @@ fn join_reason(reason: Reason) -> JoinReason {
         Reason::SessionLimit => JoinReason::SessionLimit,
         Reason::Disconnected => JoinReason::Disconnected,
         Reason::Requested => JoinReason::Requested,
+        Reason::NoMedia => JoinReason::NoMedia,
     }
 }

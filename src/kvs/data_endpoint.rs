@@ -134,6 +134,10 @@ impl DataPlane {
         self.endpoints.entry_count()
     }
 
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+
     /// `POST /getDataEndpoint {StreamARN, APIName}` on the control plane.
     async fn get_data_endpoint(
         &self,
@@ -227,15 +231,17 @@ mod tests {
 
     /// A KVS whose GetDataEndpoint answers a numbered endpoint after a
     /// pause, and whose ListFragments fails with `fail` while it is set.
+    type Sent = Arc<Mutex<Vec<(Operation, String, Option<PaceKey>)>>>;
+
     struct Fake {
         lookups: Arc<AtomicUsize>,
-        sent: Arc<Mutex<Vec<(Operation, String, Option<PaceKey>)>>>,
+        sent: Sent,
         plane: DataPlane,
     }
 
     fn fake(fail: Arc<Mutex<Option<Error>>>) -> Fake {
         let lookups = Arc::new(AtomicUsize::new(0));
-        let sent = Arc::new(Mutex::new(Vec::new()));
+        let sent: Sent = Arc::default();
         let upstream = {
             let (lookups, sent) = (lookups.clone(), sent.clone());
             tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: UpstreamRequest| {

@@ -11,6 +11,7 @@ pub mod data_endpoint;
 pub mod endpoint;
 pub mod endpoint_cache;
 mod error;
+pub mod fragments;
 mod redact;
 pub mod retry;
 pub mod sign;

@@ -50,6 +50,9 @@ impl Report {
     }
 }
 
+/// Cheap to clone: clones share the client and the cache (the recording
+/// status reads linked streams from it).
+#[derive(Clone)]
 pub(crate) struct StorageReadiness {
     client: Arc<KvsClient>,
     answers: Cache<ChannelArn, Arc<Report>>,

@@ -27,6 +27,7 @@ pub(crate) use self::policy::{Action, GiveUp, Policy, Reason, Report, Settings};
 use crate::{
     instruments,
     kvs::{Call, Error, ErrorKind, Joined, KvsClient, arn::ChannelArn},
+    recording::{Recording, Subscription},
     store::SharedStore,
 };
 
@@ -245,6 +246,9 @@ pub(crate) struct Supervisor {
     /// Deadline of each join.
     pub join_timeout: Duration,
     pub claim: Claim,
+    /// The fragments of the channel's stream, watched after each master
+    /// join when `settings.no_media_after` is set.
+    pub recording: Arc<Recording>,
 }
 
 // === impl Supervisor ===
@@ -266,7 +270,13 @@ impl Supervisor {
             settings,
             join_timeout,
             mut claim,
+            recording,
         } = self;
+        let watch_media = client_id.is_empty() && settings.no_media_after.is_some();
+        // The fragments of the session joined last, and when (our clock
+        // and KVS's) it was joined.
+        let mut media: Option<(Subscription, Instant, std::time::SystemTime)> = None;
+        let mut first_fragment_seen = false;
         let mut draining = claim.sessions.draining.subscribe();
         let join = || async {
             let call = Call::new(Instant::now() + join_timeout);
@@ -299,6 +309,16 @@ impl Supervisor {
                         Ok(Joined { request_id }) => {
                             policy.joined(now, fastrand::f64());
                             joined_at = Some(now);
+                            if client_id.is_empty() {
+                                recording.master_joined(&channel);
+                            }
+                            if watch_media {
+                                let wall = recording.now();
+                                media = watch(&recording, &channel, wall, &settings, join_timeout)
+                                    .await
+                                    .map(|s| (s, now, wall));
+                                first_fragment_seen = false;
+                            }
                             Event::Joined {
                                 attempt,
                                 request_id,
@@ -326,6 +346,28 @@ impl Supervisor {
             };
             tokio::select! {
                 () = sleep_until(wake) => {}
+                changed = media_changed(&mut media) => {
+                    if !changed {
+                        media = None;
+                        continue;
+                    }
+                    let Some((subscription, joined, joined_wall)) = &mut media else { continue };
+                    let Some(Ok(status)) = subscription.latest().map(|u| u.result) else { continue };
+                    if let Some(first) = status.first_fragment
+                        && !first_fragment_seen
+                    {
+                        first_fragment_seen = true;
+                        instruments::recording_first_fragment(
+                            first.duration_since(*joined_wall).unwrap_or_default(),
+                        );
+                    }
+                    if let Some(last) = status.last_fragment {
+                        // KVS's time of the fragment, on our clock.
+                        let age = recording.now().duration_since(last).unwrap_or_default();
+                        let now = Instant::now();
+                        policy.media(now.checked_sub(age).unwrap_or(now).max(*joined));
+                    }
+                }
                 report = reports.recv() => match report {
                     Some(report) => {
                         if report == Report::OfferReceived
@@ -372,6 +414,37 @@ fn is_final(err: &Error) -> bool {
         ),
         Error::InvalidRequest { .. } | Error::ChannelNotAllowed(_) | Error::Endpoint(_) => true,
         _ => false,
+    }
+}
+
+/// A subscription to the fragments of the channel's stream from `since`, with
+/// `no_media_after` as its stalled_after; `None` (logged) when the stream
+/// cannot be found, so the media deadline passes and the join counts as one
+/// without media.
+async fn watch(
+    recording: &Arc<Recording>,
+    channel: &ChannelArn,
+    since: std::time::SystemTime,
+    settings: &Settings,
+    timeout: Duration,
+) -> Option<Subscription> {
+    let after = settings.no_media_after?;
+    let call = Call::new(Instant::now() + timeout);
+    match recording.subscribe(&call, channel, since, after).await {
+        Ok(subscription) => Some(subscription),
+        Err(refusal) => {
+            tracing::warn!(?refusal, "cannot watch the session's fragments");
+            None
+        }
+    }
+}
+
+/// Resolves when the watched fragments' status changed (false: the poller
+/// went away); never without a subscription.
+async fn media_changed(media: &mut Option<(Subscription, Instant, std::time::SystemTime)>) -> bool {
+    match media {
+        Some((subscription, _, _)) => subscription.changed().await,
+        None => std::future::pending().await,
     }
 }
 

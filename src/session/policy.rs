@@ -7,6 +7,14 @@
 //! ahead of KVS's one-hour session limit; after a disconnection or on
 //! request, join again; pace failed joins and give up after too many of
 //! them in a window, or at once on a failure that no retry can fix.
+//!
+//! With `no_media_after`, the fragments KVS lists for the channel's stream
+//! are evidence too ([`Policy::media`]): a fragment after the join proves
+//! the session (it counts as connected, so no `no_offer` join follows even
+//! if the caller never reports), no fragment within `no_media_after` of the
+//! join fails the join (a `no_media` join, counted against the budget like
+//! a missing offer), and fragments that stop for `no_media_after` make a
+//! `no_media` join (not a failure: the session recorded).
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -20,6 +28,7 @@ pub(crate) enum Reason {
     SessionLimit,
     Disconnected,
     Requested,
+    NoMedia,
 }
 
 impl Reason {
@@ -30,6 +39,7 @@ impl Reason {
             Reason::SessionLimit => "session_limit",
             Reason::Disconnected => "disconnected",
             Reason::Requested => "requested",
+            Reason::NoMedia => "no_media",
         }
     }
 }
@@ -70,6 +80,9 @@ pub(crate) struct Settings {
     /// `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Join again when no fragment starts within this of a join, or none
+    /// for this long since the last; `None`: fragments are not watched.
+    pub no_media_after: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -82,6 +95,7 @@ impl Default for Settings {
             min_interval: Duration::from_secs(1),
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
+            no_media_after: None,
         }
     }
 }
@@ -129,6 +143,11 @@ pub(crate) struct Policy {
     failures: VecDeque<Instant>,
     /// Failed joins in a row, for the backoff.
     consecutive_failures: u32,
+    /// With `no_media_after`: when the joined session is due a fragment
+    /// (the join's, or the last fragment's, plus `no_media_after`).
+    media_due: Option<Instant>,
+    /// Whether a fragment came since the last join.
+    media_seen: bool,
 }
 
 // === impl Policy ===
@@ -145,6 +164,8 @@ impl Policy {
             last_join: None,
             failures: VecDeque::new(),
             consecutive_failures: 0,
+            media_due: None,
+            media_seen: false,
         }
     }
 
@@ -162,14 +183,28 @@ impl Policy {
             Phase::Connected { rejoin_at } if now >= rejoin_at => {
                 self.join_due(now, Reason::SessionLimit);
             }
+            Phase::AwaitingOffer { .. } | Phase::Offered { .. } | Phase::Connected { .. }
+                if self.media_due.is_some_and(|due| now >= due) =>
+            {
+                // No fragment at all after the join failed the join; one
+                // that stopped coming ends a session that recorded.
+                if !self.media_seen && self.count_failure(now) {
+                    return Action::Stop(GiveUp::FailureBudget);
+                }
+                self.join_due(now, Reason::NoMedia);
+            }
             _ => {}
         }
+        let media = |at: Instant| self.media_due.map_or(at, |due| due.min(at));
         match self.phase {
             Phase::JoinDue { at, reason } if now >= at => Action::Join(reason),
             Phase::JoinDue { at, .. } => Action::WaitUntil(at),
-            Phase::AwaitingOffer { deadline, .. } => Action::WaitUntil(deadline),
-            Phase::Offered { .. } => Action::WaitForReport,
-            Phase::Connected { rejoin_at } => Action::WaitUntil(rejoin_at),
+            Phase::AwaitingOffer { deadline, .. } => Action::WaitUntil(media(deadline)),
+            Phase::Offered { .. } => match self.media_due {
+                Some(due) => Action::WaitUntil(due),
+                None => Action::WaitForReport,
+            },
+            Phase::Connected { rejoin_at } => Action::WaitUntil(media(rejoin_at)),
             Phase::Stopped(why) => Action::Stop(why),
         }
     }
@@ -187,6 +222,34 @@ impl Policy {
             joined: now,
             deadline: now + self.settings.offer_wait + extra,
         };
+        self.media_due = self.settings.no_media_after.map(|after| now + after);
+        self.media_seen = false;
+    }
+
+    /// The stream's listing shows a fragment of the joined session that
+    /// started at `last_fragment` (converted to our clock). Fragments prove
+    /// the session: it counts as connected. Ignored when fragments are not
+    /// watched, and for fragments older than the join.
+    pub(crate) fn media(&mut self, last_fragment: Instant) {
+        let Some(after) = self.settings.no_media_after else {
+            return;
+        };
+        let joined = match self.phase {
+            Phase::AwaitingOffer { joined, .. } | Phase::Offered { joined } => joined,
+            Phase::Connected { .. } => self.last_join.unwrap_or(last_fragment),
+            Phase::JoinDue { .. } | Phase::Stopped(_) => return,
+        };
+        if last_fragment < joined {
+            return;
+        }
+        self.media_seen = true;
+        let due = last_fragment + after;
+        self.media_due = Some(self.media_due.map_or(due, |d| d.max(due)));
+        if let Phase::AwaitingOffer { joined, .. } | Phase::Offered { joined } = self.phase {
+            self.phase = Phase::Connected {
+                rejoin_at: joined + self.settings.rejoin_after,
+            };
+        }
     }
 
     /// A join failed at `now`; `final_error` when no retry can fix it.
@@ -261,6 +324,7 @@ impl Policy {
             at: earliest.max(now),
             reason,
         };
+        self.media_due = None;
     }
 
     /// Records a failure; true (and stopped) when the budget is spent.
@@ -388,6 +452,80 @@ mod tests {
         assert_eq!(p.join_failed(t0, true, 0.0), None);
         p.report(Report::RejoinRequested, t0 + s(1));
         assert_eq!(p.next(t0 + s(2)), Action::Stop(GiveUp::Final));
+    }
+
+    fn watching(no_media_after: u64) -> Settings {
+        Settings {
+            no_media_after: Some(s(no_media_after)),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn no_fragment_within_no_media_after_of_a_join_rejoins_as_a_failure() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(watching(4), t0);
+        p.joined(t0, 0.0);
+        // The media deadline (4 s) comes before the offer's (6 s).
+        assert_eq!(p.next(t0), Action::WaitUntil(t0 + s(4)));
+        p.report(Report::OfferReceived, t0 + s(1));
+        assert_eq!(p.next(t0 + s(1)), Action::WaitUntil(t0 + s(4)));
+        assert_eq!(p.next(t0 + s(4)), Action::Join(Reason::NoMedia));
+        // Counted: five joins without media exhaust the default budget.
+        let mut now = t0 + s(4);
+        for _ in 0..4 {
+            p.joined(now, 0.0);
+            now += s(4);
+            if p.next(now) == Action::Stop(GiveUp::FailureBudget) {
+                return;
+            }
+            assert_eq!(p.next(now), Action::Join(Reason::NoMedia));
+        }
+        panic!("joins without media never gave up");
+    }
+
+    #[test]
+    fn fragments_prove_the_session_and_their_stop_rejoins_without_failing() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(
+            Settings {
+                failure_budget: 1,
+                ..watching(5)
+            },
+            t0,
+        );
+        p.joined(t0, 0.0);
+        // A fragment older than the join proves nothing.
+        p.media(t0 - s(1));
+        assert_eq!(p.next(t0), Action::WaitUntil(t0 + s(5)));
+        // A fragment after the join: live, no offer needed.
+        p.media(t0 + s(1));
+        let mut last = s(1);
+        for at in [s(3), s(5), s(6)] {
+            assert_eq!(
+                p.next(t0 + at),
+                Action::WaitUntil(t0 + last + s(5)),
+                "no no_offer join"
+            );
+            p.media(t0 + at);
+            last = at;
+        }
+        assert_eq!(p.next(t0 + s(10)), Action::WaitUntil(t0 + s(11)));
+        // Fragments stop: a no_media join at 11 s, and with a budget of one
+        // failure the session did not give up: it had recorded.
+        assert_eq!(p.next(t0 + s(11)), Action::Join(Reason::NoMedia));
+        p.joined(t0 + s(11), 0.0);
+        p.media(t0 + s(12));
+        assert_eq!(p.next(t0 + s(12)), Action::WaitUntil(t0 + s(17)));
+    }
+
+    #[test]
+    fn without_no_media_after_fragments_change_nothing() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(Settings::default(), t0);
+        p.joined(t0, 0.0);
+        p.media(t0 + s(1));
+        assert_eq!(p.next(t0 + s(6)), Action::Join(Reason::NoOffer));
     }
 
     #[test]

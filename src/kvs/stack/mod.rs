@@ -3,19 +3,19 @@
 //!
 //! 1. retry: standard-mode retries within a process-wide quota, never past
 //!    the call's deadline;
-//! 1a. pace: KVS's 5 requests a second per stream for the data-plane APIs,
+//! 2. pace: KVS's 5 requests a second per stream for the data-plane APIs,
 //!    every attempt included (`pace.rs`);
-//! 2. rate limit: per-operation token buckets, slowing down on throttling;
+//! 3. rate limit: per-operation token buckets, slowing down on throttling;
 //!    a wait that cannot end before the deadline fails at once;
-//! 3. authorize: waits for credentials from the cache of the channel's
+//! 4. authorize: waits for credentials from the cache of the channel's
 //!    account (an assumed role's, or the default chain's);
-//! 4. concurrency limit: waits for an upstream slot, taken only now, after
+//! 5. concurrency limit: waits for an upstream slot, taken only now, after
 //!    every other wait, and held for the attempt alone;
-//! 5. attempt metrics: per-attempt count, outcome and latency;
-//! 6. attempt timeout: one stalled attempt becomes a retryable timeout;
-//! 7. sign: SigV4 for the channel's region, with the clock corrected by
+//! 6. attempt metrics: per-attempt count, outcome and latency;
+//! 7. attempt timeout: one stalled attempt becomes a retryable timeout;
+//! 8. sign: SigV4 for the channel's region, with the clock corrected by
 //!    KVS's `Date` when KVS reported skew;
-//! 8. the pooled hyper client.
+//! 9. the pooled hyper client.
 //!
 //! Nothing below the concurrency limit waits for anything but KVS, so an
 //! upstream slot is never held by a call that is sleeping.

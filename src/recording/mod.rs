@@ -1,0 +1,251 @@
+//! Is it recording? The status of a channel's recording, read from the
+//! ground truth: the fragments KVS lists for the channel's stream.
+//!
+//! One poller per stream ([`poller`]) lists the stream's fragments for every
+//! caller at once: GetRecordingStatus calls, WatchRecording watchers and the
+//! session supervisors that watch their media (`no_media_after`). Each
+//! caller subscribes with its window (`since`, `stalled_after`); callers
+//! with the same window share one subscription, whose status is summed by a
+//! [`status::Window`]. A poller whose last subscription ends stops.
+//!
+//! The stream comes from DescribeMediaStorageConfiguration through the
+//! readiness checks' cache (shared: a status call right after a readiness
+//! check costs no Describe*). A channel KVS does not know is NOT_FOUND, one
+//! without storage enabled FAILED_PRECONDITION. At most `max_streams`
+//! streams are polled at once; a caller past that is refused with
+//! RESOURCE_EXHAUSTED, as is one past [`MAX_WINDOWS_PER_STREAM`] distinct
+//! windows on one stream.
+//!
+//! The default `since` is the last successful master join of the channel
+//! this sidecar knows ([`Recording::master_joined`], a fixed table that
+//! costs the join path a hash, see `joins.rs`), else one hour before the
+//! call.
+
+mod joins;
+pub(crate) mod poller;
+pub(crate) mod status;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use tokio::time::Instant;
+
+pub(crate) use self::{
+    poller::{Subscription, Update},
+    status::{State, Status},
+};
+use crate::{
+    clock::SharedClock,
+    instruments,
+    kvs::{Call, Error, arn::ChannelArn, data_endpoint::DataPlane},
+    readiness::StorageReadiness,
+};
+
+/// Distinct windows one stream's poller sums at once.
+pub(crate) const MAX_WINDOWS_PER_STREAM: usize = 256;
+/// The default window when no join is known.
+pub(crate) const DEFAULT_LOOKBACK: Duration = Duration::from_secs(3600);
+
+/// Tunables (see [`Settings::default`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// Streams polled at once.
+    pub max_streams: usize,
+    /// Time between listings of a stream while someone watches it: a
+    /// status is answered from a listing at most this old.
+    pub poll_interval: Duration,
+    /// How far before the end of the previous listing the next one starts,
+    /// for fragments KVS lists late.
+    pub overlap: Duration,
+    /// The deadline of one listing, its pages and retries.
+    pub listing_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_streams: 1000,
+            poll_interval: Duration::from_secs(1),
+            overlap: Duration::from_secs(30),
+            listing_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, Clone)]
+pub(crate) enum Refusal {
+    Kvs(Error),
+    /// Media storage is off for the channel, or links no stream.
+    StorageDisabled(String),
+    /// The sidecar's role may not read the channel's storage configuration.
+    Denied(String),
+    /// `max_streams` streams are polled already.
+    TooManyStreams(usize),
+    /// The stream's poller sums as many windows as it may.
+    TooManyWindows,
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal::Kvs(e)
+    }
+}
+
+pub(crate) struct Recording {
+    readiness: StorageReadiness,
+    data: Arc<DataPlane>,
+    clock: SharedClock,
+    settings: Settings,
+    pollers: Mutex<HashMap<ChannelArn, Arc<poller::Poller>>>,
+    joins: joins::LastJoins,
+}
+
+impl Recording {
+    pub(crate) fn new(
+        readiness: StorageReadiness,
+        data: Arc<DataPlane>,
+        clock: SharedClock,
+        settings: Settings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            readiness,
+            data,
+            clock,
+            settings,
+            pollers: Mutex::default(),
+            joins: joins::LastJoins::new(joins::SLOTS),
+        })
+    }
+
+    /// KVS's time, as far as the sidecar knows it.
+    /// The streams' data endpoints, shared with playback (one cache per
+    /// stream and API, whoever asks).
+    pub(crate) fn data_plane(&self) -> Arc<DataPlane> {
+        self.data.clone()
+    }
+
+    pub(crate) fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// A master join of `channel` succeeded now (on the join path: a hash
+    /// and three atomic stores).
+    pub(crate) fn master_joined(&self, channel: &ChannelArn) {
+        self.joins.record(channel.as_str(), self.now());
+    }
+
+    /// The window a caller gets when it names no `since`: from the last
+    /// master join, unless it is older than the default lookback.
+    pub(crate) fn default_since(&self, channel: &ChannelArn) -> SystemTime {
+        let hour_ago = self.now() - DEFAULT_LOOKBACK;
+        self.joins
+            .get(channel.as_str())
+            .filter(|joined| *joined > hour_ago)
+            .unwrap_or(hour_ago)
+    }
+
+    /// Subscribes to the status of `channel`'s recording over the window
+    /// from `since`; the stream is looked up within the call's deadline.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        call: &Call,
+        channel: &ChannelArn,
+        since: SystemTime,
+        stalled_after: Duration,
+    ) -> Result<Subscription, Refusal> {
+        let stream = self.stream_of(call, channel).await?;
+        // A poller found stopping is replaced; the loop ends at once
+        // unless a poller stops between the two locks, which is rare.
+        loop {
+            let poller = {
+                let mut pollers = self.lock();
+                match pollers.get(&stream) {
+                    Some(p) => p.clone(),
+                    None => {
+                        if pollers.len() >= self.settings.max_streams {
+                            return Err(Refusal::TooManyStreams(self.settings.max_streams));
+                        }
+                        let p = poller::Poller::start(self.clone(), stream.clone());
+                        pollers.insert(stream.clone(), p.clone());
+                        instruments::recording_streams(pollers.len());
+                        p
+                    }
+                }
+            };
+            match poller.subscribe(since, stalled_after) {
+                Ok(Some(subscription)) => return Ok(subscription),
+                Ok(None) => self.forget(&poller),
+                Err(refusal) => return Err(refusal),
+            }
+        }
+    }
+
+    /// The subscription's status as of a listing at most a poll interval
+    /// old (it waits for the next listing if the last is older), within
+    /// the call's deadline.
+    pub(crate) async fn status(
+        &self,
+        call: &Call,
+        subscription: &mut Subscription,
+    ) -> Result<Status, Refusal> {
+        let asked = Instant::now();
+        let fresh = |u: &Update| u.listed_at + self.settings.poll_interval >= asked;
+        let work = async {
+            loop {
+                if let Some(update) = subscription.latest().filter(|u| fresh(u)) {
+                    return update.result.map_err(Refusal::Kvs);
+                }
+                if !subscription.changed().await {
+                    return Err(Refusal::Kvs(Error::DeadlineExceeded));
+                }
+            }
+        };
+        tokio::time::timeout_at(call.deadline(), work)
+            .await
+            .unwrap_or(Err(Refusal::Kvs(Error::DeadlineExceeded)))
+    }
+
+    /// The channel's stream, from the readiness checks' cache or a check.
+    async fn stream_of(&self, call: &Call, channel: &ChannelArn) -> Result<ChannelArn, Refusal> {
+        let report = self.readiness.check(call, channel).await?;
+        if report.media_storage_status.is_empty()
+            && report.stream_arn.is_empty()
+            && let Some(problem) = report.problems.iter().find(|p| p.code == "ACCESS_DENIED")
+        {
+            return Err(Refusal::Denied(problem.message.clone()));
+        }
+        if report.media_storage_status != "ENABLED" || report.stream_arn.is_empty() {
+            return Err(Refusal::StorageDisabled(format!(
+                "media storage is not enabled for {channel} (status {:?}): nothing is recorded; enable it with UpdateMediaStorageConfiguration",
+                report.media_storage_status
+            )));
+        }
+        ChannelArn::parse(&report.stream_arn).map_err(|e| {
+            Refusal::Kvs(Error::MalformedResponse(format!(
+                "DescribeMediaStorageConfiguration linked a stream ARN that is not one: {e}"
+            )))
+        })
+    }
+
+    /// Drops a stopped poller from the registry (if it is still the one
+    /// registered for its stream).
+    fn forget(&self, poller: &Arc<poller::Poller>) {
+        let mut pollers = self.lock();
+        if pollers
+            .get(poller.stream())
+            .is_some_and(|p| Arc::ptr_eq(p, poller))
+        {
+            pollers.remove(poller.stream());
+        }
+        instruments::recording_streams(pollers.len());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelArn, Arc<poller::Poller>>> {
+        // Inserts and removes only; poison cannot leave it torn.
+        self.pollers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
