@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{ARN, Emulator, Sidecar, arn, assert_refused, join};
 use kvs_sidecar::pb::{
-    EnsureStorageRequest, GetPlaybackUrlRequest, GetPlaybackUrlResponse, PlaybackMode,
-    PlaybackProtocol, web_rtc_storage_service_client::WebRtcStorageServiceClient,
+    EnsureStorageRequest, GetPlaybackUrlRequest, GetPlaybackUrlResponse, GetRecordingStatusRequest,
+    PlaybackMode, PlaybackProtocol, web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };
 use tonic::{Code, transport::Channel};
 
@@ -277,6 +277,20 @@ async fn a_provisioned_channel_records_and_plays_back() {
         .unwrap()
         .into_inner();
     record(&fake, &mut client, &channel).await;
+    // The recording status lists the linked stream's fragments: the
+    // channel's joins record into it.
+    let status = client
+        .get_recording_status(GetRecordingStatusRequest {
+            channel_arn: channel.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.stream_arn, ensured.stream_arn);
+    assert!(status.fragment_count >= 2, "{status:?}");
     let answer = client
         .get_playback_url(live(&channel))
         .await

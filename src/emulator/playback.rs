@@ -359,10 +359,7 @@ impl Emulator {
                 Dialect::Header,
             )));
         }
-        let recording = self
-            .mapped_channel(&stream.0)
-            .and_then(|channel| super::fragments::stream_name_of(&channel).map(str::to_owned))
-            .unwrap_or(stream.2);
+        let recording = self.recorded_under(Some(&stream.0), &stream.2, account, region);
         Ok((stream.0, recording))
     }
 

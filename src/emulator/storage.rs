@@ -496,6 +496,36 @@ impl Emulator {
             .map(|s| (s.arn, s.retention_hours, s.name))
     }
 
+    /// The name a stream's recorded fragments are kept under: the linked
+    /// channel's name (the emulator records a master's media under its
+    /// channel's name, `fragments.rs`), else the stream's own `name`. A
+    /// stream EnsureStorage created and linked thus lists what its
+    /// channel's joins recorded.
+    pub(super) fn recorded_under(
+        &self,
+        stream_arn: Option<&str>,
+        name: &str,
+        account: &str,
+        region: &str,
+    ) -> String {
+        let arn = match stream_arn {
+            Some(arn) => Some(arn.to_owned()),
+            None => {
+                let prefix = format!("arn:aws:kinesisvideo:{region}:{account}:stream/{name}/");
+                let state = self.lock();
+                state
+                    .storage
+                    .streams
+                    .keys()
+                    .find(|arn| arn.starts_with(&prefix))
+                    .cloned()
+            }
+        };
+        arn.and_then(|arn| self.mapped_channel(&arn))
+            .and_then(|channel| super::fragments::stream_name_of(&channel).map(str::to_owned))
+            .unwrap_or_else(|| name.to_owned())
+    }
+
     /// The stream a request names, or KVS's refusal.
     fn find_stream(&self, req: &StreamRef, account: &str, region: &str) -> Result<Stream, Refusal> {
         let not_found = || {
