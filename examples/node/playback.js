@@ -5,8 +5,8 @@
 //    (the sidecar needs --allow-storage-changes). Idempotent.
 // 2. GetSignalingConnection, the signaling WebSocket, JoinStorageSession:
 //    the master joins, so the channel's media is recorded.
-// 3. Watch the recording arrive: GetPlaybackUrl answers FAILED_PRECONDITION
-//    until KVS has fragments to play, so ask again.
+// 3. WatchRecording: the recording's state from the fragments KVS lists,
+//    at once and then at each change, until it is RECORDING.
 // 4. GetPlaybackUrl: a new HLS URL, fetched as a player would. The URL holds
 //    a session token: hand it to one player, never log or share it; KVS
 //    keeps 10 live playback sessions per stream and ends the oldest.
@@ -14,7 +14,6 @@
 //   KVS_SIDECAR_ADDR=127.0.0.1:50051 node playback.js CHANNEL_ARN
 import { fileURLToPath } from "node:url";
 import path from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import WebSocket from "ws";
@@ -66,30 +65,42 @@ async function join(channelArn) {
   }
 }
 
-// A new LIVE HLS URL, once the recording has something to play.
-async function playbackUrl(channelArn, withinMs = 30000) {
-  const until = Date.now() + withinMs;
-  for (;;) {
-    try {
-      return await call("GetPlaybackUrl", {
-        channel_arn: channelArn,
-        protocol: "PLAYBACK_PROTOCOL_HLS",
-        mode: "PLAYBACK_MODE_LIVE",
-      });
-    } catch (err) {
-      // Nothing recorded yet: ask again shortly.
-      if (err.code !== grpc.status.FAILED_PRECONDITION || Date.now() > until) throw err;
-      await sleep(1000);
-    }
-  }
+// Follows WatchRecording until the channel's media is being stored.
+function watchUntilRecording(channelArn, withinMs = 30000) {
+  return new Promise((resolve, reject) => {
+    const deadline = new Date(Date.now() + withinMs);
+    const watch = client.WatchRecording({ channel_arn: channelArn }, { deadline });
+    let done = false;
+    watch.on("data", ({ status }) => {
+      if (status.state !== "RECORDING_STATE_RECORDING" || done) return;
+      done = true;
+      console.log(`recording: ${status.state}`);
+      watch.cancel();
+      resolve();
+    });
+    watch.on("error", (err) => {
+      if (!done) reject(err);
+    });
+    watch.on("end", () => {
+      if (!done) reject(new Error("the watch ended before the recording started"));
+    });
+  });
+}
+
+// A new LIVE HLS URL: one per player, never cached or shared.
+function playbackUrl(channelArn) {
+  return call("GetPlaybackUrl", {
+    channel_arn: channelArn,
+    protocol: "PLAYBACK_PROTOCOL_HLS",
+    mode: "PLAYBACK_MODE_LIVE",
+  });
 }
 
 async function flow(channelArn) {
   await provision(channelArn);
   await join(channelArn);
+  await watchUntilRecording(channelArn);
   const playback = await playbackUrl(channelArn);
-  const until = new Date(Number(playback.expires_at.seconds) * 1000);
-  console.log(`recording: playable until ${until.toISOString()}`);
   // A player would open the URL; fetch the master playlist as it would.
   const playlist = await fetch(playback.url, { signal: AbortSignal.timeout(5000) });
   console.log(`playlist: ${(await playlist.text()).split("\n")[0]}`);

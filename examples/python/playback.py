@@ -6,9 +6,8 @@
 2. GetSignalingConnection, the signaling WebSocket, JoinStorageSession:
    the master joins, so the channel's media is recorded (the WebRTC answer,
    the media part, is out of this example).
-3. Watch the recording arrive: GetPlaybackUrl answers FAILED_PRECONDITION
-   until KVS has fragments to play, so ask again (within the pace of 5 a
-   second per stream the sidecar keeps anyway).
+3. WatchRecording: the recording's state from the fragments KVS lists,
+   once at once and then at each change, until it is RECORDING.
 4. GetPlaybackUrl: a new HLS URL, fetched as a player would. The URL holds
    a session token: hand it to one player, never log or share it; KVS keeps
    10 live playback sessions per stream and ends the oldest.
@@ -19,7 +18,6 @@ Usage: KVS_SIDECAR_ADDR=127.0.0.1:50051 python playback.py CHANNEL_ARN
 import os
 import sys
 import tempfile
-import time
 import urllib.request
 
 import grpc
@@ -43,25 +41,29 @@ def join(pb, stub, channel_arn: str) -> None:
         wait_for_offer(socket, timeout=10)
 
 
-def playback_url(pb, stub, channel_arn: str, within: float = 30):
-    """A new LIVE HLS URL, once the recording has something to play."""
-    until = time.monotonic() + within
-    while True:
-        try:
-            return stub.GetPlaybackUrl(pb.GetPlaybackUrlRequest(
-                channel_arn=channel_arn, protocol=pb.PLAYBACK_PROTOCOL_HLS, mode=pb.PLAYBACK_MODE_LIVE), timeout=5)
-        except grpc.RpcError as err:
-            # Nothing recorded yet: the error says so; ask again shortly.
-            if err.code() != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() > until:
-                raise
-            time.sleep(1)
+def watch_until_recording(pb, stub, channel_arn: str, within: float = 30) -> None:
+    """Follows WatchRecording until the channel's media is being stored."""
+    watch = stub.WatchRecording(pb.WatchRecordingRequest(channel_arn=channel_arn), timeout=within)
+    try:
+        for event in watch:
+            if event.status.state == pb.RECORDING_STATE_RECORDING:
+                print(f"recording: {pb.RecordingState.Name(event.status.state)}")
+                return
+    finally:
+        watch.cancel()
+
+
+def playback_url(pb, stub, channel_arn: str):
+    """A new LIVE HLS URL: one per player, never cached or shared."""
+    return stub.GetPlaybackUrl(pb.GetPlaybackUrlRequest(
+        channel_arn=channel_arn, protocol=pb.PLAYBACK_PROTOCOL_HLS, mode=pb.PLAYBACK_MODE_LIVE), timeout=5)
 
 
 def flow(pb, stub, channel_arn: str) -> int:
     provision(pb, stub, channel_arn)
     join(pb, stub, channel_arn)
+    watch_until_recording(pb, stub, channel_arn)
     playback = playback_url(pb, stub, channel_arn)
-    print(f"recording: playable until {playback.expires_at.ToDatetime().isoformat()}Z")
     # A player would open the URL; fetch the master playlist as it would.
     with urllib.request.urlopen(playback.url, timeout=5) as playlist:
         print(f"playlist: {playlist.read().decode().splitlines()[0]}")
