@@ -688,6 +688,19 @@ mod tests {
                 let e = e.to_string();
                 prop_assert!(e.starts_with("role: ") || e.starts_with("client_id: "));
             }
+            if let Ok(msg) = EnsureStorageRequest::decode(&bytes[..])
+                && let Err(e) = Wanted::parse(&msg.stream_name, msg.retention_hours)
+            {
+                let e = e.to_string();
+                prop_assert!(e.starts_with("stream_name: ") || e.starts_with("retention_hours: "));
+            }
+            if let Ok(msg) = GetPlaybackUrlRequest::decode(&bytes[..])
+                && let Err(e) = PlaybackRequest::parse(&msg)
+            {
+                let e = e.to_string();
+                let fields = ["protocol: ", "mode: ", "start: ", "end: ", "expires: "];
+                prop_assert!(fields.iter().any(|f| e.starts_with(f)), "{}", e);
+            }
         }
     }
 }
