@@ -18,7 +18,7 @@
 //!   under load, when workers rarely park), and a task returns what the
 //!   arenas hold free once a second ([`collect_periodically`]).
 //!
-//! Measured with the release build (README, Security): after 40 unfinished
+//! Measured with the release build (docs/security.md): after 40 unfinished
 //! 1 MiB requests, RSS went 15 → 63 → 25 MiB within a second of their end
 //! (63 MiB for good without purging). At 1,000 calls/s the join p99 was
 //! 0.80 and 1.26 ms in two runs, against 19.7 and 1.68 ms without purging

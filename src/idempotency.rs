@@ -13,7 +13,13 @@
 //! `kvs_sidecar_state_store_errors_total` counts it): a join must not fail
 //! because its safety net is down.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
@@ -22,8 +28,8 @@ use tokio::time::Instant;
 use crate::{
     grpc::status,
     instruments,
-    kvs::{Error, Joined, arn::ChannelArn, arn::ValidationError, endpoint::Role},
-    store::SharedStore,
+    kvs::{Call, Error, Joined, arn::ChannelArn, arn::ValidationError, endpoint::Role},
+    store::{SharedStore, StoreError},
 };
 
 /// How often a replica waiting on another's join looks for its outcome.
@@ -106,41 +112,67 @@ impl JoinLedger {
 
     /// The outcome of the first join made with `key`, running `join` if
     /// there is none yet. A caller that waits on another's join stops
-    /// waiting at its own `deadline`.
+    /// waiting at its own call's deadline.
+    ///
+    /// Only final outcomes are kept (a request id, or an error a repeat
+    /// would meet again: `Error::is_final`). After a passing failure
+    /// (throttled, a server fault, a lost connection, the first caller's
+    /// own deadline) nothing is kept, and a retry with the key, or a caller
+    /// that was waiting on that join, makes a real attempt: KVS may have
+    /// acted on the failed one, so a second offer is possible, as without a
+    /// key. Never replaying a passing failure is what lets the retry a key
+    /// exists for succeed.
     pub(crate) async fn join<F>(
         &self,
         key: &str,
         target: JoinTarget,
-        deadline: Instant,
-        join: F,
+        call: &Call,
+        join: impl Fn() -> F,
     ) -> Result<Joined, Error>
     where
         F: Future<Output = Result<Joined, Error>>,
     {
         if let Some(shared) = &self.shared {
-            return shared.join(key, target, deadline, join).await;
+            return shared.join(key, target, call.deadline(), join).await;
         }
-        let first = self.outcomes.entry(key.into()).or_insert_with(async {
-            let result = join.await;
-            Arc::new(Outcome {
-                target: target.clone(),
-                result,
-            })
-        });
-        let entry = tokio::time::timeout_at(deadline, first)
-            .await
-            .map_err(|_| Error::DeadlineExceeded)?;
-        let outcome = entry.value();
-        if outcome.target != target {
-            return Err(Error::InvalidRequest {
-                field: "idempotency_key",
-                reason: ValidationError::KeyReused,
-            });
-        }
-        if !entry.is_fresh() {
-            crate::instruments::idempotent_replay();
-        }
-        outcome.result.clone()
+        let work = async {
+            loop {
+                let ran = AtomicBool::new(false);
+                let first = self
+                    .outcomes
+                    .entry(key.into())
+                    .or_try_insert_with(async {
+                        ran.store(true, Ordering::Relaxed);
+                        match join().await {
+                            Err(passing) if !passing.is_final() => Err(passing),
+                            result => Ok(Arc::new(Outcome {
+                                target: target.clone(),
+                                result,
+                            })),
+                        }
+                    })
+                    .await;
+                let entry = match first {
+                    Ok(entry) => entry,
+                    // Our own passing failure: ours to answer, not kept.
+                    Err(passing) if ran.load(Ordering::Relaxed) => return Err((*passing).clone()),
+                    // Another caller's: not ours to replay; try for real.
+                    Err(_) => continue,
+                };
+                let outcome = entry.value();
+                if outcome.target != target {
+                    return Err(Error::InvalidRequest {
+                        field: "idempotency_key",
+                        reason: ValidationError::KeyReused,
+                    });
+                }
+                if !entry.is_fresh() {
+                    crate::instruments::idempotent_replay();
+                }
+                return outcome.result.clone();
+            }
+        };
+        call.bound(work).await
     }
 }
 
@@ -152,7 +184,7 @@ impl Shared {
         key: &str,
         target: JoinTarget,
         deadline: Instant,
-        join: F,
+        join: impl Fn() -> F,
     ) -> Result<Joined, Error>
     where
         F: Future<Output = Result<Joined, Error>>,
@@ -168,34 +200,51 @@ impl Shared {
         loop {
             match self.store.insert_new(&key, &pending, self.pending).await {
                 Ok(true) => {
-                    let result = join.await;
-                    record.outcome = Some(Stored::from(&result));
-                    let done = serde_json::to_string(&record).unwrap_or_default();
-                    if let Err(error) = self.store.set(&key, &done, self.window).await {
-                        store_error("idempotency", &error);
+                    // Frees the key if this call ends without an outcome
+                    // (its caller went away), so a retry need not wait out
+                    // the pending time.
+                    let mut claim = Claim {
+                        store: self.store.clone(),
+                        key: &key,
+                        pending: &pending,
+                        held: true,
+                    };
+                    let result = join().await;
+                    if result.as_ref().err().is_none_or(Error::is_final) {
+                        record.outcome = Some(Stored::from(&result));
+                        let done = serde_json::to_string(&record).unwrap_or_default();
+                        claim.held = false;
+                        if let Err(error) = self.store.set(&key, &done, self.window).await {
+                            store_error("idempotency", &error);
+                        }
                     }
+                    // A passing failure keeps nothing: the claim's drop
+                    // frees the key for a real retry.
                     return result;
                 }
                 Ok(false) => {}
                 Err(error) => {
                     store_error("idempotency", &error);
-                    return join.await;
+                    return join().await;
                 }
             }
             // Another call holds the key: wait for its outcome, or for the
-            // key to free up (its replica died) and claim it then.
+            // key to free up (its replica died, or its join failed in
+            // passing) and claim it then.
             loop {
-                let found = match self.store.get(&key).await {
+                let found = match self
+                    .store
+                    .get(&key)
+                    .await
+                    .and_then(|found| found.map(|found| read_record(&found)).transpose())
+                {
                     Ok(found) => found,
                     Err(error) => {
                         store_error("idempotency", &error);
-                        return join.await;
+                        return join().await;
                     }
                 };
                 let Some(found) = found else { break };
-                let found: Record = serde_json::from_str(&found).map_err(|_| {
-                    Error::MalformedResponse("an unreadable idempotency record".into())
-                })?;
                 if (&found.channel, &found.role, &found.client_id)
                     != (&record.channel, &record.role, &record.client_id)
                 {
@@ -214,6 +263,54 @@ impl Shared {
                 tokio::time::sleep(POLL).await;
             }
         }
+    }
+}
+
+/// A claimed key whose call has no outcome to record (yet): dropping it
+/// frees the key, on a task of its own since the call may be going away.
+struct Claim<'a> {
+    store: Arc<SharedStore>,
+    key: &'a str,
+    pending: &'a str,
+    held: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let (store, key, pending) = (
+            self.store.clone(),
+            self.key.to_owned(),
+            self.pending.to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = store.release(&key, &pending).await {
+                store_error("idempotency", &error);
+            }
+        });
+    }
+}
+
+/// A record read back from the store, checked as far as a sidecar writes
+/// them: a code a final error can have, a request id of AWS's shape. A
+/// record that fails is not replayed.
+fn read_record(raw: &str) -> Result<Record, StoreError> {
+    let unreadable = |why: &str| StoreError::Unreadable(format!("idempotency record: {why}"));
+    let record: Record = serde_json::from_str(raw).map_err(|_| unreadable("not JSON"))?;
+    match &record.outcome {
+        Some(Stored::Joined { request_id })
+            if !request_id.is_empty() && !crate::kvs::is_request_id(request_id) =>
+        {
+            Err(unreadable("not a request id"))
+        }
+        Some(Stored::Failed { code, .. })
+            if !(1..=16).contains(code) || *code == i32::from(tonic::Code::Ok) =>
+        {
+            Err(unreadable("not an error code"))
+        }
+        _ => Ok(record),
     }
 }
 
@@ -243,7 +340,7 @@ impl From<Stored> for Result<Joined, Error> {
     }
 }
 
-fn store_error(purpose: &'static str, error: &crate::store::StoreError) {
+fn store_error(purpose: &'static str, error: &StoreError) {
     instruments::state_store_error(purpose);
     tracing::warn!(%error, purpose, "state store unreachable; going on without it");
 }
@@ -264,8 +361,16 @@ mod tests {
         }
     }
 
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(60)
+    fn far() -> Call {
+        Call::new(Instant::now() + Duration::from_secs(60))
+    }
+
+    fn not_found() -> Error {
+        Error::Service(crate::kvs::ServiceError::from_response(
+            404,
+            &http::HeaderMap::new(),
+            br#"{"__type":"ResourceNotFoundException","message":"no such channel"}"#,
+        ))
     }
 
     #[tokio::test]
@@ -274,30 +379,87 @@ mod tests {
         let joins = Arc::new(AtomicUsize::new(0));
         let join = |id: &'static str| {
             let joins = joins.clone();
-            async move {
-                joins.fetch_add(1, Ordering::SeqCst);
-                Ok(Joined {
-                    request_id: id.into(),
-                })
+            move || {
+                let joins = joins.clone();
+                async move {
+                    joins.fetch_add(1, Ordering::SeqCst);
+                    Ok(Joined {
+                        request_id: id.into(),
+                    })
+                }
             }
         };
         let a = target("cam", Role::Master);
-        let first = ledger.join("k1", a.clone(), far(), join("req-1")).await;
-        let again = ledger.join("k1", a.clone(), far(), join("req-2")).await;
+        let first = ledger.join("k1", a.clone(), &far(), join("req-1")).await;
+        let again = ledger.join("k1", a.clone(), &far(), join("req-2")).await;
         assert_eq!(first.unwrap().request_id, "req-1");
         assert_eq!(again.unwrap().request_id, "req-1");
         assert_eq!(joins.load(Ordering::SeqCst), 1);
 
-        // Errors are outcomes too.
+        // Final errors are outcomes too.
         let failed = ledger
-            .join("k2", a.clone(), far(), async {
-                Err(Error::DeadlineExceeded)
+            .join("k2", a.clone(), &far(), || async { Err(not_found()) })
+            .await;
+        let replayed = ledger.join("k2", a.clone(), &far(), join("req-3")).await;
+        assert!(matches!(failed, Err(Error::Service(_))));
+        assert!(matches!(replayed, Err(Error::Service(_))), "{replayed:?}");
+        assert_eq!(joins.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_passing_failure_is_not_kept_and_a_retry_joins_for_real() {
+        let ledger = JoinLedger::new(Duration::from_secs(600), 100);
+        let a = target("cam", Role::Master);
+        for passing in [
+            Error::DeadlineExceeded,
+            Error::Transport("reset".into()),
+            Error::AttemptTimeout(Duration::from_secs(5)),
+        ] {
+            let key = format!("{passing:?}");
+            let failed = ledger
+                .join(&key, a.clone(), &far(), || {
+                    let passing = passing.clone();
+                    async move { Err(passing) }
+                })
+                .await;
+            assert!(failed.is_err());
+            let retried = ledger
+                .join(&key, a.clone(), &far(), || async {
+                    Ok(Joined {
+                        request_id: "retried".into(),
+                    })
+                })
+                .await;
+            assert_eq!(retried.unwrap().request_id, "retried", "after {key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_waiting_on_a_join_that_fails_in_passing_makes_its_own_attempt() {
+        let ledger = Arc::new(JoinLedger::new(Duration::from_secs(600), 100));
+        let a = target("cam", Role::Master);
+        let first = tokio::spawn({
+            let (ledger, a) = (ledger.clone(), a.clone());
+            async move {
+                ledger
+                    .join("k", a, &far(), || async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err(Error::DeadlineExceeded)
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiter = ledger
+            .join("k", a, &far(), || async {
+                Ok(Joined {
+                    request_id: "own".into(),
+                })
             })
             .await;
-        let replayed = ledger.join("k2", a.clone(), far(), join("req-3")).await;
-        assert!(matches!(failed, Err(Error::DeadlineExceeded)));
-        assert!(matches!(replayed, Err(Error::DeadlineExceeded)));
-        assert_eq!(joins.load(Ordering::SeqCst), 1);
+        // Never the first caller's deadline.
+        assert_eq!(waiter.unwrap().request_id, "own");
+        assert!(matches!(first.await.unwrap(), Err(Error::DeadlineExceeded)));
     }
 
     #[tokio::test]
@@ -309,11 +471,11 @@ mod tests {
             })
         };
         ledger
-            .join("k", target("cam", Role::Master), far(), ok())
+            .join("k", target("cam", Role::Master), &far(), ok)
             .await
             .unwrap();
         for other in [target("other", Role::Master), target("cam", Role::Viewer)] {
-            let refused = ledger.join("k", other, far(), ok()).await;
+            let refused = ledger.join("k", other, &far(), ok).await;
             assert!(
                 matches!(
                     refused,
@@ -333,34 +495,34 @@ mod tests {
         let joins = Arc::new(AtomicUsize::new(0));
         let slow = {
             let joins = joins.clone();
-            async move {
-                joins.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                Ok(Joined {
-                    request_id: "slow".into(),
-                })
+            move || {
+                let joins = joins.clone();
+                async move {
+                    joins.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok(Joined {
+                        request_id: "slow".into(),
+                    })
+                }
             }
         };
         let a = target("cam", Role::Master);
         let first = tokio::spawn({
             let (ledger, a) = (ledger.clone(), a.clone());
-            async move { ledger.join("k", a, far(), slow).await }
+            async move { ledger.join("k", a, &far(), slow).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let in_flight = || async { unreachable!("the first call is in flight") };
         let impatient = ledger
             .join(
                 "k",
                 a.clone(),
-                Instant::now() + Duration::from_millis(20),
-                async { unreachable!("the first call is in flight") },
+                &Call::new(Instant::now() + Duration::from_millis(20)),
+                in_flight,
             )
             .await;
         assert!(matches!(impatient, Err(Error::DeadlineExceeded)));
-        let patient = ledger
-            .join("k", a, far(), async {
-                unreachable!("the first call is in flight")
-            })
-            .await;
+        let patient = ledger.join("k", a, &far(), in_flight).await;
         assert_eq!(patient.unwrap().request_id, "slow");
         assert_eq!(first.await.unwrap().unwrap().request_id, "slow");
         assert_eq!(joins.load(Ordering::SeqCst), 1);
@@ -372,7 +534,7 @@ mod tests {
         let a = target("cam", Role::Master);
         for i in 0..20_000 {
             ledger
-                .join(&format!("key-{i}"), a.clone(), far(), async {
+                .join(&format!("key-{i}"), a.clone(), &far(), || async {
                     Ok(Joined {
                         request_id: "r".into(),
                     })
@@ -383,5 +545,22 @@ mod tests {
         ledger.outcomes.run_pending_tasks().await;
         let held = ledger.outcomes.entry_count();
         assert!(held <= 1_000, "{held} keys held");
+    }
+
+    #[test]
+    fn records_no_sidecar_writes_are_unreadable() {
+        let ok = r#"{"channel":"c","role":"MASTER","client_id":"","outcome":{"joined":{"request_id":"2b1f6c3e-1111-4222-a333-123456789abc"}}}"#;
+        assert!(read_record(ok).is_ok());
+        for planted in [
+            "not json",
+            r#"{"channel":"c","role":"MASTER","client_id":"","outcome":{"joined":{"request_id":"forged id with spaces"}}}"#,
+            r#"{"channel":"c","role":"MASTER","client_id":"","outcome":{"failed":{"code":0,"message":""}}}"#,
+            r#"{"channel":"c","role":"MASTER","client_id":"","outcome":{"failed":{"code":99,"message":""}}}"#,
+        ] {
+            assert!(
+                matches!(read_record(planted), Err(StoreError::Unreadable(_))),
+                "{planted}"
+            );
+        }
     }
 }

@@ -210,16 +210,19 @@ fn describe() {
     );
 }
 
-pub fn grpc_started(service: &'static str, method: &'static str) {
+/// `kind` (the `grpc_type` label) follows from the method, so it is not
+/// part of a series' key.
+pub fn grpc_started(service: &'static str, method: &'static str, kind: &'static str) {
     count(
         series(GRPC_STARTED, &[service, method]),
-        || counter!(GRPC_STARTED, "grpc_service" => service, "grpc_method" => method, "grpc_type" => "unary"),
+        || counter!(GRPC_STARTED, "grpc_service" => service, "grpc_method" => method, "grpc_type" => kind),
     );
 }
 
 pub fn grpc_handled(
     service: &'static str,
     method: &'static str,
+    kind: &'static str,
     code: tonic::Code,
     elapsed: Duration,
 ) {
@@ -229,14 +232,14 @@ pub fn grpc_handled(
             GRPC_HANDLED,
             "grpc_service" => service,
             "grpc_method" => method,
-            "grpc_type" => "unary",
+            "grpc_type" => kind,
             "grpc_code" => code,
         )
     });
     observe(
         series(GRPC_HANDLING_SECONDS, &[service, method]),
         elapsed.as_secs_f64(),
-        || histogram!(GRPC_HANDLING_SECONDS, "grpc_service" => service, "grpc_method" => method, "grpc_type" => "unary"),
+        || histogram!(GRPC_HANDLING_SECONDS, "grpc_service" => service, "grpc_method" => method, "grpc_type" => kind),
     );
 }
 
@@ -412,7 +415,13 @@ mod tests {
         let handle = install().expect("the only test installing the recorder");
         let record = || {
             for _ in 0..3 {
-                grpc_handled("test.Service", "Call", tonic::Code::Ok, Duration::ZERO);
+                grpc_handled(
+                    "test.Service",
+                    "Call",
+                    "unary",
+                    tonic::Code::Ok,
+                    Duration::ZERO,
+                );
                 endpoint_cache(true);
             }
         };

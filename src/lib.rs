@@ -26,9 +26,9 @@ mod store;
 pub mod telemetry;
 mod tls;
 
-/// The one type-erased error, for what tower, hyper and the AWS SDK hand
-/// over boxed (and for a failed serve); everything the sidecar classifies
-/// has an enum of its own.
+/// The type-erased error, for what tower, hyper, the AWS SDK and the
+/// OpenTelemetry exporter hand over boxed (and for a failed serve);
+/// everything the sidecar classifies has an enum of its own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The generated contract, and its descriptor set for server reflection.

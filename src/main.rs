@@ -75,8 +75,12 @@ async fn run(config: Config, telemetry: Telemetry) -> ExitCode {
             ExitCode::FAILURE
         }
     };
+    // The flush gets what is left of the grace, but never more than a
+    // bounded share of it: a collector that is down or slow must not hold
+    // the exit for the whole grace.
     let since = signalled.get().copied().unwrap_or_else(Instant::now);
-    telemetry.shutdown(since + grace).await;
+    let flush_until = (since + grace).min(Instant::now() + kvs_sidecar::telemetry::MAX_FLUSH);
+    telemetry.shutdown(flush_until).await;
     code
 }
 

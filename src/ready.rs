@@ -43,7 +43,20 @@ impl Ready {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        std::fs::write(&partial, json)?;
+        // A fresh file, never an existing one: whoever can write the folder
+        // could otherwise plant a symlink at the partial path and have us
+        // write through it. A partial file left by an earlier run is ours
+        // to remove (unlinking a symlink does not follow it).
+        match std::fs::remove_file(&partial) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)?;
+        std::io::Write::write_all(&mut file, &json)?;
+        drop(file);
         std::fs::rename(&partial, path)
     }
 
@@ -174,5 +187,26 @@ mod tests {
         ready.write(&path).unwrap();
         assert_eq!(Ready::read(&path).unwrap(), Some(ready));
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_partial_path_is_not_written_through() {
+        let dir =
+            std::env::temp_dir().join(format!("kvs-sidecar-ready-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let (path, victim) = (dir.join("ready.json"), dir.join("victim"));
+        std::fs::write(&victim, "untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("ready.json.partial")).unwrap();
+        let ready = Ready {
+            pid: 7,
+            grpc: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:2".parse().unwrap(),
+            unix: None,
+        };
+        ready.write(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(Ready::read(&path).unwrap(), Some(ready));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

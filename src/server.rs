@@ -25,8 +25,7 @@ use crate::{
     config::Config,
     emulator::{Emulator, EmulatorCredentials},
     grpc::{
-        self, CallLimits, WebRtcStorage, buffer_request::BufferRequestLayer,
-        call_span::CallSpanLayer, metrics::GrpcMetricsLayer,
+        self, CallLimits, WebRtcStorage, buffer_request::BufferRequestLayer, observe::ObserveLayer,
         request_deadline::RequestDeadlineLayer, require_http2::RequireHttp2Layer,
     },
     idempotency::JoinLedger,
@@ -267,16 +266,24 @@ impl App {
                 config.max_request_bytes,
             ))
             .layer(RequestDeadlineLayer::new(config.max_call_duration))
-            .layer(GrpcMetricsLayer)
-            // Outermost: what every layer below logs belongs to the call.
-            .layer(CallSpanLayer);
+            // Outermost: what every layer below logs belongs to the call,
+            // and every answer (refusals included) is counted.
+            .layer(ObserveLayer);
 
         let ready = Readiness::default();
         let admin_router = admin::router(ready.clone(), metrics.clone()).merge(admin_health);
 
         let grpc_settings = Settings {
             port: "grpc",
-            max_streams: config.max_calls_per_connection,
+            // Room for the unary calls and every session at once; calls
+            // other than sessions are held to their own per-connection limit.
+            max_streams: config
+                .max_calls_per_connection
+                .saturating_add(u32::try_from(config.max_maintained_sessions).unwrap_or(u32::MAX))
+                .min(MAX_STREAMS_PER_CONNECTION),
+            max_calls: config.max_calls_per_connection,
+            long_lived: grpc::LONG_LIVED,
+            drain_streams: DRAIN_STREAMS.min(config.shutdown_grace),
             handshake_timeout: config.handshake_timeout,
             keepalive_interval: config.keepalive_interval,
             keepalive_timeout: config.keepalive_timeout,
@@ -285,6 +292,8 @@ impl App {
         let admin_settings = Settings {
             port: "admin",
             max_streams: ADMIN_MAX_STREAMS,
+            max_calls: ADMIN_MAX_STREAMS,
+            long_lived: &[],
             ..grpc_settings.clone()
         };
         Ok(Self {
@@ -549,6 +558,14 @@ async fn emulated_kvs(config: &Config) -> Result<AwsEnv, BoxError> {
         network: Network::direct(),
     })
 }
+
+/// The most HTTP/2 streams one connection may have open, whatever
+/// `--max-maintained-sessions` says.
+const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
+
+/// In a drain, how long session streams get to take their final event
+/// (`gave_up DRAINING`) before their connection closes.
+const DRAIN_STREAMS: Duration = Duration::from_secs(2);
 
 /// A channel ARN for the emulator demo.
 const DEMO_ARN: &str = "arn:aws:kinesisvideo:us-west-2:123456789012:channel/demo/1700000000000";

@@ -16,14 +16,25 @@ use tokio::sync::OnceCell;
 /// Prefix of every key the sidecar writes, so a shared Redis stays tidy.
 const PREFIX: &str = "kvs-sidecar:";
 
+/// The largest value read back: the sidecar's own records are a few hundred
+/// bytes. Anything larger was not written by a sidecar, and is refused in
+/// Redis itself (a script), so it never crosses the network or our memory.
+pub(crate) const MAX_VALUE_BYTES: usize = 8 * 1024;
+
 #[derive(Debug, thiserror::Error)]
-#[error("the state store is unreachable: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    #[error("the state store is unreachable: {0}")]
+    Unreachable(String),
+    /// A value at one of our keys that no sidecar wrote: too large, or not
+    /// a record we can read. Treated like an outage of that key.
+    #[error("the state store holds an unreadable record: {0}")]
+    Unreadable(String),
+}
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
         // Redis errors name the command and the server, never a value.
-        StoreError(e.to_string())
+        StoreError::Unreachable(e.to_string())
     }
 }
 
@@ -65,19 +76,34 @@ impl SharedStore {
     }
 
     /// Sets `key` to `value` for `ttl` unless it exists; true if it was set.
+    ///
+    /// Every key the sidecar writes expires. One found without an expiry was
+    /// planted (or left by a bug): it gets `ttl` now, so it cannot hold a
+    /// lease or an idempotency key forever.
     pub(crate) async fn insert_new(
         &self,
         key: &str,
         value: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let options = redis::SetOptions::default()
-            .conditional_set(redis::ExistenceCheck::NX)
-            .with_expiration(redis::SetExpiry::PX(millis(ttl)));
-        let set: Option<String> = self
-            .bounded(|mut c| async move { c.set_options(prefixed(key), value, options).await })
+        const INSERT_NEW: &str = r"if redis.call('pttl', KEYS[1]) == -1 then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0";
+        let set: i64 = self
+            .bounded(|mut c| async move {
+                redis::Script::new(INSERT_NEW)
+                    .key(prefixed(key))
+                    .arg(value)
+                    .arg(millis(ttl))
+                    .invoke_async(&mut c)
+                    .await
+            })
             .await?;
-        Ok(set.is_some())
+        Ok(set == 1)
     }
 
     pub(crate) async fn set(
@@ -90,9 +116,34 @@ impl SharedStore {
             .await
     }
 
+    /// The value at `key`, if it is at most [`MAX_VALUE_BYTES`]; a larger
+    /// one is refused in Redis, before it is sent.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.bounded(|mut c| async move { c.get(prefixed(key)).await })
-            .await
+        const GET: &str = r"local n = redis.call('strlen', KEYS[1])
+if n > tonumber(ARGV[1]) then
+  return {2, tostring(n)}
+end
+local v = redis.call('get', KEYS[1])
+if not v then
+  return {0, ''}
+end
+return {1, v}";
+        let (found, value): (i64, String) = self
+            .bounded(|mut c| async move {
+                redis::Script::new(GET)
+                    .key(prefixed(key))
+                    .arg(MAX_VALUE_BYTES)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match found {
+            0 => Ok(None),
+            1 => Ok(Some(value)),
+            _ => Err(StoreError::Unreadable(format!(
+                "{value} bytes at one key, past the {MAX_VALUE_BYTES} a record may have"
+            ))),
+        }
     }
 
     /// Extends `key`'s time to live if it still holds `value`; false if it
@@ -160,7 +211,7 @@ return 0";
         };
         tokio::time::timeout(self.timeout, work)
             .await
-            .map_err(|_| StoreError(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|_| StoreError::Unreachable(format!("no answer within {:?}", self.timeout)))?
     }
 }
 

@@ -42,7 +42,10 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-use crate::config::{Config, LogFormat};
+use crate::{
+    BoxError,
+    config::{Config, LogFormat},
+};
 
 /// Capped whatever the filter asks: aws-sigv4 logs the canonical request it
 /// signs at TRACE, and for a presigned URL that holds the session token.
@@ -61,8 +64,6 @@ const SERVICE_NAME: &str = "kvs-sidecar";
 /// call path parses `traceparent` and sets OpenTelemetry-only attributes
 /// only then.
 static TRACES_ON: AtomicBool = AtomicBool::new(false);
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Whether traces are exported.
 pub fn traces_on() -> bool {
@@ -226,6 +227,9 @@ impl Telemetry {
 
 /// Even a grace spent on draining leaves the exporter this long.
 const MIN_FLUSH: Duration = Duration::from_millis(100);
+
+/// The longest the last traces' flush may hold the exit.
+pub const MAX_FLUSH: Duration = Duration::from_secs(2);
 
 /// The trace settings the standard variables give, if they ask for traces.
 #[derive(Debug, Clone, PartialEq)]

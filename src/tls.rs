@@ -1,5 +1,5 @@
 //! TLS and mutual TLS for the gRPC port (rustls).
-//!
+
 use std::{io, net::SocketAddr, path::Path, sync::Arc};
 
 use rustls::{

@@ -128,3 +128,59 @@ async fn a_refused_assume_role_is_permission_denied_and_nothing_reaches_kvs() {
     client.join_storage_session(join(ARN)).await.unwrap();
     assert!(fake.assumed_roles().is_empty());
 }
+
+/// Issue 22, finding 8: a refused or throttled AssumeRole is not asked
+/// again on every call: the failure is held (jittered, growing), and calls
+/// meanwhile get it without a request to STS.
+#[tokio::test]
+async fn a_refused_or_throttled_assume_role_is_not_asked_again_on_every_call() {
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start_with_env(
+        &fake,
+        &[
+            "--assume-role",
+            "111122223333=arn:aws:iam::111122223333:role/denied-recorder",
+        ],
+        &[("AWS_ENDPOINT_URL_STS", &fake.url())],
+    );
+    let mut client = sidecar.client().await;
+    for _ in 0..50 {
+        let status = client
+            .join_storage_session(join(&other_account("cam")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let asked = fake.received_on("/").len();
+    assert!(asked <= 4, "STS asked {asked} times for 50 refused joins");
+
+    // Throttled: every answer is `Throttling`; each load is the SDK's
+    // attempts, and loads are spaced by the hold.
+    let fake = common::kvs().await;
+    fake.script(
+        "/",
+        (0..300).map(|_| common::Reply::error(400, "Throttling")),
+    );
+    let sidecar = Sidecar::start_with_env(
+        &fake,
+        &["--assume-role", &format!("111122223333={ROLE}")],
+        &[("AWS_ENDPOINT_URL_STS", &fake.url())],
+    );
+    let mut client = sidecar.client().await;
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        let status = client
+            .join_storage_session(join(&other_account("cam")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let asked = fake.received_on("/").len();
+    // Within a few seconds: the warm-up's load and at most a few more, of
+    // at most 3 attempts each.
+    assert!(
+        asked <= 3 * (2 + started.elapsed().as_secs() as usize),
+        "STS asked {asked} times for 30 joins in {:?}",
+        started.elapsed()
+    );
+}

@@ -87,20 +87,8 @@ fn connections(sidecar: &Sidecar) -> Vec<String> {
         .collect()
 }
 
-/// The process's peak resident memory so far (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn assert_under_memory_limit(sidecar: &Sidecar) {
-    let peak = peak_rss_kib(sidecar.pid());
+    let peak = common::peak_rss_kib(sidecar.pid());
     let test = std::thread::current().name().unwrap_or("?").to_owned();
     eprintln!("{test}: peak RSS {:.1} MiB", peak as f64 / 1024.0);
     assert!(
@@ -245,8 +233,8 @@ async fn memory_goes_back_to_the_system_after_a_spike() {
     assert!(grown > 20 * 1024, "the spike grew RSS by {grown} KiB only");
     // At least a third of it. Some stays with a worker thread that parked
     // before its pages' purge delay ran out and has not woken since (seen
-    // here: from a 48 MiB spike, 1 to 24 MiB stayed, run to run; see the
-    // README's Security section). Without purging, all of it stays.
+    // here: from a 48 MiB spike, 1 to 24 MiB stayed, run to run; see
+    // docs/security.md). Without purging, all of it stays.
     let fell = Instant::now();
     loop {
         let now = common::rss_kib(sidecar.pid());
@@ -327,6 +315,35 @@ async fn headers_only_joins_do_not_starve_legitimate_joins() {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A 49th call on a full connection is refused at once (issue 22: the
+    // per-connection bound counts calls, not the HTTP/2 streams sessions
+    // also use).
+    let first = h2_connection(sidecar.grpc, &mut connections).await;
+    let mut over = Vec::new();
+    for _ in 0..48 {
+        let mut send = first.clone().ready().await.unwrap();
+        let (_, body) = send
+            .send_request(grpc_request(STORAGE_JOIN, None), false)
+            .unwrap();
+        over.push(body);
+    }
+    let mut send = first.clone().ready().await.unwrap();
+    let (refused, _body) = send
+        .send_request(grpc_request(STORAGE_JOIN, None), false)
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(2), refused)
+        .await
+        .expect("refused at once")
+        .unwrap();
+    assert_eq!(
+        refused
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("8"),
+        "RESOURCE_EXHAUSTED"
+    );
+    drop(over);
     // Every legitimate join is served while the attackers' streams are open.
     let mut legitimate = JoinSet::new();
     for _ in 0..30 {
@@ -344,7 +361,11 @@ async fn headers_only_joins_do_not_starve_legitimate_joins() {
         "unfinished joins with a 1 s deadline",
     )
     .await;
-    assert_eq!(advertised, [48; 4], "MAX_CONCURRENT_STREAMS per connection");
+    // 48 calls and the 1,000 sessions (`--max-maintained-sessions`).
+    assert_eq!(
+        advertised, [1048; 4],
+        "MAX_CONCURRENT_STREAMS per connection"
+    );
     assert_under_memory_limit(&sidecar);
     drop(attackers);
     connections.shutdown().await;
@@ -614,4 +635,287 @@ impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+// === Issue 22: session streams ===
+
+const MAINTAIN: &str = "/kvs.webrtcstorage.v1.WebRtcStorageService/MaintainStorageSession";
+
+/// One gRPC message, length-prefixed.
+fn framed(message: &impl prost::Message) -> Bytes {
+    let body = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&body);
+    framed.into()
+}
+
+fn start(channel_arn: &str) -> Bytes {
+    use kvs_sidecar::pb::{
+        MaintainStorageSessionRequest, SessionStart, maintain_storage_session_request::Kind,
+    };
+    framed(&MaintainStorageSessionRequest {
+        kind: Some(Kind::Start(SessionStart {
+            channel_arn: channel_arn.into(),
+            ..Default::default()
+        })),
+    })
+}
+
+/// A `report` padded to ~4 KiB with a field the contract does not have
+/// (decoders skip unknown fields), so a flood of them is cheap to send.
+fn padded_report() -> Bytes {
+    use kvs_sidecar::pb::{
+        MaintainStorageSessionRequest, SessionReport, SessionReportKind,
+        maintain_storage_session_request::Kind,
+    };
+    let report = MaintainStorageSessionRequest {
+        kind: Some(Kind::Report(SessionReport {
+            kind: SessionReportKind::OfferReceived.into(),
+        })),
+    };
+    let mut body = prost::Message::encode_to_vec(&report);
+    // Field 15, length-delimited, 4,000 bytes.
+    body.extend_from_slice(&[0x7a, 0xa0, 0x1f]);
+    body.extend(std::iter::repeat_n(0u8, 4000));
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&body);
+    framed.into()
+}
+
+/// An HTTP/2 connection that never lets the server send it data (its
+/// stream window is 0): a caller that reads nothing.
+async fn deaf_connection(
+    addr: SocketAddr,
+    tasks: &mut JoinSet<()>,
+) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tasks.spawn(async move {
+        let _ = connection.await;
+    });
+    send.ready().await.unwrap()
+}
+
+/// A maintained session on its own connection, for the events a
+/// well-behaved caller sees.
+async fn legitimate_session(
+    sidecar: &Sidecar,
+    arn: &str,
+) -> (
+    tokio::sync::mpsc::Sender<kvs_sidecar::pb::MaintainStorageSessionRequest>,
+    tonic::Streaming<kvs_sidecar::pb::MaintainStorageSessionResponse>,
+) {
+    use kvs_sidecar::pb::{
+        MaintainStorageSessionRequest, SessionStart, maintain_storage_session_request::Kind,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(MaintainStorageSessionRequest {
+        kind: Some(Kind::Start(SessionStart {
+            channel_arn: arn.into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut events = sidecar
+        .client()
+        .await
+        .maintain_storage_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("a legitimate session starts")
+        .into_inner();
+    let joined = events.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            joined.event,
+            Some(kvs_sidecar::pb::maintain_storage_session_response::Event::Joined(_))
+        ),
+        "{joined:?}"
+    );
+    (tx, events)
+}
+
+/// Findings 1 and 2: callers that read nothing while flooding reports, and
+/// streams that never send `start`, hold neither memory nor the shutdown.
+/// 120 connections each start a session, then send reports as fast as
+/// flow control lets them while the supervisor is busy with a slow join and
+/// reading nothing back; 40 more connections open HEADERS-only session
+/// streams. Memory stays under the limit, legitimate calls are served, and
+/// SIGTERM exits within a few seconds with every one of them still open,
+/// after a well-behaved session got its `gave_up DRAINING`.
+#[tokio::test]
+async fn deaf_and_silent_session_streams_hold_neither_memory_nor_the_shutdown() {
+    let (fake, mut sidecar, client) = sidecar(&[]).await;
+    let (_tx, mut legit) = legitimate_session(&sidecar, &common::arn("legit")).await;
+    fake.script(
+        "/joinStorageSession",
+        (0..120).map(|_| Reply::Slow(Duration::from_secs(20), Box::new(Reply::Ok))),
+    );
+    let mut attack = JoinSet::new();
+    for c in 0..120 {
+        let send = deaf_connection(sidecar.grpc, &mut attack).await;
+        let arn = common::arn(&format!("deaf-{c}"));
+        attack.spawn(async move {
+            let Ok(mut send) = send.ready().await else {
+                return;
+            };
+            let Ok((_answer, mut body)) = send.send_request(grpc_request(MAINTAIN, None), false)
+            else {
+                return;
+            };
+            if body.send_data(start(&arn), false).is_err() {
+                return;
+            }
+            let report = padded_report();
+            // At most 2 MiB each, for at most 3 s.
+            let until = tokio::time::Instant::now() + Duration::from_secs(3);
+            for _ in 0..(2 << 20) / report.len() {
+                body.reserve_capacity(report.len());
+                let capacity = std::future::poll_fn(|cx| body.poll_capacity(cx));
+                match tokio::time::timeout_at(until, capacity).await {
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+                if body.send_data(report.clone(), false).is_err() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        });
+    }
+    let mut silent = JoinSet::new();
+    let mut bodies = Vec::new();
+    for _ in 0..40 {
+        let send = h2_connection(sidecar.grpc, &mut silent).await;
+        for _ in 0..256 {
+            let Ok(mut send) = send.clone().ready().await else {
+                break;
+            };
+            if let Ok((_, body)) = send.send_request(grpc_request(MAINTAIN, None), false) {
+                bodies.push(body);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    legitimate_join(&client).await;
+    probes_answer(&sidecar).await;
+    assert_under_memory_limit(&sidecar);
+
+    let signalled = Instant::now();
+    sidecar.signal("TERM");
+    // Its final event within 5 s (after any re-join it was making).
+    let gave_up = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = legit.message().await.unwrap().unwrap().event;
+            if let Some(kvs_sidecar::pb::maintain_storage_session_response::Event::GaveUp(g)) =
+                event
+            {
+                return g;
+            }
+        }
+    })
+    .await
+    .expect("the legitimate session's final event within 5 s");
+    assert_eq!(gave_up.reason(), kvs_sidecar::pb::GiveUpReason::Draining);
+    let status = sidecar.wait_exit(Duration::from_secs(8)).await;
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(6),
+        "SIGTERM took {:?} (the grace is 20 s)",
+        signalled.elapsed()
+    );
+    drop(bodies);
+    attack.shutdown().await;
+    silent.shutdown().await;
+}
+
+/// Finding 2: streams that never send `start` are bounded (256 wait at
+/// once, the next is refused at once) and ended after their wait.
+#[tokio::test]
+async fn session_streams_without_start_are_bounded_and_time_out() {
+    let (_fake, sidecar, client) = sidecar(&[("KVS_SIDECAR_MAX_CALL_DURATION", "2s")]).await;
+    let mut connections = JoinSet::new();
+    let send = h2_connection(sidecar.grpc, &mut connections).await;
+    let mut waiting = Vec::new();
+    for _ in 0..256 {
+        let mut send = send.clone().ready().await.unwrap();
+        waiting.push(
+            send.send_request(grpc_request(MAINTAIN, None), false)
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut send = send.clone().ready().await.unwrap();
+    let (refused, _body) = send
+        .send_request(grpc_request(MAINTAIN, None), false)
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(1), refused)
+        .await
+        .expect("refused at once")
+        .unwrap();
+    assert_eq!(
+        refused
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("8"),
+        "RESOURCE_EXHAUSTED"
+    );
+    // The waiting ones end at their 2 s wait for `start` (DEADLINE_EXCEEDED).
+    for (answer, _body) in waiting {
+        let answer = tokio::time::timeout(Duration::from_secs(4), answer)
+            .await
+            .expect("ended within its wait")
+            .unwrap();
+        assert_eq!(
+            answer
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap()),
+            Some("4")
+        );
+    }
+    legitimate_join(&client).await;
+    connections.shutdown().await;
+}
+
+/// Finding 6: grpc-core (like tonic's Channel) shares one connection per
+/// target. 300 sessions on one connection (past the 256 calls a connection
+/// may have in flight) all start, and a unary join on the same connection
+/// is still served.
+#[tokio::test]
+async fn one_connection_holds_more_sessions_than_calls_and_still_serves_joins() {
+    let (_fake, _sidecar, client) = sidecar(&[]).await;
+    let mut sessions = Vec::new();
+    for i in 0..300 {
+        use kvs_sidecar::pb::{
+            MaintainStorageSessionRequest, SessionStart, maintain_storage_session_request::Kind,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(MaintainStorageSessionRequest {
+            kind: Some(Kind::Start(SessionStart {
+                channel_arn: common::arn(&format!("one-conn-{i}")),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut client = client.clone();
+        let call = client.maintain_storage_session(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let events = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .unwrap_or_else(|_| panic!("session {i} did not start within 5 s"))
+            .expect("started")
+            .into_inner();
+        sessions.push((tx, events));
+    }
+    legitimate_join(&client).await;
+    drop(sessions);
 }

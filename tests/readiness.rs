@@ -171,19 +171,72 @@ async fn concurrent_checks_share_one_and_answers_are_reused_briefly() {
 async fn the_describe_rate_limit_refuses_what_cannot_fit_before_the_deadline() {
     let fake = common::kvs().await;
     let sidecar = Sidecar::start(&fake, &["--describe-rate", "1"]);
-    let mut client = sidecar.client().await;
-    // The first check takes the one token of the second and queues behind
-    // it; a check that must answer within 100 ms cannot get one.
-    client
-        .check_storage_readiness(check(&arn("cam-1")))
-        .await
-        .unwrap();
-    let mut request = tonic::Request::new(check(&arn("cam-2")));
-    request.set_timeout(Duration::from_millis(100));
-    let refused = client.check_storage_readiness(request).await.unwrap_err();
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused.message().contains("client-side rate for Describe"),
-        "{refused:?}"
-    );
+    let client = sidecar.client().await;
+    // At one Describe* a second, checks of five more channels at once (two
+    // or three Describe* each) would queue far more than the second of
+    // waiting the bucket allows: those past it are refused at once, with
+    // the reason, whatever the callers' deadlines.
+    let checks: Vec<_> = (2..7)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut request = tonic::Request::new(check(&arn(&format!("cam-{i}"))));
+                request.set_timeout(Duration::from_secs(20));
+                client.check_storage_readiness(request).await
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for c in checks {
+        if let Err(status) = c.await.unwrap() {
+            refused.push(status);
+        }
+    }
+    assert!(!refused.is_empty(), "none refused");
+    for status in refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("client-side rate for Describe"),
+            "{status:?}"
+        );
+    }
+}
+
+/// Issue 22, finding 5: the shared check runs under its own deadline. With
+/// Describe* taking 300 ms, a dashboard polling with a 200 ms deadline
+/// keeps starting checks; a caller with 5 s that joins one must get the
+/// answer, not the dashboard's DEADLINE_EXCEEDED.
+#[tokio::test]
+async fn a_short_deadline_caller_does_not_fail_the_patient_ones_sharing_its_check() {
+    let fake = common::kvs().await;
+    // A cache of 1 ms: every poll starts a new shared check.
+    let sidecar = Sidecar::start(&fake, &["--readiness-cache-ttl", "1ms"]);
+    let client = sidecar.client().await;
+    let slow = || common::Reply::Slow(Duration::from_millis(300), Box::new(common::Reply::Ok));
+    for path in DESCRIBES {
+        fake.script(path, (0..200).map(|_| slow()));
+    }
+    let dashboard = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            for _ in 0..15 {
+                let mut request = tonic::Request::new(check(&arn("front-door")));
+                request.set_timeout(Duration::from_millis(200));
+                let _ = client.check_storage_readiness(request).await;
+            }
+        }
+    });
+    let mut answered = 0;
+    for _ in 0..5 {
+        // Joins the dashboard's check in flight.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut patient = client.clone();
+        let mut request = tonic::Request::new(check(&arn("front-door")));
+        request.set_timeout(Duration::from_secs(5));
+        let answer = patient.check_storage_readiness(request).await;
+        assert!(answer.is_ok(), "a 5 s caller failed: {answer:?}");
+        answered += 1;
+    }
+    assert_eq!(answered, 5);
+    dashboard.await.unwrap();
 }

@@ -485,18 +485,12 @@ async fn rejected_and_refused_calls_cannot_amplify_the_log() {
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let (fake, mut sidecar, client) = common::warmed(&[]).await;
 
-    fake.script(
-        JOIN,
-        [Reply::Slow(
-            Duration::from_millis(1500),
-            Box::new(Reply::Ok),
-        )],
-    );
-    let in_flight = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.join_storage_session(join(ARN)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = fake.received_on(JOIN).len();
+    let in_flight = common::slow_joins(&fake, &client, 1, Duration::from_millis(1500))
+        .pop()
+        .unwrap();
+    // The join is in flight once the emulator has it.
+    common::joins_arrived(&fake, before + 1).await;
     sidecar.signal("TERM");
 
     let until = Instant::now() + Duration::from_secs(1);

@@ -205,6 +205,8 @@ async fn gives_up_after_the_failure_budget_and_at_once_on_a_final_error() {
     for series in [
         r#"kvs_sidecar_sessions_given_up_total{reason="failure_budget"} 1"#,
         r#"kvs_sidecar_sessions_given_up_total{reason="final_error"} 1"#,
+        // A bidirectional stream is labelled as one (issue 20).
+        r#"grpc_server_handled_total{grpc_service="kvs.webrtcstorage.v1.WebRtcStorageService",grpc_method="MaintainStorageSession",grpc_type="bidi_stream",grpc_code="NotFound"} 1"#,
     ] {
         assert!(metrics.contains(series), "{series} in\n{metrics}");
     }

@@ -228,3 +228,206 @@ async fn an_unreachable_store_leaves_joins_working_and_refuses_sessions() {
     };
     assert_eq!(refused.code(), Code::Unavailable);
 }
+
+/// Runs one Redis command against `redis`.
+async fn redis(redis: &Redis, args: &[&[u8]]) -> redis::Value {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut conn).await.unwrap()
+}
+
+/// Issue 22, finding 3: a value planted at an idempotency key is refused in
+/// Redis itself when it is larger than any record a sidecar writes, so
+/// callers with that key cost nothing and are served (without the ledger,
+/// as during an outage), not answered INTERNAL blaming KVS.
+#[tokio::test]
+async fn an_oversized_record_in_the_store_is_never_read_into_memory() {
+    let redis_server = Redis::start();
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &["--state-store", redis_server.url.as_str()]);
+    let mut client = sidecar.client().await;
+    client.join_storage_session(keyed("warm")).await.unwrap();
+    let planted = vec![b'x'; 64 << 20];
+    redis(
+        &redis_server,
+        &[b"SET", b"kvs-sidecar:idempotency:planted", &planted],
+    )
+    .await;
+    let before = common::peak_rss_kib(sidecar.pid());
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.join_storage_session(keyed("planted")).await })
+        })
+        .collect();
+    for call in calls {
+        let answer = call.await.unwrap();
+        let answer = answer.expect("served without the ledger, as during an outage");
+        assert!(common::is_request_id(&answer.into_inner().aws_request_id));
+    }
+    let grown = common::peak_rss_kib(sidecar.pid()).saturating_sub(before);
+    assert!(grown < 16 * 1024, "peak RSS grew by {} MiB", grown / 1024);
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kvs_sidecar_state_store_errors_total{")),
+        "the unreadable record is counted as a store error"
+    );
+}
+
+/// Issue 22, finding 4: only final outcomes are replayed. After a first call
+/// that failed in passing (its own deadline, a 503), a retry with the same
+/// key once it is over makes a real join and succeeds; a final error (the
+/// channel does not exist) is replayed without a join. In memory and in
+/// Redis alike.
+#[tokio::test]
+async fn a_key_replays_final_outcomes_and_retries_after_passing_failures() {
+    let redis_server = Redis::start();
+    let fake = common::kvs().await;
+    for args in [vec![], vec!["--state-store", redis_server.url.as_str()]] {
+        let sidecar = Sidecar::start(&fake, &args);
+        let mut client = sidecar.client().await;
+        let store = if args.is_empty() { "memory" } else { "redis" };
+        client.join_storage_session(keyed("warm")).await.unwrap();
+
+        // The first caller's own 0.5 s deadline passes while KVS is slow.
+        fake.script(
+            JOIN,
+            [Reply::Slow(
+                Duration::from_millis(1500),
+                Box::new(Reply::Ok),
+            )],
+        );
+        let key = format!("deadline-{store}");
+        let mut first = tonic::Request::new(keyed(&key));
+        first.set_timeout(Duration::from_millis(500));
+        // (Ended by whichever side's timer fires first.)
+        assert!(client.join_storage_session(first).await.is_err(), "{store}");
+        let joins = fake.received_on(JOIN).len();
+        let mut retry = tonic::Request::new(keyed(&key));
+        retry.set_timeout(Duration::from_secs(5));
+        let retried = client.join_storage_session(retry).await;
+        let retried = retried.unwrap_or_else(|e| panic!("{store}: the retry failed: {e:?}"));
+        assert!(common::is_request_id(&retried.into_inner().aws_request_id));
+        assert_eq!(
+            fake.received_on(JOIN).len(),
+            joins + 1,
+            "{store}: a real join"
+        );
+
+        // A 503 on each of the first call's 3 attempts (the default
+        // --max-attempts); the retry, with KVS healthy, succeeds.
+        let key = format!("unavailable-{store}");
+        fake.script(
+            JOIN,
+            (0..3).map(|_| Reply::error(503, "ServiceUnavailable")),
+        );
+        let first = client.join_storage_session(keyed(&key)).await;
+        assert_eq!(first.unwrap_err().code(), Code::Unavailable, "{store}");
+        assert_eq!(fake.scripted_left(JOIN), 0);
+        let retried = client.join_storage_session(keyed(&key)).await;
+        assert!(retried.is_ok(), "{store}: {retried:?}");
+
+        // Throttled until the first call gives up; the retry succeeds.
+        let key = format!("throttled-{store}");
+        let throttled = tokio::time::Instant::now();
+        fake.throttle(JOIN, Duration::from_millis(800));
+        let mut first = tonic::Request::new(keyed(&key));
+        first.set_timeout(Duration::from_millis(500));
+        assert!(client.join_storage_session(first).await.is_err(), "{store}");
+        tokio::time::sleep_until(throttled + Duration::from_millis(900)).await;
+        let retried = client.join_storage_session(keyed(&key)).await;
+        assert!(retried.is_ok(), "{store}: {retried:?}");
+
+        // A final error is replayed, and no join is sent.
+        let missing = JoinStorageSessionRequest {
+            channel_arn: common::arn("missing-cam"),
+            idempotency_key: format!("missing-{store}"),
+        };
+        let first = client.join_storage_session(missing.clone()).await;
+        assert_eq!(first.unwrap_err().code(), Code::NotFound);
+        let joins = fake.received_on(JOIN).len();
+        let again = client.join_storage_session(missing).await;
+        assert_eq!(again.unwrap_err().code(), Code::NotFound);
+        assert_eq!(fake.received_on(JOIN).len(), joins, "{store}: replayed");
+    }
+}
+
+/// Issue 22 (Redis is trusted too much): a lease planted without a time
+/// to live cannot mean "another replica" forever: the sidecar gives it one.
+#[tokio::test]
+async fn a_lease_planted_without_expiry_is_given_one() {
+    let redis_server = Redis::start();
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(
+        &fake,
+        &[
+            "--state-store",
+            redis_server.url.as_str(),
+            "--session-lease",
+            "2s",
+        ],
+    );
+    let arn = common::arn("planted-lease");
+    let lease = format!("kvs-sidecar:session:{arn}:");
+    redis(&redis_server, &[b"SET", lease.as_bytes(), b"someone"]).await;
+    let refused = maintain(&sidecar, &arn).await.map(|_| ()).unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    let ttl = redis(&redis_server, &[b"PTTL", lease.as_bytes()]).await;
+    assert!(
+        matches!(ttl, redis::Value::Int(ms) if ms > 0 && ms <= 2_000),
+        "{ttl:?}"
+    );
+    // Once it expires, the session is maintained here.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let (_tx, mut events) = maintain(&sidecar, &arn).await.expect("maintained");
+    let first = events.message().await.unwrap().unwrap();
+    assert!(first.event.is_some());
+}
+
+/// docs/sessions.md's Redis ACL for the sidecar's own user is enough: keyed joins
+/// replay and sessions lease, with no state-store error.
+#[tokio::test]
+async fn the_documented_acl_is_all_the_sidecar_needs() {
+    let redis_server = Redis::start();
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sessions.md")).unwrap();
+    let acl = docs
+        .split('`')
+        .find(|s| s.starts_with("ACL SETUSER kvs-sidecar "))
+        .expect("docs/sessions.md names the ACL")
+        .replace(">PASSWORD", ">s3cret");
+    let args: Vec<&[u8]> = acl.split(' ').map(str::as_bytes).collect();
+    redis(&redis_server, &args).await;
+    let url = redis_server
+        .url
+        .replace("redis://", "redis://kvs-sidecar:s3cret@");
+    let fake = common::kvs().await;
+    let sidecar = Sidecar::start(&fake, &["--state-store", url.as_str()]);
+    let mut client = sidecar.client().await;
+    let first = client.join_storage_session(keyed("acl")).await.unwrap();
+    let again = client.join_storage_session(keyed("acl")).await.unwrap();
+    assert_eq!(
+        first.into_inner().aws_request_id,
+        again.into_inner().aws_request_id
+    );
+    let (_tx, mut events) = maintain(&sidecar, &common::arn("acl-session"))
+        .await
+        .unwrap();
+    assert!(events.message().await.unwrap().unwrap().event.is_some());
+    let (_, metrics) = sidecar.admin_get("/metrics");
+    assert!(
+        !metrics.contains("kvs_sidecar_state_store_errors_total{"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("state_store"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -461,3 +461,42 @@ async fn settings_it_cannot_honour_stop_the_start_without_printing_headers() {
         assert!(!output.iter().any(|l| l.contains(SECRET)), "{output:#?}");
     }
 }
+
+/// Issue 22: a collector that accepts connections and never answers does
+/// not hold the exit for the whole grace: the last flush gets a bounded
+/// share of it.
+#[tokio::test]
+async fn sigterm_exits_promptly_when_the_collector_never_answers() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    // Accepts and holds every connection, reading nothing.
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in silent.incoming().take(8) {
+            match conn {
+                Ok(conn) => open.push(conn),
+                Err(_) => return,
+            }
+        }
+    });
+    let fake = kvs().await;
+    let mut sidecar = Sidecar::start_with_env(
+        &fake,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ],
+    );
+    traced_join(&sidecar, &caller_trace()).await;
+    let signalled = std::time::Instant::now();
+    sidecar.signal("TERM");
+    let status = sidecar.wait_exit(std::time::Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(5),
+        "exit took {:?} (the grace is 20 s)",
+        signalled.elapsed()
+    );
+    drop(held);
+}

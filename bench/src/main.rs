@@ -1,6 +1,6 @@
 //! kvs-bench: measures kvs-sidecar against the official AWS SDK, both
 //! calling the same fast fake KVS on loopback, and writes the result as JSON
-//! and Markdown. `scripts/bench` builds and runs it; see the README.
+//! and Markdown. `scripts/bench` builds and runs it; see docs/performance.md.
 
 mod at_rest;
 mod fake;

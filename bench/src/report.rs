@@ -1,4 +1,4 @@
-//! The run's result: JSON for machines, a Markdown table for the README,
+//! The run's result: JSON for machines, a Markdown table for docs/performance.md,
 //! and the targets checked against the figures.
 
 use std::{fmt::Write as _, path::Path};

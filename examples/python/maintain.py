@@ -121,6 +121,9 @@ def watch_signaling(socket, session: Session):
             # on the DISCONNECTED report.
             session.report("DISCONNECTED")
             return
+        if session.finished.is_set():
+            # Arrived as the session ended: no longer ours to report.
+            return
         if message.get("messageType") != "SDP_OFFER":
             continue
         offer = json.loads(base64.b64decode(message["messagePayload"]))

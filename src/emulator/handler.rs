@@ -63,6 +63,11 @@ impl Emulator {
                 .and_then(|q| q.pop_front())
                 .or_else(|| throttled.then(|| Reply::error(400, "ClientLimitExceededException")))
         };
+        let mut scripted = scripted;
+        while let Some(Reply::Slow(pause, then)) = scripted {
+            tokio::time::sleep(pause).await;
+            scripted = Some(*then);
+        }
         let service = if sts { "sts" } else { "kinesisvideo" };
         let mut answer = match self.authenticate(&parts.headers, signature, service) {
             Ok(_) if sts => sts::sts_error_or(scripted, || self.sts(&body)),
@@ -101,6 +106,17 @@ impl Emulator {
                     dialect,
                 } => Ok(error(status, code, &format!("emulated {code}"), dialect)),
                 Reply::Ok => Ok(self.operation(path, body, scope)),
+                Reply::Raw {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    let mut answer = Response::builder().status(status);
+                    for (name, value) in headers {
+                        answer = answer.header(name, value);
+                    }
+                    Ok(answer.body(Full::new(body)).unwrap_or_default())
+                }
             };
         }
     }
@@ -436,7 +452,7 @@ fn ice_server_config(arn: &ChannelArn, now: std::time::SystemTime) -> String {
 pub(super) fn respond(status: u16) -> http::response::Builder {
     Response::builder()
         .status(status)
-        .header("x-amzn-RequestId", request_id())
+        .header("x-amzn-RequestId", super::request_id())
         .header("content-type", "application/json")
 }
 
@@ -479,14 +495,4 @@ fn access_key(headers: &http::HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split("Credential=").nth(1))
         .and_then(|v| v.split('/').next())
-}
-
-/// A random UUID, the form of KVS's request ids.
-pub(super) fn request_id() -> String {
-    let hex = |n: usize| -> String {
-        (0..n)
-            .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))
-            .collect()
-    };
-    format!("{}-{}-4{}-a{}-{}", hex(8), hex(4), hex(3), hex(3), hex(12))
 }

@@ -141,6 +141,13 @@ pub enum Reply {
     Slow(Duration, Box<Reply>),
     /// Drop the connection without answering.
     Reset,
+    /// Answer exactly this, for tests of a broken or hostile upstream
+    /// (oversized request ids, error codes or endpoint lists).
+    Raw {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
 }
 
 impl Reply {
@@ -389,4 +396,14 @@ impl Emulator {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A random UUID, the form of KVS's request ids.
+fn request_id() -> String {
+    let hex = |n: usize| -> String {
+        (0..n)
+            .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))
+            .collect()
+    };
+    format!("{}-{}-4{}-a{}-{}", hex(8), hex(4), hex(3), hex(3), hex(12))
 }

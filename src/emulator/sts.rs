@@ -94,7 +94,7 @@ impl Emulator {
             credentials.secret_access_key,
             credentials.session_token.as_deref().unwrap_or_default(),
             humantime::format_rfc3339_seconds(expiry),
-            super::handler::request_id(),
+            super::request_id(),
         );
         {
             let mut state = self.lock();
@@ -116,7 +116,7 @@ impl Emulator {
 pub(super) fn sts_error(status: u16, code: &str, message: &str) -> Answer {
     let xml = format!(
         r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>{}</RequestId></ErrorResponse>"#,
-        super::handler::request_id()
+        super::request_id()
     );
     xml_answer(status, xml)
 }

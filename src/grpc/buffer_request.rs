@@ -1,15 +1,15 @@
 //! Storage calls are read whole before they are decoded and take a call
 //! slot (`service.rs`, `WebRtcStorage::unary`). When the slot was taken as
 //! headers arrived, clients that sent headers and no body held every slot
-//! while legitimate calls were shed (issue 13). Reading here, under the
-//! call's deadline ([`CallDeadline`]) and a size limit
-//! (`--max-request-bytes`), a slow body costs its sender a stream and a few
-//! KiB, and no one else anything.
+//! while legitimate calls were shed (issue 13). Reading here, under a size
+//! limit (`--max-request-bytes`), a slow body costs its sender a stream and
+//! a few KiB, and no one else anything.
 //!
-//! The time spent waiting for the body comes off the call's deadline:
-//! `grpc-timeout` is rewritten to what is left, so the handler's deadline is
-//! still the caller's. A request that is whole on arrival, the usual case,
-//! is read without a timer and passed on with its header as it came.
+//! The read is bounded by the call's deadline through the body itself
+//! (`request_deadline`'s `DeadlineBody`, the one bound on a request body):
+//! a body still incomplete at the deadline ends with DEADLINE_EXCEEDED
+//! here. The deadline stays in the request's extensions ([`CallDeadline`])
+//! for the handler; nothing is rewritten.
 
 use std::{
     pin::Pin,
@@ -18,9 +18,6 @@ use std::{
 
 use axum::body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::time::Instant;
-
-use super::{deadline, request_deadline::CallDeadline};
 
 /// gRPC's length-prefixed framing: a flag byte and a 4-byte length.
 const FRAME_HEADER: usize = 5;
@@ -90,45 +87,18 @@ where
         }
         let limit = self.limit;
         Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            let deadline = parts.extensions.get::<CallDeadline>().map(|d| d.0);
-            let read = Limited::new(body, limit).collect();
-            tokio::pin!(read);
-            // Most requests are whole by the time their headers are
-            // dispatched: read without arming a timer, and wait under the
-            // deadline only for a body still on its way.
-            let (read, waited) =
-                match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
-                    Poll::Ready(read) => (Ok(read), false),
-                    Poll::Pending => match deadline {
-                        Some(at) => (tokio::time::timeout_at(at, read).await, true),
-                        None => (Ok(read.await), true),
-                    },
-                };
-            let message = match read {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            let (parts, body) = req.into_parts();
+            let message = match Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) if error.is::<LengthLimitError>() => {
                     return Ok(answer(tonic::Status::resource_exhausted(format!(
                         "request larger than {} bytes (--max-request-bytes)",
                         limit - FRAME_HEADER
                     ))));
                 }
-                // Our own deadline (request_deadline), or the peer's reset.
-                Ok(Err(error)) => return Ok(answer(tonic::Status::from_error(error))),
-                Err(_) => {
-                    return Ok(answer(tonic::Status::deadline_exceeded(
-                        "the request did not arrive within its deadline",
-                    )));
-                }
+                // The call's deadline (request_deadline), or the peer's reset.
+                Err(error) => return Ok(answer(tonic::Status::from_error(error))),
             };
-            // A read that did not wait took no time worth taking off: the
-            // handler works the same deadline out from the same header.
-            if let (Some(at), true) = (deadline, waited) {
-                let left = at.saturating_duration_since(Instant::now());
-                parts
-                    .headers
-                    .insert("grpc-timeout", deadline::header_value(left));
-            }
             inner
                 .call(http::Request::from_parts(parts, Body::from(message)))
                 .await
@@ -148,7 +118,8 @@ mod tests {
     use tower_test::mock;
 
     use super::*;
-    use crate::grpc::request_deadline::tests::stalled;
+    use crate::grpc::request_deadline::{CallDeadline, RequestDeadlineLayer, tests::stalled};
+    use tokio::time::Instant;
 
     const PREFIX: &str = "/kvs.webrtcstorage.v1.WebRtcStorageService/";
 
@@ -165,7 +136,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_inner_service_sees_only_complete_requests_with_the_time_left() {
+    async fn the_inner_service_sees_only_complete_requests_with_their_deadline() {
         let (service, mut handle) = mock::pair::<http::Request<Body>, http::Response<Body>>();
         let service = BufferRequestLayer::new(|p| p.starts_with(PREFIX), 4096).layer(service);
         let at = Instant::now() + Duration::from_secs(10);
@@ -174,38 +145,22 @@ mod tests {
         let body = Body::new(http_body_util::StreamBody::new(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ));
-        let call = tokio::spawn(service.oneshot(request(
-            &format!("{PREFIX}JoinStorageSession"),
-            body,
-            Some(at),
-        )));
+        let mut req = request(&format!("{PREFIX}JoinStorageSession"), body, Some(at));
+        req.headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("10S"));
+        let call = tokio::spawn(service.oneshot(req));
         tokio::time::sleep(Duration::from_secs(3)).await;
         tx.send(Ok(http_body::Frame::data("abc".into())))
             .await
             .unwrap();
         drop(tx);
         let (req, answer) = handle.next_request().await.unwrap();
-        assert_eq!(req.headers()["grpc-timeout"], "7000000u");
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"abc");
-        answer.send_response(http::Response::new(Body::empty()));
-        call.await.unwrap().unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_request_whole_on_arrival_keeps_its_deadline_header() {
-        let (service, mut handle) = mock::pair::<http::Request<Body>, http::Response<Body>>();
-        let service = BufferRequestLayer::new(|p| p.starts_with(PREFIX), 4096).layer(service);
-        let mut req = request(
-            &format!("{PREFIX}JoinStorageSession"),
-            Body::from("abc"),
-            Some(Instant::now() + Duration::from_secs(5)),
+        // The deadline travels as it came, parsed once: in the extensions.
+        assert_eq!(
+            req.extensions().get::<CallDeadline>(),
+            Some(&CallDeadline(at))
         );
-        req.headers_mut()
-            .insert("grpc-timeout", http::HeaderValue::from_static("5S"));
-        let call = tokio::spawn(service.oneshot(req));
-        let (req, answer) = handle.next_request().await.unwrap();
-        assert_eq!(req.headers()["grpc-timeout"], "5S");
+        assert_eq!(req.headers()["grpc-timeout"], "10S");
         let body = req.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"abc");
         answer.send_response(http::Response::new(Body::empty()));
@@ -215,17 +170,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_never_ends_never_reaches_the_inner_service() {
         let (service, mut handle) = mock::pair::<http::Request<Body>, http::Response<Body>>();
-        let service = BufferRequestLayer::new(|p| p.starts_with(PREFIX), 4096).layer(service);
+        // As served: the deadline layer outside, bounding the body.
+        let service = RequestDeadlineLayer::new(Duration::from_secs(30))
+            .layer(BufferRequestLayer::new(|p| p.starts_with(PREFIX), 4096).layer(service));
         let started = Instant::now();
-        let at = started + Duration::from_secs(2);
-        let response = service
-            .oneshot(request(
-                &format!("{PREFIX}JoinStorageSession"),
-                stalled(b"\0"),
-                Some(at),
-            ))
-            .await
-            .unwrap();
+        let mut req = request(&format!("{PREFIX}JoinStorageSession"), stalled(b"\0"), None);
+        req.headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("2S"));
+        let response = service.oneshot(req).await.unwrap();
         assert_eq!(grpc_status(&response), Some("4"), "DEADLINE_EXCEEDED");
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         // The service is gone, and no request ever reached it.

@@ -37,18 +37,6 @@ pub(crate) fn parse_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// `left` as a `grpc-timeout` value: microseconds while they fit the
-/// header's 8 digits (99 s), milliseconds beyond.
-pub(crate) fn header_value(left: Duration) -> http::HeaderValue {
-    let micros = left.as_micros();
-    let value = if micros <= 99_999_999 {
-        format!("{micros}u")
-    } else {
-        format!("{}m", left.as_millis().min(99_999_999))
-    };
-    http::HeaderValue::try_from(value).expect("digits and a unit are a valid header value")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,23 +54,6 @@ mod tests {
         assert_eq!(parse_timeout("5n"), Some(Duration::from_nanos(5)));
         for junk in ["", "S", "123456789S", "1x", "-1S", "1.5S", "١S"] {
             assert_eq!(parse_timeout(junk), None, "{junk:?}");
-        }
-    }
-
-    #[test]
-    fn header_values_round_trip() {
-        for left in [
-            Duration::ZERO,
-            Duration::from_micros(1500),
-            Duration::from_secs(99),
-            Duration::from_secs(3600),
-        ] {
-            let value = header_value(left);
-            assert_eq!(
-                parse_timeout(value.to_str().unwrap()),
-                Some(left),
-                "{value:?}"
-            );
         }
     }
 

@@ -2,10 +2,9 @@
 
 pub(crate) mod buffer_request;
 mod call_log;
-pub(crate) mod call_span;
 pub(crate) mod codec;
 pub(crate) mod deadline;
-pub(crate) mod metrics;
+pub(crate) mod observe;
 mod recording;
 pub(crate) mod request_deadline;
 pub(crate) mod require_http2;
@@ -18,6 +17,13 @@ pub(crate) mod status;
 /// reading it whole, a call slot) do not fit it; it has its own
 /// (`--max-maintained-sessions`, a deadline on its first message).
 const STREAMS: &[&str] = &["MaintainStorageSession", "WatchRecording"];
+
+/// The full paths of [`STREAMS`], for the serving layer, which counts them
+/// apart from calls (`serve::Settings::long_lived`).
+pub(crate) const LONG_LIVED: &[&str] = &[
+    "/kvs.webrtcstorage.v1.WebRtcStorageService/MaintainStorageSession",
+    "/kvs.webrtcstorage.v1.WebRtcStorageService/WatchRecording",
+];
 
 /// The method `path` names on the storage service (by the generated
 /// service name), if it names one.
@@ -66,5 +72,14 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    #[test]
+    fn long_lived_paths_are_the_streams() {
+        let methods: Vec<_> = LONG_LIVED
+            .iter()
+            .filter_map(|p| storage_method(p))
+            .collect();
+        assert_eq!(methods, STREAMS);
     }
 }

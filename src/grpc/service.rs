@@ -6,7 +6,7 @@ use prost_types::Timestamp;
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{call_log::log_call, deadline::deadline, status::to_status};
+use super::{call_log::log_call, request_deadline::CallDeadline, status::to_status};
 use crate::{
     idempotency::{JoinLedger, JoinTarget},
     kvs::{
@@ -50,7 +50,16 @@ pub(crate) struct WebRtcStorage {
     limits: CallLimits,
     /// Unary calls being served; one is taken per call, none queued.
     slots: Semaphore,
+    /// Session streams waiting for their first message.
+    starts: Semaphore,
 }
+
+/// How long a `MaintainStorageSession` stream may take to send `start`
+/// (at most `--max-call-duration`): a client sends it with the stream.
+const START_WAIT: Duration = Duration::from_secs(10);
+
+/// Most `MaintainStorageSession` streams waiting for `start` at once.
+const PENDING_STARTS: usize = 256;
 
 /// The bounds every call of the service is served within.
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +103,7 @@ impl WebRtcStorage {
             watchers: Arc::new(Semaphore::new(super::recording::MAX_WATCHERS)),
             limits,
             slots: Semaphore::new(slots),
+            starts: Semaphore::new(PENDING_STARTS),
         }
     }
 
@@ -151,7 +161,7 @@ impl WebRtcStorage {
         key: &str,
         target: impl FnOnce() -> JoinTarget,
         call: &Call,
-        join: impl FnOnce() -> F,
+        join: impl Fn() -> F + Send + Sync,
     ) -> Result<Joined, Error>
     where
         F: Future<Output = Result<Joined, Error>> + Send,
@@ -163,7 +173,9 @@ impl WebRtcStorage {
             field: "idempotency_key",
             reason,
         })?;
-        Box::pin(self.ledger.join(key, target(), call.deadline(), join())).await
+        // A join per real attempt: after a passing failure the ledger keeps
+        // nothing, and a retry with the key joins again.
+        Box::pin(self.ledger.join(key, target(), call, join)).await
     }
 
     /// A valid ARN of a channel this sidecar may act on.
@@ -175,7 +187,7 @@ impl WebRtcStorage {
         if !self.policy.allows(&arn) {
             return Err(Error::ChannelNotAllowed(arn.to_string()));
         }
-        // On the call's span (`call_span`), now that it is known valid.
+        // On the call's span (`observe`), now that it is known valid.
         tracing::Span::current().record("channel", arn.as_str());
         Ok(arn)
     }
@@ -202,12 +214,15 @@ impl WebRtcStorage {
         }
     }
 
+    /// The call's deadline, as `request_deadline` parsed it from
+    /// `grpc-timeout` when the request arrived (once, for every layer);
+    /// `--max-call-duration` from now for a request that did not pass it.
     fn call<T>(&self, req: &Request<T>) -> Call {
-        Call::new(deadline(
-            req.metadata().as_ref(),
-            Instant::now(),
-            self.limits.max_call_duration,
-        ))
+        let deadline = req
+            .extensions()
+            .get::<CallDeadline>()
+            .map_or_else(|| Instant::now() + self.limits.max_call_duration, |d| d.0);
+        Call::new(deadline)
     }
 }
 
@@ -288,14 +303,28 @@ impl WebRtcStorageService for WebRtcStorage {
         &self,
         req: Request<Streaming<MaintainStorageSessionRequest>>,
     ) -> Result<Response<Self::MaintainStorageSessionStream>, Status> {
+        // Waiting for `start` takes one of PENDING_STARTS slots: streams that
+        // never send it are bounded (refused at once past it, without
+        // touching the unary calls' slots), wait at most START_WAIT, and end
+        // when the sidecar drains. Once started, the session holds a
+        // session slot instead.
+        let Ok(slot) = self.starts.try_acquire() else {
+            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "{PENDING_STARTS} session streams are already waiting for their `start`; send `start` with the stream, retry with backoff"
+            )));
+        };
         let mut inbound = req.into_inner();
-        // The stream has no call deadline, but its first message has one: a
-        // caller that opens streams and sends nothing holds nothing long.
-        let first = tokio::time::timeout(self.limits.max_call_duration, inbound.message())
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded("start: no first message within --max-call-duration")
-            })??;
+        let wait = START_WAIT.min(self.limits.max_call_duration);
+        let first = tokio::select! {
+            first = tokio::time::timeout(wait, inbound.message()) => first.map_err(|_| {
+                Status::deadline_exceeded(format!("start: no first message within {wait:?}"))
+            })??,
+            () = self.sessions.draining() => {
+                return Err(Status::unavailable("the sidecar is draining"));
+            }
+        };
+        drop(slot);
         let Some(MaintainStorageSessionRequest {
             kind: Some(Kind::Start(start)),
         }) = first

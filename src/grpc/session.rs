@@ -2,7 +2,7 @@
 //! claims the session, runs its supervisor (`crate::session`), relays the
 //! caller's reports in and the supervisor's events out.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,7 +36,7 @@ pub(super) async fn maintain(
     channel: ChannelArn,
     start: &SessionStart,
     join_timeout: Duration,
-    mut inbound: Streaming<MaintainStorageSessionRequest>,
+    inbound: Streaming<MaintainStorageSessionRequest>,
 ) -> Result<EventStream, Status> {
     let settings = settings(start)?;
     let claim =
@@ -61,7 +61,7 @@ pub(super) async fn maintain(
                 Refusal::Draining => Status::unavailable("the sidecar is draining"),
             })?;
     let (reports_tx, reports) = mpsc::channel(QUEUE);
-    let (events, mut events_rx) = mpsc::channel(QUEUE);
+    let (events, events_rx) = mpsc::channel(QUEUE);
     let (out, out_rx) = mpsc::channel(QUEUE);
     let supervisor = Supervisor {
         client,
@@ -76,47 +76,72 @@ pub(super) async fn maintain(
     tokio::spawn(supervisor.run(reports, events).in_current_span());
     // The relay owns the supervisor's inputs: when it ends (the caller ended
     // or left its stream), the supervisor sees them close and stops.
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                event = events_rx.recv() => {
-                    let Some(event) = event else { return };
-                    let last = matches!(event, Event::GaveUp { .. });
-                    for item in answers(event) {
-                        if out.send(item).await.is_err() {
-                            return;
-                        }
-                    }
-                    if last {
-                        return;
-                    }
-                }
-                message = inbound.message() => {
-                    let report = match message {
-                        Ok(Some(MaintainStorageSessionRequest { kind: Some(Kind::Report(r)) })) => report(r.kind()),
-                        Ok(Some(_)) => Err(Status::invalid_argument(
-                            "start: only the first message may be `start`; later ones are `report`s",
-                        )),
-                        // The caller ended its stream or went away.
-                        Ok(None) | Err(_) => return,
-                    };
-                    match report {
-                        Ok(report) => {
-                            if reports_tx.send(report).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(status) => {
-                            let _ = out.send(Err(status)).await;
-                            return;
-                        }
-                    }
-                }
-                () = out.closed() => return,
-            }
-        }
-    });
+    tokio::spawn(relay(inbound, reports_tx, events_rx, out));
     Ok(ReceiverStream::new(out_rx))
+}
+
+/// Moves the caller's reports in and the supervisor's events out, and never
+/// stops reading the caller: a caller that does not read its events (or
+/// whose HTTP/2 window is shut) must not make us stop reading its stream,
+/// or HTTP/2 would hold what it sends, up to the stream and connection
+/// windows, for as long as it likes. Events wait in bounded queues (the
+/// supervisor waits on a full one); reports that find the supervisor's
+/// queue full are coalesced to the latest, which is the one that matters.
+async fn relay(
+    mut inbound: Streaming<MaintainStorageSessionRequest>,
+    reports: mpsc::Sender<Report>,
+    mut events: mpsc::Receiver<Event>,
+    out: mpsc::Sender<Result<MaintainStorageSessionResponse, Status>>,
+) {
+    // Answers of one event not yet in the caller's queue.
+    let mut unsent = VecDeque::new();
+    // The latest report that found the supervisor's queue full.
+    let mut latest: Option<Report> = None;
+    // The last event (or a refused report) is queued: deliver it and end.
+    let mut ending = false;
+    loop {
+        tokio::select! {
+            permit = reports.reserve(), if latest.is_some() => {
+                let (Ok(permit), Some(report)) = (permit, latest.take()) else { return };
+                permit.send(report);
+            }
+            permit = out.reserve(), if !unsent.is_empty() => {
+                let (Ok(permit), Some(item)) = (permit, unsent.pop_front()) else { return };
+                permit.send(item);
+                if ending && unsent.is_empty() {
+                    return;
+                }
+            }
+            event = events.recv(), if unsent.is_empty() && !ending => {
+                let Some(event) = event else { return };
+                ending = matches!(event, Event::GaveUp { .. });
+                unsent.extend(answers(event));
+            }
+            message = inbound.message(), if !ending => {
+                let report = match message {
+                    Ok(Some(MaintainStorageSessionRequest { kind: Some(Kind::Report(r)) })) => report(r.kind()),
+                    Ok(Some(_)) => Err(Status::invalid_argument(
+                        "start: only the first message may be `start`; later ones are `report`s",
+                    )),
+                    // The caller ended its stream or went away.
+                    Ok(None) | Err(_) => return,
+                };
+                match report {
+                    Ok(report) if latest.is_some() => latest = Some(report),
+                    Ok(report) => match reports.try_send(report) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(report)) => latest = Some(report),
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    },
+                    Err(status) => {
+                        unsent.push_back(Err(status));
+                        ending = true;
+                    }
+                }
+            }
+            () = out.closed() => return,
+        }
+    }
 }
 
 /// The session settings `start` asks for, each within its bounds.

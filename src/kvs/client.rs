@@ -52,6 +52,15 @@ impl Call {
     pub fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::Relaxed)
     }
+
+    /// `work`, ended with `DeadlineExceeded` if the call's deadline passes
+    /// first: how every wait of a call (discovery, another caller's
+    /// discovery, attempts, backoffs, a shared check) honours it.
+    pub async fn bound<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        tokio::time::timeout_at(self.deadline, work)
+            .await
+            .unwrap_or(Err(Error::DeadlineExceeded))
+    }
 }
 
 /// A TURN server from `GetIceServerConfig`. Debug never shows the password.
@@ -206,9 +215,7 @@ impl KvsClient {
         let work = self
             .endpoints
             .get_or_discover(arn, role, || self.discover(call, arn, role));
-        tokio::time::timeout_at(call.deadline, work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 
     /// A control-plane read about the channel (the readiness checks'
@@ -223,10 +230,7 @@ impl KvsClient {
     ) -> Result<Bytes, Error> {
         let control_plane = endpoint::control_plane(arn, &self.endpoint_settings)?;
         let work = self.send(call, operation, control_plane, arn, json(body));
-        tokio::time::timeout_at(call.deadline, work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
-            .map(|answer| answer.body)
+        call.bound(work).await.map(|answer| answer.body)
     }
 
     /// The control-plane endpoint for `arn`'s region under the configured
@@ -270,9 +274,7 @@ impl KvsClient {
             }
             turn_servers(&answer?.body)
         };
-        tokio::time::timeout_at(call.deadline, work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 
     async fn join(
@@ -300,9 +302,7 @@ impl KvsClient {
         };
         // The deadline covers discovery, waiting on another call's discovery,
         // every attempt and every backoff.
-        tokio::time::timeout_at(call.deadline, work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 
     /// Asks for every protocol at once, so a channel used for both signaling
@@ -447,6 +447,9 @@ fn parse_endpoints(body: &[u8], control_plane: &Uri) -> Result<Endpoints, Error>
     Ok(found)
 }
 
+/// Longest endpoint URL accepted from `GetSignalingChannelEndpoint`.
+const MAX_ENDPOINT_LEN: usize = 512;
+
 fn checked_endpoint(
     protocol: &str,
     raw: &str,
@@ -454,6 +457,14 @@ fn checked_endpoint(
     plain: &str,
     clear_text_allowed: bool,
 ) -> Result<Uri, Error> {
+    // KVS's endpoints are under 100 bytes; they are cached for every
+    // channel, so a broken or hostile upstream must not choose their size.
+    if raw.len() > MAX_ENDPOINT_LEN {
+        return Err(Error::MalformedResponse(format!(
+            "{protocol} endpoint of {} bytes, past the {MAX_ENDPOINT_LEN} an endpoint URL may have",
+            raw.len()
+        )));
+    }
     let shown = super::redact::redact(raw);
     let uri: Uri = raw
         .parse()

@@ -10,11 +10,13 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
+
+use tokio::{sync::watch, time::Instant};
 
 use aws_credential_types::{
     Credentials,
@@ -35,6 +37,23 @@ pub const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
 /// credentials) would otherwise start a reload on every call.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How long a failed load is answered again before the provider is asked
+/// anew: the first failure's, doubling with each failure in a row up to
+/// [`MAX_FAILURE_HOLD`], each scaled by a random 50-100% so replicas that
+/// failed together do not ask STS together again. A refused or throttled
+/// AssumeRole is not asked again on every call.
+const FIRST_FAILURE_HOLD: Duration = Duration::from_secs(1);
+const MAX_FAILURE_HOLD: Duration = Duration::from_secs(30);
+
+type Loaded = Result<Credentials, Error>;
+
+#[derive(Debug)]
+struct Failed {
+    error: Error,
+    until: Instant,
+    in_a_row: u32,
+}
+
 pub struct CredentialCache {
     provider: SharedCredentialsProvider,
     /// `default`, or the role ARN the provider assumes: a metrics label.
@@ -42,11 +61,15 @@ pub struct CredentialCache {
     clock: SharedClock,
     load_timeout: Duration,
     current: RwLock<Option<Credentials>>,
-    /// Serializes provider calls, so concurrent misses make one.
-    loading: tokio::sync::Mutex<()>,
+    /// The provider call in flight, if any: every caller that needs
+    /// credentials waits on this one, each within its own deadline.
+    loading: Mutex<Option<watch::Receiver<Option<Loaded>>>>,
+    /// The last failed load, answered again without asking the provider
+    /// until its time is up.
+    failed: Mutex<Option<Failed>>,
     background: AtomicBool,
     /// When the provider was last asked, whatever it answered.
-    last_load: std::sync::Mutex<Option<tokio::time::Instant>>,
+    last_load: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for CredentialCache {
@@ -72,9 +95,10 @@ impl CredentialCache {
             clock,
             load_timeout,
             current: RwLock::new(None),
-            loading: tokio::sync::Mutex::new(()),
+            loading: Mutex::new(None),
+            failed: Mutex::new(None),
             background: AtomicBool::new(false),
-            last_load: std::sync::Mutex::new(None),
+            last_load: Mutex::new(None),
         }
     }
 
@@ -120,11 +144,7 @@ impl CredentialCache {
     }
 
     fn refresh_in_background(self: &Arc<Self>) {
-        let recently = self
-            .last_load
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL);
+        let recently = lock(&self.last_load).is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL);
         if recently || self.background.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -137,17 +157,47 @@ impl CredentialCache {
         });
     }
 
-    async fn load(&self) -> Result<Credentials, Error> {
-        let _one_at_a_time = self.loading.lock().await;
-        // Whoever held the lock before us may have loaded what we need.
+    /// Fresh credentials: a failure still held, or the one provider call
+    /// in flight (started here if there is none). The provider call runs on
+    /// its own task, bounded by the load timeout: a caller whose deadline
+    /// passes stops waiting, and neither cancels the call the others wait on
+    /// nor leaves another one behind it.
+    async fn load(self: &Arc<Self>) -> Result<Credentials, Error> {
         if let Some(c) = self
             .read()
             .filter(|c| !self.expires_within(c, REFRESH_AHEAD))
         {
             return Ok(c);
         }
-        *self.last_load.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(tokio::time::Instant::now());
+        let mut loaded = {
+            let mut loading = lock(&self.loading);
+            if let Some(in_flight) = &*loading {
+                in_flight.clone()
+            } else {
+                if let Some(failed) = &*lock(&self.failed)
+                    && Instant::now() < failed.until
+                {
+                    return Err(failed.error.clone());
+                }
+                let (done, in_flight) = watch::channel(None);
+                *loading = Some(in_flight.clone());
+                tokio::spawn(self.clone().ask_provider(done));
+                in_flight
+            }
+        };
+        let answer = loaded.wait_for(Option::is_some).await;
+        match answer.as_deref() {
+            Ok(Some(loaded)) => loaded.clone(),
+            // The loading task ended without an answer (the runtime is
+            // shutting down).
+            _ => Err(Error::Credentials(
+                "the credential load was abandoned".into(),
+            )),
+        }
+    }
+
+    async fn ask_provider(self: Arc<Self>, done: watch::Sender<Option<Loaded>>) {
+        *lock(&self.last_load) = Some(Instant::now());
         let loaded = tokio::time::timeout(self.load_timeout, self.provider.provide_credentials())
             .await
             .map_err(|_| {
@@ -166,11 +216,42 @@ impl CredentialCache {
                 })
             });
         instruments::credential_refresh(loaded.is_ok(), &self.role);
-        let credentials = loaded?;
-        tracing::debug!(expiry = ?credentials.expiry(), "loaded AWS credentials");
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(credentials.clone());
-        Ok(credentials)
+        match &loaded {
+            Ok(credentials) => {
+                tracing::debug!(expiry = ?credentials.expiry(), "loaded AWS credentials");
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(credentials.clone());
+                *lock(&self.failed) = None;
+            }
+            Err(error) => {
+                let mut failed = lock(&self.failed);
+                let in_a_row = failed.as_ref().map_or(0, |f| f.in_a_row) + 1;
+                let hold = failure_hold(in_a_row);
+                tracing::debug!(%error, ?hold, "credential load failed; answering its error until the hold is over");
+                *failed = Some(Failed {
+                    error: error.clone(),
+                    until: Instant::now() + hold,
+                    in_a_row,
+                });
+            }
+        }
+        // Cleared before the answer goes out, so a caller that sees it and
+        // needs a new load starts one.
+        *lock(&self.loading) = None;
+        let _ = done.send(Some(loaded));
     }
+}
+
+/// How long the `in_a_row`th failure in a row is held.
+fn failure_hold(in_a_row: u32) -> Duration {
+    let doubled = FIRST_FAILURE_HOLD.saturating_mul(1 << in_a_row.saturating_sub(1).min(16));
+    doubled
+        .min(MAX_FAILURE_HOLD)
+        .mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether STS refused the AssumeRole (`AccessDenied`): the caller's
@@ -370,5 +451,94 @@ mod tests {
         ));
         let err = cache.get().await.unwrap_err().to_string();
         assert!(err.contains("no IRSA token file"), "{err}");
+    }
+
+    #[derive(Debug)]
+    struct Slow {
+        calls: Arc<AtomicUsize>,
+        answer: fn(usize) -> Result<Credentials, String>,
+    }
+
+    impl ProvideCredentials for Slow {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answer;
+            aws_credential_types::provider::future::ProvideCredentials::new(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                answer(n)
+                    .map_err(aws_credential_types::provider::error::CredentialsError::not_loaded)
+            })
+        }
+    }
+
+    fn slow(
+        answer: fn(usize) -> Result<Credentials, String>,
+    ) -> (Arc<CredentialCache>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let provider = Slow {
+            calls: calls.clone(),
+            answer,
+        };
+        let cache = CredentialCache::new(
+            SharedCredentialsProvider::new(provider),
+            Arc::new(FixedClock(UNIX_EPOCH + Duration::from_secs(1_000))),
+            Duration::from_secs(10),
+        );
+        (Arc::new(cache), calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_that_give_up_neither_cancel_nor_repeat_the_load_they_waited_on() {
+        let (cache, calls) = slow(|n| {
+            Ok(Credentials::new(
+                format!("AKID{n}"),
+                "secret",
+                None,
+                Some(UNIX_EPOCH + Duration::from_secs(100_000)),
+                "test",
+            ))
+        });
+        // Ten callers with 200 ms deadlines, one after another, while the
+        // provider takes 3 s.
+        for _ in 0..10 {
+            let gave_up = tokio::time::timeout(Duration::from_millis(200), cache.get()).await;
+            assert!(gave_up.is_err());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one provider call for all");
+        // The load they left goes on, and serves the next caller.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID0");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_held_for_a_growing_jittered_time() {
+        let (cache, calls) = slow(|_| Err("throttled".into()));
+        assert!(cache.get().await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Held: answered at once, without asking the provider.
+        for _ in 0..100 {
+            let held = tokio::time::timeout(Duration::from_millis(1), cache.get()).await;
+            assert!(held.expect("answered at once").is_err());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The first hold is at most FIRST_FAILURE_HOLD; the next failure's
+        // at least half of twice that.
+        tokio::time::sleep(FIRST_FAILURE_HOLD).await;
+        assert!(cache.get().await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(FIRST_FAILURE_HOLD - Duration::from_millis(1)).await;
+        assert!(cache.get().await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the second hold is longer");
+        for n in 1..10 {
+            let hold = failure_hold(n);
+            assert!(hold >= (FIRST_FAILURE_HOLD * (1 << (n - 1))).min(MAX_FAILURE_HOLD) / 2);
+            assert!(hold <= MAX_FAILURE_HOLD);
+        }
     }
 }

@@ -106,6 +106,48 @@ impl Error {
         Error::Connect(redact::redact(&chain(err)).into())
     }
 
+    /// Whether a repeat of the same request would meet the same error: the
+    /// request itself is wrong, or refused for what it names (not found,
+    /// denied, invalid, not allowed). Throttling, server faults, lost
+    /// connections, timeouts and deadlines pass; so do credential and
+    /// signing trouble, which a reload can fix. The idempotency ledger keeps
+    /// only final outcomes: a retry after a passing failure makes a real
+    /// attempt.
+    pub fn is_final(&self) -> bool {
+        match self {
+            Error::InvalidRequest { .. }
+            | Error::ChannelNotAllowed(_)
+            | Error::Endpoint(_)
+            | Error::CredentialsDenied(_)
+            | Error::Replayed { .. }
+            | Error::StorageChangesDisabled
+            | Error::Precondition(_) => true,
+            Error::Service(e) => matches!(
+                e.kind,
+                ErrorKind::NotFound
+                    | ErrorKind::AccessDenied
+                    | ErrorKind::InvalidArgument
+                    | ErrorKind::ResourceInUse
+                    | ErrorKind::ViewerLimit
+                    | ErrorKind::NoDataRetention
+                    | ErrorKind::AccountLimit
+                    | ErrorKind::NotPlayable
+            ),
+            // A stream changed under us, or our own bounds: a later try
+            // can succeed.
+            Error::Busy(_) | Error::StreamPaced { .. } => false,
+            Error::Transport(_)
+            | Error::Connect(_)
+            | Error::AttemptTimeout(_)
+            | Error::DeadlineExceeded
+            | Error::RateLimited { .. }
+            | Error::RetryQuotaExhausted(_)
+            | Error::Credentials(_)
+            | Error::Signing(_)
+            | Error::MalformedResponse(_) => false,
+        }
+    }
+
     /// Whether the failed request may have been acted on by KVS, which for
     /// a join means an SDP offer may have gone to the master. Throttling and
     /// authentication refusals happen before KVS acts; a connect failure
@@ -338,7 +380,13 @@ impl ServiceError {
             http_status,
             code,
             kind,
-            message: redact::kvs_message(kind, &raw_message),
+            message: redact::kvs_message(
+                matches!(
+                    kind,
+                    ErrorKind::AuthRejected | ErrorKind::ExpiredCredentials | ErrorKind::ClockSkew
+                ),
+                &raw_message,
+            ),
             request_id: request_id(headers),
             server_date: headers
                 .get(http::header::DATE)
@@ -355,20 +403,52 @@ impl ServiceError {
     }
 }
 
-/// `x-amzn-RequestId`, falling back to the older `x-amz-request-id`.
+/// Longest request id kept. AWS's are 36 characters (a UUID) and S3-style
+/// ones 16; anything longer is not an AWS request id. Request ids are kept
+/// for as long as the idempotency window and sent back in trailers, so a
+/// broken or hostile upstream must not choose their size.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Longest error code kept: KVS's longest is 39 characters
+/// (`AccountStreamLimitExceededException`-like identifiers).
+const MAX_CODE_LEN: usize = 64;
+
+/// `x-amzn-RequestId`, falling back to the older `x-amz-request-id`; `None`
+/// unless it looks like one (short, letters, digits, `-` and `_` only).
 pub(super) fn request_id(headers: &http::HeaderMap) -> Option<String> {
     headers
         .get("x-amzn-requestid")
         .or_else(|| headers.get("x-amz-request-id"))
         .and_then(|v| v.to_str().ok())
+        .filter(|id| is_token(id, MAX_REQUEST_ID_LEN))
         .map(str::to_owned)
 }
 
-/// `aws.protocoltests#FooError:http://...` → `FooError`.
+/// Whether `id` has the shape of an AWS request id (as far as it is kept).
+pub(crate) fn is_request_id(id: &str) -> bool {
+    is_token(id, MAX_REQUEST_ID_LEN)
+}
+
+/// Whether `s` is a non-empty identifier of at most `max` ASCII letters,
+/// digits, `-`, `_` and `.`: what AWS's request ids and error codes are.
+fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `aws.protocoltests#FooError:http://...` → `FooError`; empty (no code)
+/// when what is left is not a short identifier.
 fn sanitize_code(raw: &str) -> String {
     let no_suffix = raw.split(':').next().unwrap_or(raw);
     let no_prefix = no_suffix.rsplit('#').next().unwrap_or(no_suffix);
-    no_prefix.trim().to_owned()
+    let code = no_prefix.trim();
+    if is_token(code, MAX_CODE_LEN) {
+        code.to_owned()
+    } else {
+        String::new()
+    }
 }
 
 /// An error and its sources, joined with ": ".

@@ -27,6 +27,7 @@ use std::sync::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub(crate) use self::error::is_request_id;
 pub use self::{
     client::{Call, ClientSettings, Joined, KvsClient, TurnServer},
     error::{BoxError, Error, ErrorKind, ServiceError},
@@ -155,6 +156,28 @@ pub struct UpstreamRequest {
 }
 
 impl UpstreamRequest {
+    /// A request for unit tests of the stack's layers: test credentials,
+    /// a placeholder endpoint, no body.
+    #[cfg(test)]
+    pub(crate) fn for_tests(operation: Operation, deadline: Instant) -> Self {
+        Self {
+            operation,
+            endpoint: "https://kvs.example".parse().expect("a valid URI"),
+            region: "us-west-2".into(),
+            body: Bytes::new(),
+            deadline,
+            attempts: Arc::default(),
+            attempt: 1,
+            retry_reason: None,
+            credentials: credentials::Identities::for_tests()
+                .all()
+                .next()
+                .expect("the default chain's cache")
+                .clone(),
+            pace: None,
+        }
+    }
+
     /// The HTTP request of one attempt, before signing.
     pub fn to_http(&self) -> Result<::http::Request<Bytes>, Error> {
         let base = self.endpoint.path().trim_end_matches('/');

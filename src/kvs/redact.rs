@@ -5,21 +5,19 @@
 //! them. Such text goes into gRPC statuses and log lines, so it is reduced
 //! here before it is stored anywhere.
 
-use super::error::ErrorKind;
-
 /// Longest KVS message kept; KVS's own are one or two sentences.
 const MAX_MESSAGE_CHARS: usize = 256;
 const REDACTED: &str = "[redacted]";
 
-/// KVS's message as the sidecar may show it: signature and credential
-/// errors keep their first sentence only (the rest is where AWS puts the
-/// canonical request), then [`redact`] removes anything secret-shaped.
-pub(super) fn kvs_message(kind: ErrorKind, raw: &str) -> String {
-    let text = match kind {
-        ErrorKind::AuthRejected | ErrorKind::ExpiredCredentials | ErrorKind::ClockSkew => {
-            first_sentence(raw)
-        }
-        _ => raw,
+/// KVS's message as the sidecar may show it: the message of a signature or
+/// credential error (`about_signing`) keeps its first sentence only (the
+/// rest is where AWS puts the canonical request), then [`redact`] removes
+/// anything secret-shaped.
+pub(super) fn kvs_message(about_signing: bool, raw: &str) -> String {
+    let text = if about_signing {
+        first_sentence(raw)
+    } else {
+        raw
     };
     let mut safe = redact(text);
     if safe.chars().count() > MAX_MESSAGE_CHARS {
@@ -125,7 +123,7 @@ mod tests {
 
     #[test]
     fn signature_errors_keep_their_first_sentence_only() {
-        let safe = kvs_message(ErrorKind::AuthRejected, CANONICAL_STRING_ANSWER);
+        let safe = kvs_message(true, CANONICAL_STRING_ANSWER);
         assert_eq!(
             safe,
             "The request signature we calculated does not match the signature you provided."
@@ -168,7 +166,7 @@ mod tests {
     #[test]
     fn long_messages_are_truncated() {
         let long = "word ".repeat(200);
-        let safe = kvs_message(ErrorKind::Other, &long);
+        let safe = kvs_message(false, &long);
         assert_eq!(safe.chars().count(), MAX_MESSAGE_CHARS + 1);
     }
 }

@@ -191,6 +191,9 @@ pub struct RetryPolicy {
     last_cost: Option<u32>,
     refreshed_credentials: bool,
     corrected_clock: bool,
+    /// Where each backoff's jitter (0 to 1) comes from: random, or fixed in
+    /// tests.
+    jitter: fn() -> f64,
 }
 
 // === impl RetryPolicy ===
@@ -213,7 +216,14 @@ impl RetryPolicy {
             last_cost: None,
             refreshed_credentials: false,
             corrected_clock: false,
+            jitter: fastrand::f64,
         }
+    }
+
+    #[cfg(test)]
+    fn with_jitter(mut self, jitter: fn() -> f64) -> Self {
+        self.jitter = jitter;
+        self
     }
 }
 
@@ -292,7 +302,7 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         }
         let delay = self
             .backoff
-            .delay_after(err, kind, self.attempts, fastrand::f64());
+            .delay_after(err, kind, self.attempts, (self.jitter)());
         // Waiting past the deadline only to be cut off would hide the real
         // error behind DEADLINE_EXCEEDED; answer with the real one now.
         if Instant::now() + delay >= req.deadline {
@@ -333,6 +343,7 @@ fn next_attempt(req: &mut UpstreamRequest, kind: RetryKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvs::Operation;
 
     fn service(status: u16, code: &str) -> Error {
         Error::Service(ServiceError::from_response(
@@ -462,5 +473,110 @@ mod tests {
             b.delay_after(&service(429, "x"), kind, 1, 1.0),
             Duration::from_millis(500)
         );
+    }
+
+    fn policy(max_attempts: u32, quota: u32) -> RetryPolicy {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            throttling_base: Duration::from_millis(500),
+            max: Duration::from_secs(2),
+        };
+        let clock = Arc::new(SkewCorrectedClock::new(Arc::new(crate::clock::SystemClock)));
+        RetryPolicy::new(
+            max_attempts,
+            backoff,
+            false,
+            Arc::new(RetryQuota::new(quota)),
+            clock,
+        )
+        .with_jitter(|| 1.0)
+    }
+
+    fn request(deadline: Duration) -> UpstreamRequest {
+        UpstreamRequest::for_tests(Operation::DescribeStream, Instant::now() + deadline)
+    }
+
+    fn retry(p: &mut RetryPolicy, req: &mut UpstreamRequest, err: Error) -> (Option<Wait>, Error) {
+        let mut result = Err(err);
+        let wait = tower::retry::Policy::retry(p, req, &mut result);
+        (wait, result.expect_err("an error"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_the_backoff_within_the_budget_and_deadline() {
+        let mut p = policy(3, 500);
+        let mut req = request(Duration::from_secs(10));
+        let started = Instant::now();
+        let (wait, _) = retry(&mut p, &mut req, service(503, "ServiceUnavailable"));
+        wait.expect("a first retry").await;
+        // Jitter 1.0: the full first backoff.
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!((req.attempt, req.retry_reason), (2, Some("server_error")));
+        let (wait, _) = retry(&mut p, &mut req, service(503, "ServiceUnavailable"));
+        wait.expect("a second retry").await;
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        // The third attempt was the last.
+        let (wait, _) = retry(&mut p, &mut req, service(503, "ServiceUnavailable"));
+        assert!(wait.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_that_would_end_past_the_deadline_answers_the_error_now() {
+        let mut p = policy(3, 500);
+        // Throttling waits 500 ms; 400 ms are left.
+        let mut req = request(Duration::from_millis(400));
+        let (wait, err) = retry(
+            &mut p,
+            &mut req,
+            service(400, "ClientLimitExceededException"),
+        );
+        assert!(wait.is_none());
+        assert!(matches!(err, Error::Service(_)), "the real error: {err:?}");
+        assert_eq!(req.attempt, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_are_refreshed_and_the_clock_corrected_once_per_call() {
+        let mut p = policy(1, 500);
+        let mut req = request(Duration::from_secs(10));
+        // Outside the attempt budget (1), once.
+        let expired = || service(403, "ExpiredTokenException");
+        let (wait, _) = retry(&mut p, &mut req, expired());
+        wait.expect("one refresh").await;
+        assert_eq!(req.retry_reason, Some("expired_credentials"));
+        assert!(retry(&mut p, &mut req, expired()).0.is_none());
+
+        let skewed = || {
+            Error::Service(ServiceError::from_response(
+                403,
+                &http::HeaderMap::from_iter([
+                    (
+                        http::HeaderName::from_static("x-amzn-errortype"),
+                        http::HeaderValue::from_static("InvalidSignatureException"),
+                    ),
+                    (
+                        http::header::DATE,
+                        http::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+                    ),
+                ]),
+                br#"{"message":"Signature expired: 19941106T084937Z is now earlier than ..."}"#,
+            ))
+        };
+        let (wait, _) = retry(&mut p, &mut req, skewed());
+        wait.expect("one correction").await;
+        assert!(retry(&mut p, &mut req, skewed()).0.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_quota_stops_retrying_and_says_so_with_the_last_error() {
+        // A server error retry costs 5 tokens; 4 are left.
+        let mut p = policy(3, 4);
+        let mut req = request(Duration::from_secs(10));
+        let (wait, err) = retry(&mut p, &mut req, service(503, "ServiceUnavailable"));
+        assert!(wait.is_none());
+        match err {
+            Error::RetryQuotaExhausted(last) => assert!(matches!(*last, Error::Service(_))),
+            other => panic!("{other:?}"),
+        }
     }
 }

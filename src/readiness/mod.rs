@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::kvs::{Call, Error, ErrorKind, KvsClient, Operation, arn::ChannelArn};
 
+/// The deadline of one shared check: its Describe* requests, retries and
+/// backoffs included.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Most channels whose answer is kept.
 pub(crate) const CAPACITY: u64 = 10_000;
 
@@ -71,19 +75,24 @@ impl StorageReadiness {
 
     /// The channel's readiness, from a check at most `ttl` old. A channel
     /// KVS does not know is an error (`NOT_FOUND`), not a problem.
+    ///
+    /// The check is shared by every caller asking about the channel while it
+    /// runs, so it runs under its own deadline ([`CHECK_TIMEOUT`]), never the
+    /// first caller's: a dashboard polling with a 200 ms deadline must not
+    /// fail a patient caller that joined its check. Each caller waits for it
+    /// within its own deadline.
     pub(crate) async fn check(&self, call: &Call, arn: &ChannelArn) -> Result<Arc<Report>, Error> {
         let work = async {
+            let shared = Call::new(tokio::time::Instant::now() + CHECK_TIMEOUT);
             self.answers
                 .entry(arn.clone())
-                .or_try_insert_with(self.inspect(call, arn))
+                .or_try_insert_with(async move { self.inspect(&shared, arn).await })
                 .await
                 .map(|entry| entry.into_value())
                 // Callers that waited on the same check share its error.
                 .map_err(|shared| (*shared).clone())
         };
-        tokio::time::timeout_at(call.deadline(), work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 
     /// Forgets the channel's answer, so the next check reads KVS again:

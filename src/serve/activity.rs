@@ -29,6 +29,8 @@ use tower::ServiceExt;
 #[derive(Debug, Default)]
 struct Load {
     in_flight: AtomicUsize,
+    /// Of `in_flight`, the long-lived streams.
+    long_lived: AtomicUsize,
     /// Bumped by every request, so a call that came and went between two
     /// looks still counts as activity.
     started: AtomicU64,
@@ -46,13 +48,24 @@ pub(super) struct Activity {
 
 /// Held by each request being served; releases its call on drop.
 #[derive(Debug)]
-pub(super) struct Busy(Arc<Load>);
+pub(super) struct Busy {
+    load: Arc<Load>,
+    long_lived: bool,
+}
 
 /// The connection's service: the port's router, with each call tracked.
 #[derive(Debug, Clone)]
 pub(super) struct Tracked {
     router: axum::Router,
     load: Arc<Load>,
+    limits: Limits,
+}
+
+/// What a connection's calls are held to (see `serve::Settings`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub max_calls: usize,
+    pub long_lived: &'static [&'static str],
 }
 
 pin_project! {
@@ -72,10 +85,11 @@ impl Activity {
     }
 
     /// The service to serve this connection with.
-    pub(super) fn track(&self, router: axum::Router) -> Tracked {
+    pub(super) fn track(&self, router: axum::Router, limits: Limits) -> Tracked {
         Tracked {
             router,
             load: self.load.clone(),
+            limits,
         }
     }
 
@@ -93,18 +107,31 @@ impl Activity {
         }
     }
 
-    /// Resolves once no call is in flight.
-    pub(super) async fn quiet(&self) {
+    /// Resolves once no call is in flight, or once only long-lived streams
+    /// are and `streams` has passed: they have had the time to take their
+    /// final event, and a caller that reads nothing cannot hold the drain.
+    pub(super) async fn quiet(&self, streams: Duration) {
         self.load.draining.store(true, Ordering::Release);
+        let streams_over = tokio::time::Instant::now() + streams;
         loop {
             let notified = self.load.quiet.notified();
             tokio::pin!(notified);
             // Registered before the check, so an end in between still wakes us.
             notified.as_mut().enable();
-            if self.load.in_flight.load(Ordering::Acquire) == 0 {
+            let in_flight = self.load.in_flight.load(Ordering::Acquire);
+            if in_flight == 0 {
                 return;
             }
-            notified.await;
+            if in_flight == self.load.long_lived.load(Ordering::Acquire) {
+                if tokio::time::timeout_at(streams_over, notified)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            } else {
+                notified.await;
+            }
         }
     }
 }
@@ -112,18 +139,34 @@ impl Activity {
 // === impl Busy ===
 
 impl Busy {
-    fn start(load: &Arc<Load>) -> Self {
+    /// A call starting, unless it is not long-lived and `max_calls` such
+    /// calls are in flight already.
+    fn start(load: &Arc<Load>, long_lived: bool, max_calls: usize) -> Option<Self> {
         load.started.fetch_add(1, Ordering::AcqRel);
-        load.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self(load.clone())
+        let before = load.in_flight.fetch_add(1, Ordering::AcqRel);
+        let busy = Self {
+            load: load.clone(),
+            long_lived,
+        };
+        if long_lived {
+            load.long_lived.fetch_add(1, Ordering::AcqRel);
+        } else if before - load.long_lived.load(Ordering::Acquire).min(before) >= max_calls {
+            return None;
+        }
+        Some(busy)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let left = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-        if left == 0 && self.0.draining.load(Ordering::Acquire) {
-            self.0.quiet.notify_waiters();
+        if self.long_lived {
+            self.load.long_lived.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Every end wakes a drain: it waits for none left, or for only
+        // long-lived streams left.
+        if self.load.draining.load(Ordering::Acquire) {
+            self.load.quiet.notify_waiters();
         }
     }
 }
@@ -139,7 +182,19 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         // Taken now, before the handler runs, so a request still reading its
         // body counts as busy; dropped with the future if the peer resets.
-        let busy = Busy::start(&self.load);
+        let long_lived = self.limits.long_lived.contains(&req.uri().path());
+        let Some(busy) = Busy::start(&self.load, long_lived, self.limits.max_calls) else {
+            // Refused before any body is read; the stream ends at once.
+            let status = tonic::Status::resource_exhausted(format!(
+                "this connection has {} calls in flight, its limit; retry with backoff or open another connection",
+                self.limits.max_calls
+            ));
+            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
+            let refused = status
+                .into_http::<Body>()
+                .map(|inner| TrackedBody { inner, busy: None });
+            return Box::pin(std::future::ready(Ok(refused)));
+        };
         let router = self.router.clone();
         Box::pin(async move {
             let Ok(response) = router.oneshot(req.map(Body::new)).await;
@@ -182,11 +237,15 @@ impl http_body::Body for TrackedBody {
 mod tests {
     use super::*;
 
+    fn call(load: &Arc<Load>) -> Busy {
+        Busy::start(load, false, usize::MAX).unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_waits_for_calls_to_end_and_restarts_on_each_call() {
         let activity = Activity::new();
         let idle = Duration::from_secs(60);
-        let busy = Busy::start(&activity.load);
+        let busy = call(&activity.load);
         // Busy: not idle however long the call takes.
         assert!(
             tokio::time::timeout(idle * 3, activity.idle(idle))
@@ -199,7 +258,7 @@ mod tests {
         let load = activity.load.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(Busy::start(&load));
+            drop(call(&load));
         });
         activity.idle(idle).await;
         assert_eq!(started.elapsed(), Duration::from_secs(120));
@@ -212,8 +271,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn quiet_resolves_when_the_last_call_ends() {
         let activity = Activity::new();
-        activity.quiet().await;
-        let (first, second) = (Busy::start(&activity.load), Busy::start(&activity.load));
+        activity.quiet(Duration::from_secs(2)).await;
+        let (first, second) = (call(&activity.load), call(&activity.load));
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(first);
@@ -221,7 +280,42 @@ mod tests {
             drop(second);
         });
         let started = tokio::time::Instant::now();
-        activity.quiet().await;
+        activity.quiet(Duration::from_secs(2)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_a_drain_long_lived_streams_alone_hold_the_connection_for_a_bounded_time() {
+        let activity = Activity::new();
+        let stream = Busy::start(&activity.load, true, 0).unwrap();
+        let call = call(&activity.load);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(call);
+        });
+        let started = tokio::time::Instant::now();
+        activity.quiet(Duration::from_secs(2)).await;
+        // The call got all the time it needed; the stream then its bound.
+        assert!(started.elapsed() >= Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(12) + Duration::from_millis(1));
+        drop(stream);
+    }
+
+    #[test]
+    fn calls_past_the_limit_are_refused_and_long_lived_streams_are_not_counted() {
+        let load = Arc::new(Load::default());
+        let streams: Vec<_> = (0..5)
+            .map(|_| Busy::start(&load, true, 2).unwrap())
+            .collect();
+        let first = Busy::start(&load, false, 2).unwrap();
+        let second = Busy::start(&load, false, 2).unwrap();
+        assert!(Busy::start(&load, false, 2).is_none());
+        // A refusal leaves nothing counted.
+        assert_eq!(load.in_flight.load(Ordering::Acquire), 7);
+        drop(first);
+        assert!(Busy::start(&load, false, 2).is_some());
+        drop((second, streams));
+        assert_eq!(load.in_flight.load(Ordering::Acquire), 0);
+        assert_eq!(load.long_lived.load(Ordering::Acquire), 0);
     }
 }

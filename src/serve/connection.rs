@@ -34,7 +34,8 @@ pub(super) async fn run<IO>(
     };
     let io = FirstBytes::new(io, settings.handshake_timeout);
     let activity = Activity::new();
-    let conn = builder.serve_connection(TokioIo::new(io), activity.track(router));
+    let conn =
+        builder.serve_connection(TokioIo::new(io), activity.track(router, settings.limits()));
     tokio::pin!(conn);
 
     tokio::select! {
@@ -57,7 +58,7 @@ pub(super) async fn run<IO>(
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         _ = conn.as_mut() => {}
-        () = activity.quiet() => {
+        () = activity.quiet(settings.drain_streams) => {
             let _ = tokio::time::timeout(LINGER, conn.as_mut()).await;
         }
     }

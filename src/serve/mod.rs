@@ -28,13 +28,31 @@ use hyper_util::{
 pub(crate) use self::accept::no_delay;
 pub(crate) use self::accept::{Handshake, Listen, Tcp, Unix, serve};
 
+/// HTTP/2 flow-control windows the server grants its callers.
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+
 /// How connections on one port are served.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     /// The port's name in logs and metrics (`grpc`, `admin`).
     pub port: &'static str,
-    /// HTTP/2 streams in flight per connection.
+    /// HTTP/2 streams in flight per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_streams: u32,
+    /// Calls in flight per connection other than `long_lived` streams; one
+    /// past it is refused at once with RESOURCE_EXHAUSTED. Session streams
+    /// live for hours and are bounded by their own limit, so one client
+    /// (grpc-core shares one connection per target) can keep its sessions
+    /// and still make calls.
+    pub max_calls: u32,
+    /// Paths of the streams that live as long as the caller wants
+    /// (`MaintainStorageSession`): outside `max_calls`, and bounded in a
+    /// drain by `drain_streams`.
+    pub long_lived: &'static [&'static str],
+    /// In a drain, how long a connection with only long-lived streams left
+    /// waits for them (their final events) before it is closed: a caller
+    /// that reads nothing must not hold the shutdown for the whole grace.
+    pub drain_streams: Duration,
     /// TLS handshake, then HTTP/2 preface or HTTP/1.1 request head.
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
@@ -44,6 +62,13 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    fn limits(&self) -> activity::Limits {
+        activity::Limits {
+            max_calls: self.max_calls as usize,
+            long_lived: self.long_lived,
+        }
+    }
+
     /// hyper's HTTP/1.1 and HTTP/2 server, with every timer armed.
     pub(crate) fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -57,6 +82,12 @@ impl Settings {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.max_streams)
+            // Requests are a few KiB. hyper's 1 MiB windows would let a
+            // caller whose stream we are not reading yet park 1 MiB per
+            // connection in our memory; these still carry any request at
+            // once.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             // Requests are at most a few KiB; hyper's 16 MiB default list
             // would let one HEADERS block pin that much.
             .max_header_list_size(16 * 1024)

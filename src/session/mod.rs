@@ -26,7 +26,7 @@ use tokio::{
 pub(crate) use self::policy::{Action, GiveUp, Policy, Reason, Report, Settings};
 use crate::{
     instruments,
-    kvs::{Call, Error, ErrorKind, Joined, KvsClient, arn::ChannelArn},
+    kvs::{Call, Error, Joined, KvsClient, arn::ChannelArn},
     recording::{Recording, Subscription},
     store::SharedStore,
 };
@@ -158,6 +158,11 @@ impl Sessions {
     }
 
     /// Tells every supervisor to stop (SIGTERM), and refuses new ones.
+    /// Resolves once the sidecar drains.
+    pub(crate) async fn draining(&self) {
+        let _ = self.draining.subscribe().wait_for(|d| *d).await;
+    }
+
     pub(crate) fn drain(&self) {
         self.draining.send_replace(true);
     }
@@ -327,7 +332,14 @@ impl Supervisor {
                         }
                         Err(error) => {
                             let next_attempt_in =
-                                policy.join_failed(now, is_final(&error), fastrand::f64());
+                                policy.join_failed(now, error.is_final(), fastrand::f64());
+                            tracing::info!(
+                                attempt,
+                                reason = reason.as_str(),
+                                %error,
+                                ?next_attempt_in,
+                                "maintained session's join failed"
+                            );
                             last_error = Some(error.clone());
                             Event::JoinFailed {
                                 attempt,
@@ -386,34 +398,22 @@ impl Supervisor {
         };
         // The caller went away: nothing to tell it.
         let Some(why) = stop else { return };
-        instruments::session_gave_up(match why {
+        let why_label = match why {
             Stop::Policy(GiveUp::FailureBudget) => "failure_budget",
             Stop::Policy(GiveUp::Final) => "final_error",
             Stop::Draining => "draining",
             Stop::LeaseLost => "lease_lost",
-        });
+        };
+        instruments::session_gave_up(why_label);
         let error = match why {
             Stop::Policy(_) => last_error,
             Stop::Draining | Stop::LeaseLost => None,
         };
+        match &error {
+            Some(error) => tracing::info!(why = why_label, %error, "maintained session gave up"),
+            None => tracing::info!(why = why_label, "maintained session gave up"),
+        }
         let _ = events.send(Event::GaveUp { why, error }).await;
-    }
-}
-
-/// A join failure no later join can fix: the channel is gone or refused,
-/// the request is wrong, or the session has all the viewers it allows.
-fn is_final(err: &Error) -> bool {
-    match err {
-        Error::Service(e) => matches!(
-            e.kind,
-            ErrorKind::NotFound
-                | ErrorKind::AccessDenied
-                | ErrorKind::InvalidArgument
-                | ErrorKind::ResourceInUse
-                | ErrorKind::ViewerLimit
-        ),
-        Error::InvalidRequest { .. } | Error::ChannelNotAllowed(_) | Error::Endpoint(_) => true,
-        _ => false,
     }
 }
 

@@ -62,7 +62,8 @@ pub(crate) enum GiveUp {
     Final,
 }
 
-/// Tunables, each within documented bounds (see `Settings::BOUNDS` users).
+/// Tunables; the bounds a caller may set them within are checked at the
+/// edge (`grpc/session.rs`, `settings`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Settings {
     /// How long to wait for the offer after a join before joining again

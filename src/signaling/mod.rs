@@ -11,7 +11,6 @@
 pub mod presign;
 
 use std::{
-    fmt,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -28,8 +27,10 @@ use crate::{
 
 use self::presign::{Presign, PresignedUrl};
 
-/// Everything a process needs to connect to signaling. Debug hides the
-/// URL's signature and the TURN passwords.
+/// Everything a process needs to connect to signaling. Its Debug hides the
+/// URL's signature and the TURN passwords: those fields' own types redact
+/// themselves.
+#[derive(Debug)]
 pub struct Connection {
     pub websocket_url: PresignedUrl,
     /// When the URL stops being accepted, by this host's clock.
@@ -37,17 +38,6 @@ pub struct Connection {
     /// `stun:stun.kinesisvideo.{region}.{dns suffix}:443`.
     pub stun: String,
     pub turn: Vec<TurnServer>,
-}
-
-impl fmt::Debug for Connection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection")
-            .field("websocket_url", &self.websocket_url)
-            .field("expires_at", &self.expires_at)
-            .field("stun", &self.stun)
-            .field("turn", &self.turn)
-            .finish()
-    }
 }
 
 pub struct Signaling {
@@ -120,9 +110,7 @@ impl Signaling {
                 turn: turn?,
             })
         };
-        tokio::time::timeout_at(call.deadline(), work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 }
 

@@ -148,9 +148,7 @@ impl Storage {
             .run(&name, wanted.retention_hours)
             .await
         };
-        tokio::time::timeout_at(call.deadline(), work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 }
 

@@ -197,3 +197,15 @@ pub(crate) async fn next_message(socket: &mut Socket) -> serde_json::Value {
         }
     }
 }
+
+/// A process's peak resident memory so far (VmHWM), in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -5,8 +5,8 @@ loopback port, prints `listening <port>` once ready, then one JSON line per
 received span on stdout: ids in hex, attributes as a flat {key: value}
 object, parent_span_id empty for a root span. Runs until killed.
 
-With `--count`, a sink for measuring the cost of traces (README,
-Performance): it prints nothing per span, only the total received when it
+With `--count`, a sink for measuring the cost of traces (docs/performance.md,
+Cost of traces): it prints nothing per span, only the total received when it
 gets SIGTERM or SIGINT.
 """
 

@@ -6,8 +6,8 @@ grpc-core (since 1.58) sends the percent-encoded socket path as `:authority`
 (`tmp%2Fkvs.sock`), which the sidecar's HTTP/2 layer (Rust's h2 crate)
 refuses as a malformed authority before any of its code runs: every call
 ends with RST_STREAM PROTOCOL_ERROR. Clients set `grpc.default_authority`,
-as the README says. The second half pins that limitation: when it starts
-failing, h2 accepts such authorities and the README's caveat can go.
+as docs/calling.md says. The second half pins that limitation: when it starts
+failing, h2 accepts such authorities and docs/calling.md's caveat can go.
 """
 
 import sys

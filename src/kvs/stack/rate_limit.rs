@@ -383,22 +383,7 @@ mod tests {
     }
 
     fn request(operation: Operation, deadline: Instant) -> UpstreamRequest {
-        UpstreamRequest {
-            operation,
-            endpoint: "https://kvs.example".parse().unwrap(),
-            region: "us-west-2".into(),
-            body: Default::default(),
-            deadline,
-            attempts: Arc::new(AtomicU32::new(0)),
-            attempt: 1,
-            retry_reason: None,
-            pace: None,
-            credentials: crate::kvs::credentials::Identities::for_tests()
-                .all()
-                .next()
-                .unwrap()
-                .clone(),
-        }
+        UpstreamRequest::for_tests(operation, deadline)
     }
 
     fn limited(
