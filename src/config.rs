@@ -204,6 +204,13 @@ pub struct Config {
     #[arg(long, env = "KVS_SIDECAR_READINESS_CACHE_TTL", default_value = "5s", value_parser = positive_duration)]
     pub readiness_cache_ttl: Duration,
 
+    /// Lets EnsureStorage write to the AWS account (CreateStream,
+    /// UpdateDataRetention, UpdateMediaStorageConfiguration). Off by
+    /// default: without it EnsureStorage is PERMISSION_DENIED and sends
+    /// nothing.
+    #[arg(long, env = "KVS_SIDECAR_ALLOW_STORAGE_CHANGES")]
+    pub allow_storage_changes: bool,
+
     /// Backoff base for retries of server errors, resets and timeouts.
     #[arg(long, env = "KVS_SIDECAR_RETRY_BASE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub retry_base_delay: Duration,

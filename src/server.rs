@@ -218,19 +218,22 @@ impl App {
             },
             store.clone(),
         );
-        let storage = WebRtcStorageServiceServer::new(WebRtcStorage::new(
-            client.clone(),
-            signaling,
-            readiness,
-            ChannelPolicy::new(config.allowed_channels.clone()),
-            ledger,
-            sessions.clone(),
-            recording,
-            CallLimits {
-                max_call_duration: config.max_call_duration,
-                max_concurrent_calls: config.max_concurrent_calls,
-            },
-        ))
+        let storage = WebRtcStorageServiceServer::new(
+            WebRtcStorage::new(
+                client.clone(),
+                signaling,
+                readiness,
+                ChannelPolicy::new(config.allowed_channels.clone()),
+                ledger,
+                sessions.clone(),
+                recording,
+                CallLimits {
+                    max_call_duration: config.max_call_duration,
+                    max_concurrent_calls: config.max_concurrent_calls,
+                },
+            )
+            .allow_storage_changes(config.allow_storage_changes),
+        )
         // The largest valid request is ~1.3 KiB; tonic's 4 MiB default
         // would let one caller make us buffer megabytes.
         .max_decoding_message_size(config.max_request_bytes);

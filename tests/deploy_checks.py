@@ -65,7 +65,15 @@ def main(sidecar_yaml, gateway_yaml, policy_json):
         assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
 
     with open(policy_json) as f:
-        channels, streams, roles = json.load(f)["Statement"]
+        statements = {s["Sid"]: s for s in json.load(f)["Statement"]}
+    channels = statements.pop("JoinWebRtcStorageSessions")
+    streams = statements.pop("ReadLinkedStreams")
+    roles = statements.pop("AssumeMappedRoles")
+    playback = statements.pop("PlayBackRecordings")
+    # EnsureStorage's writes, in their own statement that a deployment
+    # without --allow-storage-changes leaves out.
+    optional = statements.pop("OptionalEnsureStorageWritesOnlyWithAllowStorageChanges")
+    assert not statements, f"unexpected statements {sorted(statements)}"
     assert sorted(channels["Action"]) == [
         "kinesisvideo:ConnectAsMaster",
         "kinesisvideo:ConnectAsViewer",
@@ -88,6 +96,22 @@ def main(sidecar_yaml, gateway_yaml, policy_json):
     # --assume-role: exactly the mapped roles, never "*".
     assert roles["Action"] == ["sts:AssumeRole"], roles["Action"]
     assert roles["Resource"] and all(":role/" in r for r in roles["Resource"]), roles["Resource"]
+    # GetPlaybackUrl: the stream's data endpoint and the two session URLs.
+    assert sorted(playback["Action"]) == [
+        "kinesisvideo:GetDASHStreamingSessionURL",
+        "kinesisvideo:GetDataEndpoint",
+        "kinesisvideo:GetHLSStreamingSessionURL",
+    ], playback["Action"]
+    assert ":stream/" in playback["Resource"], playback["Resource"]
+    assert sorted(optional["Action"]) == [
+        "kinesisvideo:CreateStream",
+        "kinesisvideo:DescribeMappedResourceConfiguration",
+        "kinesisvideo:UpdateDataRetention",
+        "kinesisvideo:UpdateMediaStorageConfiguration",
+    ], optional["Action"]
+    # No write sneaks into the statements every deployment needs.
+    for needed in (channels, streams, playback, roles):
+        assert not set(needed["Action"]) & set(optional["Action"]), needed["Sid"]
     print("deploy checks: ok")
 
 

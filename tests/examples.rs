@@ -109,6 +109,48 @@ fn check_flow(program: &str, args: &[String]) {
     );
 }
 
+/// Runs a provision-record-play example (Python, Node.js): a channel
+/// without storage is provisioned, joined, watched until it records (from
+/// the fragments KVS lists) and played back; a second run
+/// changes nothing; a sidecar without --allow-storage-changes refuses.
+fn check_playback(program: &str, args: &[String]) {
+    let sidecar = Sidecar::emulated(&["--allow-storage-changes"]);
+    let channel = common::arn("nostorage-porch");
+    let first = run(program, args, &sidecar, &channel);
+    let lines: Vec<&str> = first.lines().collect();
+    let [storage, joined, recording, playlist] = lines[..] else {
+        panic!("{first}");
+    };
+    assert_eq!(
+        storage, "storage: STORAGE_CHANGE_STREAM_CREATED, STORAGE_CHANGE_STORAGE_ENABLED",
+        "{first}"
+    );
+    assert!(joined.starts_with("joined: KVS request id "), "{first}");
+    assert_eq!(recording, "recording: RECORDING_STATE_RECORDING", "{first}");
+    assert_eq!(playlist, "playlist: #EXTM3U", "{first}");
+    assert!(!first.contains("SessionToken"), "the URL is never printed");
+    let again = run(program, args, &sidecar, &channel);
+    assert!(again.starts_with("storage: in place\n"), "{again}");
+
+    let locked = Sidecar::emulated(&[]);
+    let refused = run(program, args, &locked, &channel);
+    assert!(
+        refused.starts_with("refused: PERMISSION_DENIED (")
+            && refused.contains("--allow-storage-changes"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn the_python_playback_example_provisions_records_and_plays_back() {
+    check_playback(&common::python(), &example("python/playback.py"));
+}
+
+#[test]
+fn the_node_playback_example_provisions_records_and_plays_back() {
+    check_playback("node", &example("node/playback.js"));
+}
+
 #[test]
 fn the_python_example_runs_the_whole_flow_and_handles_errors() {
     check_flow(&common::python(), &example("python/client.py"));

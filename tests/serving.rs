@@ -9,7 +9,9 @@ use std::{
 };
 
 use common::{ARN, Reply, Sidecar, join};
-use kvs_sidecar::pb::{GetSignalingConnectionRequest, SignalingRole};
+use kvs_sidecar::pb::{
+    GetPlaybackUrlRequest, GetSignalingConnectionRequest, PlaybackProtocol, SignalingRole,
+};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -130,7 +132,9 @@ async fn reflection_lists_and_describes_the_service_in_v1_and_v1alpha() {
             "GetSignalingConnection",
             "CheckStorageReadiness",
             "GetRecordingStatus",
-            "WatchRecording"
+            "WatchRecording",
+            "EnsureStorage",
+            "GetPlaybackUrl"
         ]
     );
 
@@ -228,6 +232,9 @@ async fn admin_serves_metrics_readyz_and_livez() {
 #[tokio::test]
 async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
     let fake = common::kvs().await;
+    // Media recorded and listed at once, for playback URLs.
+    fake.set_fragment_length(Duration::from_millis(100));
+    fake.set_listing_delay(Duration::ZERO);
     let sidecar = Sidecar::start_with_env(
         &fake,
         &["--log-level", "trace"],
@@ -279,6 +286,21 @@ async fn secrets_never_reach_logs_or_metrics_even_at_trace_level() {
         4,
         "two signatures, two TURN passwords"
     );
+    // Playback URLs: their session token is a credential for the stream.
+    common::wait_for(|| (!fake.recorded_fragments(ARN).is_empty()).then_some(())).await;
+    for protocol in [PlaybackProtocol::Hls, PlaybackProtocol::Dash] {
+        let answer = client
+            .get_playback_url(GetPlaybackUrlRequest {
+                channel_arn: ARN.into(),
+                protocol: protocol as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let token = answer.url.split("SessionToken=").nth(1).expect("a token");
+        signaling_secrets.push(token.to_owned());
+    }
     let (_, metrics) = sidecar.admin_get("/metrics");
     // A rejected call logs one line at INFO; once it is out, every line
     // written before it has been read too.

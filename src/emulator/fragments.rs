@@ -594,6 +594,9 @@ impl Emulator {
             Ok(name) => name,
             Err(refusal) => return refusal,
         };
+        // A stream linked by EnsureStorage lists its channel's recording.
+        let account = self.account_of(&scope.access_key);
+        let name = self.recorded_under(input.stream_arn.as_deref(), &name, &account, &scope.region);
         let now = self.now();
         let mut state = self.lock();
         if !state.recordings.admit(&name, std::time::Instant::now()) {

@@ -28,6 +28,13 @@ impl Emulator {
         if path == CONTAINER_CREDENTIALS_PATH {
             return Ok(self.container_credentials(&parts.headers));
         }
+        // Playback sessions' playlists: the token in the URL is the
+        // credential, there is no signature (`playback.rs`).
+        if parts.method == http::Method::GET
+            && let Some(answer) = self.playback_get(&path, parts.uri.query())
+        {
+            return Ok(answer);
+        }
         // Signed by the emulator's keys or by keys its STS handed out.
         let secret = access_key(&parts.headers)
             .and_then(|key| self.keys(key))
@@ -183,6 +190,13 @@ impl Emulator {
     }
 
     fn operation(&self, path: &str, body: &[u8], scope: &sigv4::Scope) -> Answer {
+        // Streams and media storage have state of their own (storage.rs).
+        if let Some(answer) = self.storage_operation(path, body, scope) {
+            return answer;
+        }
+        if let Some(answer) = self.playback_operation(path, body, scope) {
+            return answer;
+        }
         #[derive(Deserialize)]
         struct Discover {
             #[serde(rename = "ChannelARN")]
@@ -251,7 +265,7 @@ impl Emulator {
                 }
                 (req.channel_arn, "GetIceServerConfig")
             }
-            "/describeSignalingChannel" | "/describeMediaStorageConfiguration" => {
+            "/describeSignalingChannel" => {
                 #[derive(Deserialize)]
                 struct Describe {
                     #[serde(rename = "ChannelARN")]
@@ -260,23 +274,7 @@ impl Emulator {
                 let Ok(req) = serde_json::from_slice::<Describe>(body) else {
                     return invalid("ChannelARN is required");
                 };
-                let op = if path == "/describeSignalingChannel" {
-                    "DescribeSignalingChannel"
-                } else {
-                    "DescribeMediaStorageConfiguration"
-                };
-                (req.channel_arn, op)
-            }
-            "/describeStream" => {
-                #[derive(Deserialize)]
-                struct Describe {
-                    #[serde(rename = "StreamARN")]
-                    stream_arn: String,
-                }
-                let Ok(req) = serde_json::from_slice::<Describe>(body) else {
-                    return invalid("StreamARN is required");
-                };
-                (req.stream_arn, "DescribeStream")
+                (req.channel_arn, "DescribeSignalingChannel")
             }
             "/joinStorageSession" | "/joinStorageSessionAsViewer" => {
                 let viewer = path == "/joinStorageSessionAsViewer";
@@ -334,11 +332,6 @@ impl Emulator {
             );
             return error(403, "AccessDeniedException", &message, Dialect::Header);
         }
-        if operation == "DescribeStream"
-            && let Some(refusal) = stream_refusal(&arn)
-        {
-            return refusal;
-        }
         let body = match operation {
             "GetSignalingChannelEndpoint" => {
                 let webrtc = self
@@ -356,8 +349,6 @@ impl Emulator {
             }
             "GetIceServerConfig" => ice_server_config(&arn, self.now()),
             "DescribeSignalingChannel" => describe_signaling_channel(&arn),
-            "DescribeMediaStorageConfiguration" => describe_media_storage(&arn),
-            "DescribeStream" => describe_stream(&arn),
             "JoinStorageSession" => {
                 self.start_storage_session(arn.as_str(), None);
                 String::new()
@@ -413,10 +404,8 @@ fn amz_date(t: std::time::SystemTime) -> String {
 }
 
 // Readiness by channel name (the README lists these): `inactive-*` is still
-// CREATING, `fullmesh-*` is FULL_MESH, `nostorage-*` has storage DISABLED;
-// the linked stream is named after the channel, and `nostream-*` does not
-// exist, `denystream-*` may not be described, `creatingstream-*` is still
-// CREATING, `noretention-*` keeps no data.
+// CREATING, `fullmesh-*` is FULL_MESH; storage and streams (`nostorage-*`
+// and the stream prefixes) are in storage.rs.
 
 fn describe_signaling_channel(arn: &ChannelArn) -> String {
     let name = arn.name();
@@ -427,49 +416,6 @@ fn describe_signaling_channel(arn: &ChannelArn) -> String {
         "ChannelType": if name.starts_with("fullmesh-") { "FULL_MESH" } else { "SINGLE_MASTER" },
         "CreationTime": 1_700_000_000.0,
         "SingleMasterConfiguration": {"MessageTtlSeconds": 60},
-        "Version": "1",
-    }})
-    .to_string()
-}
-
-fn describe_media_storage(arn: &ChannelArn) -> String {
-    if arn.name().starts_with("nostorage-") {
-        return serde_json::json!({"MediaStorageConfiguration": {"Status": "DISABLED"}})
-            .to_string();
-    }
-    let stream = arn.as_str().replacen(":channel/", ":stream/", 1);
-    serde_json::json!({"MediaStorageConfiguration": {"Status": "ENABLED", "StreamARN": stream}})
-        .to_string()
-}
-
-/// KVS's refusal of a DescribeStream, for the streams that have one.
-fn stream_refusal(stream: &ChannelArn) -> Option<Answer> {
-    let name = stream.name();
-    if name.starts_with("nostream-") {
-        return Some(error(
-            404,
-            "ResourceNotFoundException",
-            "The requested stream is not found or not active.",
-            Dialect::Header,
-        ));
-    }
-    name.starts_with("denystream-").then(|| {
-        let message = format!(
-            "User: arn:aws:sts::000000000000:assumed-role/emulated is not authorized to perform: kinesisvideo:DescribeStream on resource: {stream}"
-        );
-        error(403, "AccessDeniedException", &message, Dialect::Header)
-    })
-}
-
-fn describe_stream(stream: &ChannelArn) -> String {
-    let name = stream.name();
-    serde_json::json!({"StreamInfo": {
-        "StreamARN": stream.as_str(),
-        "StreamName": name,
-        "Status": if name.starts_with("creatingstream-") { "CREATING" } else { "ACTIVE" },
-        "DataRetentionInHours": if name.starts_with("noretention-") { 0 } else { 24 },
-        "MediaType": "video/h264",
-        "CreationTime": 1_700_000_000.0,
         "Version": "1",
     }})
     .to_string()
@@ -508,6 +454,13 @@ pub(super) fn respond(status: u16) -> http::response::Builder {
         .status(status)
         .header("x-amzn-RequestId", super::request_id())
         .header("content-type", "application/json")
+}
+
+/// A 200 with this JSON body.
+pub(super) fn ok(body: serde_json::Value) -> Answer {
+    respond(200)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
 }
 
 pub(super) fn invalid(message: &str) -> Answer {

@@ -48,14 +48,18 @@
 
 mod fragments;
 mod handler;
+mod playback;
 mod sessions;
 mod signaling;
 pub mod sigv4;
+mod storage;
 mod sts;
 
 pub use self::{
     fragments::{FRAGMENT_LENGTH, Fragment, FragmentRequests, LISTING_DELAY, MEDIA_STARTUP},
+    playback::{SESSIONS_KEPT, SESSIONS_PER_STREAM},
     sessions::{MAX_SESSION_LIFETIME, StorageSession},
+    storage::{ACCOUNT, MAX_LINKS, MAX_STREAMS},
     sts::AssumedRole,
 };
 
@@ -198,6 +202,10 @@ struct State {
     assumed: VecDeque<AssumedRole>,
     /// Storage sessions and offers, by master or viewer.
     sessions: sessions::Sessions,
+    /// Streams and channels' media storage (see `storage.rs`).
+    storage: storage::Storage,
+    /// Playback sessions (see `playback.rs`).
+    playback: playback::Playback,
     /// The media the masters' sessions recorded, by stream.
     recordings: fragments::Recordings,
 }

@@ -15,19 +15,22 @@ use crate::{
         endpoint::Role,
     },
     pb::{
-        CheckStorageReadinessRequest, CheckStorageReadinessResponse, GetRecordingStatusRequest,
-        GetRecordingStatusResponse, GetSignalingConnectionRequest, GetSignalingConnectionResponse,
-        IceServer, JoinStorageSessionAsViewerRequest, JoinStorageSessionAsViewerResponse,
-        JoinStorageSessionRequest, JoinStorageSessionResponse, MaintainStorageSessionRequest,
-        ReadinessProblem, SignalingRole, WatchRecordingRequest,
-        maintain_storage_session_request::Kind,
+        CheckStorageReadinessRequest, CheckStorageReadinessResponse, EnsureStorageRequest,
+        EnsureStorageResponse, GetPlaybackUrlRequest, GetPlaybackUrlResponse,
+        GetRecordingStatusRequest, GetRecordingStatusResponse, GetSignalingConnectionRequest,
+        GetSignalingConnectionResponse, IceServer, JoinStorageSessionAsViewerRequest,
+        JoinStorageSessionAsViewerResponse, JoinStorageSessionRequest, JoinStorageSessionResponse,
+        MaintainStorageSessionRequest, ReadinessProblem, SignalingRole, StorageChange,
+        WatchRecordingRequest, maintain_storage_session_request::Kind,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
+    playback::{Playback, PlaybackRequest},
     policy::ChannelPolicy,
     readiness::StorageReadiness,
     recording::Recording,
     session::Sessions,
     signaling::{Connection, Signaling},
+    storage::{Change, Storage, Wanted},
 };
 
 pub(crate) struct WebRtcStorage {
@@ -37,6 +40,10 @@ pub(crate) struct WebRtcStorage {
     policy: ChannelPolicy,
     ledger: JoinLedger,
     sessions: Arc<Sessions>,
+    /// EnsureStorage; refuses every call unless [`WebRtcStorage::allow_storage_changes`].
+    storage: Storage,
+    /// GetPlaybackUrl.
+    playback: Playback,
     recording: Arc<Recording>,
     /// WatchRecording streams being served.
     watchers: Arc<Semaphore>,
@@ -83,6 +90,9 @@ impl WebRtcStorage {
     ) -> Self {
         let slots = limits.max_concurrent_calls.clamp(1, Semaphore::MAX_PERMITS);
         Self {
+            storage: Storage::new(client.clone(), false),
+            // One data plane (endpoint cache) for playback and recording.
+            playback: Playback::new(recording.data_plane()),
             client,
             signaling,
             readiness,
@@ -95,6 +105,12 @@ impl WebRtcStorage {
             slots: Semaphore::new(slots),
             starts: Semaphore::new(PENDING_STARTS),
         }
+    }
+
+    /// Lets EnsureStorage write to the account (`--allow-storage-changes`).
+    pub(crate) fn allow_storage_changes(mut self, allowed: bool) -> Self {
+        self.storage = Storage::new(self.client.clone(), allowed);
+        self
     }
 
     /// The skeleton of every unary call: a call slot (none free:
@@ -399,6 +415,61 @@ impl WebRtcStorageService for WebRtcStorage {
         }))
     }
 
+    async fn ensure_storage(
+        &self,
+        req: Request<EnsureStorageRequest>,
+    ) -> Result<Response<EnsureStorageResponse>, Status> {
+        let work = async |msg: &EnsureStorageRequest, call: &Call| {
+            let arn = self.channel(&msg.channel_arn)?;
+            let wanted = Wanted::parse(&msg.stream_name, msg.retention_hours)?;
+            let ensured = self.storage.ensure(call, &arn, &wanted).await;
+            // Whatever it changed, even if it failed later, the next
+            // readiness check must see.
+            if !matches!(ensured, Err(Error::StorageChangesDisabled)) {
+                self.readiness.forget(&arn).await;
+            }
+            ensured
+        };
+        let ensured = self
+            .unary("EnsureStorage", req, |m| &m.channel_arn, work, |_| "")
+            .await?;
+        Ok(Response::new(EnsureStorageResponse {
+            stream_arn: ensured.stream_arn,
+            changes: ensured
+                .changes
+                .iter()
+                .map(|c| {
+                    (match c {
+                        Change::StreamCreated => StorageChange::StreamCreated,
+                        Change::RetentionIncreased => StorageChange::RetentionIncreased,
+                        Change::StorageEnabled => StorageChange::StorageEnabled,
+                    }) as i32
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_playback_url(
+        &self,
+        req: Request<GetPlaybackUrlRequest>,
+    ) -> Result<Response<GetPlaybackUrlResponse>, Status> {
+        let work = async |msg: &GetPlaybackUrlRequest, call: &Call| {
+            let arn = self.channel(&msg.channel_arn)?;
+            let request = PlaybackRequest::parse(msg)?;
+            self.playback
+                .url(call, &self.readiness, &arn, &request)
+                .await
+        };
+        // The log line never holds the URL.
+        let playback = self
+            .unary("GetPlaybackUrl", req, |m| &m.channel_arn, work, |_| "")
+            .await?;
+        Ok(Response::new(GetPlaybackUrlResponse {
+            url: playback.url,
+            expires_at: Some(Timestamp::from(playback.expires_at)),
+        }))
+    }
+
     async fn get_recording_status(
         &self,
         req: Request<GetRecordingStatusRequest>,
@@ -646,6 +717,19 @@ mod tests {
             {
                 let e = e.to_string();
                 prop_assert!(e.starts_with("role: ") || e.starts_with("client_id: "));
+            }
+            if let Ok(msg) = EnsureStorageRequest::decode(&bytes[..])
+                && let Err(e) = Wanted::parse(&msg.stream_name, msg.retention_hours)
+            {
+                let e = e.to_string();
+                prop_assert!(e.starts_with("stream_name: ") || e.starts_with("retention_hours: "));
+            }
+            if let Ok(msg) = GetPlaybackUrlRequest::decode(&bytes[..])
+                && let Err(e) = PlaybackRequest::parse(&msg)
+            {
+                let e = e.to_string();
+                let fields = ["protocol: ", "mode: ", "start: ", "end: ", "expires: "];
+                prop_assert!(fields.iter().any(|f| e.starts_with(f)), "{}", e);
             }
         }
     }

@@ -19,7 +19,11 @@ pub(crate) fn code(err: &Error) -> Code {
         // The sidecar's FIPS / dual-stack settings cannot reach this
         // partition: its setup, not the request, must change.
         Error::Endpoint(_) => Code::FailedPrecondition,
-        Error::ChannelNotAllowed(_) | Error::CredentialsDenied(_) => Code::PermissionDenied,
+        Error::ChannelNotAllowed(_)
+        | Error::CredentialsDenied(_)
+        | Error::StorageChangesDisabled => Code::PermissionDenied,
+        Error::Precondition(_) => Code::FailedPrecondition,
+        Error::Busy(_) => Code::ResourceExhausted,
         Error::Service(e) => service_code(e),
         Error::Transport(_)
         | Error::Connect(_)
@@ -43,6 +47,13 @@ fn service_code(e: &ServiceError) -> Code {
         ErrorKind::AccessDenied => Code::PermissionDenied,
         ErrorKind::InvalidArgument => Code::InvalidArgument,
         ErrorKind::ResourceInUse => Code::FailedPrecondition,
+        // Another writer changed the stream between our read and write.
+        ErrorKind::VersionMismatch => Code::Aborted,
+        // The stream is in a state that does not allow the request: fix the
+        // stream, not the call.
+        ErrorKind::NoDataRetention | ErrorKind::NotPlayable => Code::FailedPrecondition,
+        // A quota of the account, not a rate: waiting does not help.
+        ErrorKind::AccountLimit => Code::ResourceExhausted,
         ErrorKind::Throttling | ErrorKind::ViewerLimit => Code::ResourceExhausted,
         // KVS rejected the sidecar's own credentials, signature or clock: a
         // fault of this pod's setup, not of the caller's request.
@@ -125,6 +136,24 @@ mod tests {
             (kvs(403, "ExpiredTokenException"), Code::Unavailable),
             (kvs(409, "SomethingNew"), Code::Unknown),
             (kvs(400, "ResourceInUseException"), Code::FailedPrecondition),
+            (kvs(400, "VersionMismatchException"), Code::Aborted),
+            (
+                kvs(400, "NoDataRetentionException"),
+                Code::FailedPrecondition,
+            ),
+            (
+                kvs(400, "AccountStreamLimitExceededException"),
+                Code::ResourceExhausted,
+            ),
+            (
+                kvs(400, "AccountChannelLimitExceededException"),
+                Code::ResourceExhausted,
+            ),
+            (
+                kvs(400, "UnsupportedStreamMediaTypeException"),
+                Code::FailedPrecondition,
+            ),
+            (kvs(401, "NotAuthorizedException"), Code::PermissionDenied),
             (
                 kvs_saying(
                     400,
@@ -160,6 +189,9 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (Error::Credentials("none".into()), Code::Unavailable),
+            (Error::StorageChangesDisabled, Code::PermissionDenied),
+            (Error::Precondition("p".into()), Code::FailedPrecondition),
+            (Error::Busy("b".into()), Code::ResourceExhausted),
             (
                 Error::ChannelNotAllowed("arn".into()),
                 Code::PermissionDenied,

@@ -57,6 +57,10 @@ pub enum ValidationError {
         region: String,
         region_partition: &'static str,
     },
+    /// A rule of the field beyond its syntax (a range, a field another
+    /// one requires); the text says which, never echoing the value.
+    #[error("{0}")]
+    Constraint(&'static str),
     /// A field that only one role takes (a master has no client id).
     #[error("must be empty for SIGNALING_ROLE_MASTER")]
     NotEmptyForMaster,
@@ -86,6 +90,7 @@ impl ValidationError {
             ValidationError::PartitionMismatch { .. } => "partition_mismatch",
             ValidationError::NotEmptyForMaster => "not_empty_for_master",
             ValidationError::UnspecifiedRole => "unspecified",
+            ValidationError::Constraint(_) => "constraint",
         }
     }
 }
@@ -210,6 +215,14 @@ impl fmt::Debug for ChannelArn {
 /// Checks a viewer's `ClientId`: 1 to 256 characters of `[a-zA-Z0-9_.-]`.
 pub fn validate_client_id(s: &str) -> Result<(), ValidationError> {
     validate_token(s, MAX_CLIENT_ID_LEN)
+}
+
+/// The longest `StreamName` the service model accepts.
+pub const MAX_STREAM_NAME_LEN: usize = 256;
+
+/// Checks a `StreamName`: 1 to 256 characters of `[a-zA-Z0-9_.-]`.
+pub fn validate_stream_name(s: &str) -> Result<(), ValidationError> {
+    validate_token(s, MAX_STREAM_NAME_LEN)
 }
 
 /// An idempotency key: 1 to 128 characters of the client id's alphabet.

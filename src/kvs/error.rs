@@ -76,6 +76,20 @@ pub enum Error {
     /// by another replica: its gRPC code and its (already safe) message.
     #[error("{message}")]
     Replayed { code: i32, message: Arc<str> },
+    /// EnsureStorage writes to the account and this sidecar may not:
+    /// nothing was sent.
+    #[error(
+        "EnsureStorage changes the AWS account and is off in this sidecar: start it with --allow-storage-changes"
+    )]
+    StorageChangesDisabled,
+    /// The channel or its stream is not in a state the call needs; the text
+    /// says what to fix (it names resources, never secrets).
+    #[error("{0}")]
+    Precondition(String),
+    /// The sidecar's own bound on work of this kind is reached; nothing
+    /// was sent. The text says which bound.
+    #[error("{0}")]
+    Busy(String),
     /// KVS answered 2xx with something we could not use.
     #[error("KVS answered a malformed response: {0}")]
     MalformedResponse(String),
@@ -105,7 +119,9 @@ impl Error {
             | Error::ChannelNotAllowed(_)
             | Error::Endpoint(_)
             | Error::CredentialsDenied(_)
-            | Error::Replayed { .. } => true,
+            | Error::Replayed { .. }
+            | Error::StorageChangesDisabled
+            | Error::Precondition(_) => true,
             Error::Service(e) => matches!(
                 e.kind,
                 ErrorKind::NotFound
@@ -113,13 +129,18 @@ impl Error {
                     | ErrorKind::InvalidArgument
                     | ErrorKind::ResourceInUse
                     | ErrorKind::ViewerLimit
+                    | ErrorKind::NoDataRetention
+                    | ErrorKind::AccountLimit
+                    | ErrorKind::NotPlayable
             ),
+            // A stream changed under us, or our own bounds: a later try
+            // can succeed.
+            Error::Busy(_) | Error::StreamPaced { .. } => false,
             Error::Transport(_)
             | Error::Connect(_)
             | Error::AttemptTimeout(_)
             | Error::DeadlineExceeded
             | Error::RateLimited { .. }
-            | Error::StreamPaced { .. }
             | Error::RetryQuotaExhausted(_)
             | Error::Credentials(_)
             | Error::Signing(_)
@@ -164,6 +185,19 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The resource is in a state that does not allow the request.
     ResourceInUse,
+    /// `VersionMismatchException`: the stream changed since it was read
+    /// (a concurrent update); read it again before writing.
+    VersionMismatch,
+    /// `NoDataRetentionException`: the stream keeps no data, so it cannot
+    /// store a channel's media (or be played back).
+    NoDataRetention,
+    /// The account's quota of streams or channels (or a stream's tags) is
+    /// used up: no retry helps until the account's limit is raised or
+    /// resources are deleted.
+    AccountLimit,
+    /// The stream's media cannot be played back (unsupported media type,
+    /// missing or invalid codec private data).
+    NotPlayable,
     /// The credentials expired: reload them and try once more.
     ExpiredCredentials,
     /// KVS refused the request's time: correct the clock, try once more.
@@ -186,6 +220,10 @@ impl ErrorKind {
             ErrorKind::AccessDenied => "access_denied",
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::ResourceInUse => "resource_in_use",
+            ErrorKind::VersionMismatch => "version_mismatch",
+            ErrorKind::NoDataRetention => "no_data_retention",
+            ErrorKind::AccountLimit => "account_limit",
+            ErrorKind::NotPlayable => "not_playable",
             ErrorKind::ExpiredCredentials => "expired_credentials",
             ErrorKind::ClockSkew => "clock_skew",
             ErrorKind::AuthRejected => "auth_rejected",
@@ -242,6 +280,15 @@ impl ErrorKind {
             "AccessDeniedException" | "NotAuthorizedException" => ErrorKind::AccessDenied,
             "InvalidArgumentException" => ErrorKind::InvalidArgument,
             "ResourceInUseException" => ErrorKind::ResourceInUse,
+            "VersionMismatchException" => ErrorKind::VersionMismatch,
+            "NoDataRetentionException" => ErrorKind::NoDataRetention,
+            "AccountStreamLimitExceededException"
+            | "AccountChannelLimitExceededException"
+            | "DeviceStreamLimitExceededException"
+            | "TagsPerResourceExceededLimitException" => ErrorKind::AccountLimit,
+            "UnsupportedStreamMediaTypeException"
+            | "MissingCodecPrivateDataException"
+            | "InvalidCodecPrivateDataException" => ErrorKind::NotPlayable,
             c if TRANSIENT_ERRORS.contains(&c) => ErrorKind::Transient,
             _ if http_status == 429 => ErrorKind::Throttling,
             _ if matches!(http_status, 500 | 502 | 503 | 504) => ErrorKind::Transient,
@@ -536,6 +583,18 @@ mod tests {
             (403, "AccessDeniedException", "", AccessDenied),
             (400, "InvalidArgumentException", "", InvalidArgument),
             (400, "ResourceInUseException", "", ResourceInUse),
+            (400, "VersionMismatchException", "", VersionMismatch),
+            (400, "NoDataRetentionException", "", NoDataRetention),
+            (400, "AccountStreamLimitExceededException", "", AccountLimit),
+            (
+                400,
+                "AccountChannelLimitExceededException",
+                "",
+                AccountLimit,
+            ),
+            (400, "UnsupportedStreamMediaTypeException", "", NotPlayable),
+            (400, "MissingCodecPrivateDataException", "", NotPlayable),
+            (401, "NotAuthorizedException", "", AccessDenied),
             (403, "ExpiredTokenException", "", ExpiredCredentials),
             (
                 403,

@@ -16,6 +16,7 @@ mod redact;
 pub mod retry;
 pub mod sign;
 pub mod stack;
+pub mod streams;
 pub mod transport;
 
 use std::sync::{
@@ -48,10 +49,19 @@ pub enum Operation {
     DescribeSignalingChannel,
     DescribeMediaStorageConfiguration,
     DescribeStream,
+    /// EnsureStorage's control-plane reads and writes (`streams.rs`).
+    DescribeMappedResourceConfiguration,
+    CreateStream,
+    UpdateDataRetention,
+    UpdateMediaStorageConfiguration,
     /// A stream's data-plane endpoint for one API (`data_endpoint.rs`).
     GetDataEndpoint,
     /// A page of a stream's fragments, on its LIST_FRAGMENTS data endpoint.
     ListFragments,
+    /// A new playback session's URL, on the stream's data endpoint for
+    /// the API (`playback/`).
+    GetHlsStreamingSessionUrl,
+    GetDashStreamingSessionUrl,
 }
 
 impl Operation {
@@ -64,8 +74,14 @@ impl Operation {
             Operation::DescribeSignalingChannel => "DescribeSignalingChannel",
             Operation::DescribeMediaStorageConfiguration => "DescribeMediaStorageConfiguration",
             Operation::DescribeStream => "DescribeStream",
+            Operation::DescribeMappedResourceConfiguration => "DescribeMappedResourceConfiguration",
+            Operation::CreateStream => "CreateStream",
+            Operation::UpdateDataRetention => "UpdateDataRetention",
+            Operation::UpdateMediaStorageConfiguration => "UpdateMediaStorageConfiguration",
             Operation::GetDataEndpoint => "GetDataEndpoint",
             Operation::ListFragments => "ListFragments",
+            Operation::GetHlsStreamingSessionUrl => "GetHLSStreamingSessionURL",
+            Operation::GetDashStreamingSessionUrl => "GetDASHStreamingSessionURL",
         }
     }
 
@@ -75,6 +91,15 @@ impl Operation {
         matches!(
             self,
             Operation::JoinStorageSession | Operation::JoinStorageSessionAsViewer
+        )
+    }
+
+    /// Whether each call opens a playback session: KVS keeps at most 10
+    /// per stream and ends the oldest, so an extra one is not harmless.
+    pub fn opens_session(self) -> bool {
+        matches!(
+            self,
+            Operation::GetHlsStreamingSessionUrl | Operation::GetDashStreamingSessionUrl
         )
     }
 
@@ -88,8 +113,16 @@ impl Operation {
             Operation::DescribeSignalingChannel => "/describeSignalingChannel",
             Operation::DescribeMediaStorageConfiguration => "/describeMediaStorageConfiguration",
             Operation::DescribeStream => "/describeStream",
+            Operation::DescribeMappedResourceConfiguration => {
+                "/describeMappedResourceConfiguration"
+            }
+            Operation::CreateStream => "/createStream",
+            Operation::UpdateDataRetention => "/updateDataRetention",
+            Operation::UpdateMediaStorageConfiguration => "/updateMediaStorageConfiguration",
             Operation::GetDataEndpoint => "/getDataEndpoint",
             Operation::ListFragments => "/listFragments",
+            Operation::GetHlsStreamingSessionUrl => "/getHLSStreamingSessionURL",
+            Operation::GetDashStreamingSessionUrl => "/getDASHStreamingSessionURL",
         }
     }
 }

@@ -58,6 +58,10 @@ pub fn classify(err: &Error) -> Option<RetryKind> {
             | ErrorKind::AccessDenied
             | ErrorKind::InvalidArgument
             | ErrorKind::ResourceInUse
+            | ErrorKind::VersionMismatch
+            | ErrorKind::NoDataRetention
+            | ErrorKind::AccountLimit
+            | ErrorKind::NotPlayable
             | ErrorKind::AuthRejected
             | ErrorKind::Other => None,
         },
@@ -246,6 +250,11 @@ impl tower::retry::Policy<UpstreamRequest, UpstreamResponse, Error> for RetryPol
         let kind = classify(err)?;
         let operation = req.operation.name();
         if !self.retry_sent_joins && req.operation.is_join() && err.may_have_reached_kvs() {
+            return None;
+        }
+        // A second playback session could end someone else's (KVS keeps
+        // 10 per stream): only what surely did not open one is retried.
+        if req.operation.opens_session() && err.may_have_reached_kvs() {
             return None;
         }
 

@@ -95,6 +95,12 @@ impl StorageReadiness {
         call.bound(work).await
     }
 
+    /// Forgets the channel's answer, so the next check reads KVS again:
+    /// EnsureStorage calls it after it may have changed the channel.
+    pub(crate) async fn forget(&self, arn: &ChannelArn) {
+        self.answers.invalidate(arn).await;
+    }
+
     async fn inspect(&self, call: &Call, arn: &ChannelArn) -> Result<Arc<Report>, Error> {
         #[derive(Serialize)]
         struct ByChannel<'a> {

@@ -141,6 +141,12 @@ impl Recording {
     }
 
     /// KVS's time, as far as the sidecar knows it.
+    /// The streams' data endpoints, shared with playback (one cache per
+    /// stream and API, whoever asks).
+    pub(crate) fn data_plane(&self) -> Arc<DataPlane> {
+        self.data.clone()
+    }
+
     pub(crate) fn now(&self) -> SystemTime {
         self.clock.now()
     }

@@ -190,12 +190,20 @@ impl RateLimitLayer {
             Operation::DescribeSignalingChannel
             | Operation::DescribeMediaStorageConfiguration
             | Operation::DescribeStream => self.describe.clone(),
+            // EnsureStorage's reads and writes are control-plane calls of
+            // the same account-wide quotas, a handful per call.
+            Operation::DescribeMappedResourceConfiguration
+            | Operation::CreateStream
+            | Operation::UpdateDataRetention
+            | Operation::UpdateMediaStorageConfiguration => self.describe.clone(),
             // A stream's data endpoint is found as a channel's endpoints
             // are: an account-wide control-plane quota.
             Operation::GetDataEndpoint => self.discovery.clone(),
             // KVS limits it per stream, not per account: the per-stream
             // pacer below this layer keeps that limit.
-            Operation::ListFragments => None,
+            Operation::ListFragments
+            | Operation::GetHlsStreamingSessionUrl
+            | Operation::GetDashStreamingSessionUrl => None,
         }
     }
 }

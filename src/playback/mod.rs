@@ -1,0 +1,202 @@
+//! GetPlaybackUrl: a new HLS or DASH playback URL for what a channel's
+//! stream stored.
+//!
+//! The stream is the one the channel's media storage links (read through
+//! the readiness cache, so playback shares its DescribeMediaStorage-
+//! Configuration reads). The URL comes from `GetHLSStreamingSessionURL` or
+//! `GetDASHStreamingSessionURL` on the stream's data endpoint for that API
+//! (`kvs/data_endpoint.rs`: cached per stream and API, dropped after a
+//! failure), every attempt paced to KVS's 5 requests a second per stream by
+//! the shared per-stream pacer (`kvs/stack/pace.rs`): a call that cannot get
+//! a slot before its deadline is RESOURCE_EXHAUSTED.
+//!
+//! Never cached or shared: KVS keeps at most 10 live playback sessions per
+//! stream and ends the oldest beyond that, and a session belongs to one
+//! player; every call makes a new one. For the same reason a request that
+//! may have reached KVS is not retried (`kvs/retry.rs`): a retry would open
+//! a second session and could end someone else's.
+//!
+//! The URL carries the session's token, a credential for the stream: it is
+//! never logged, never in an error or a metric, and [`PlaybackUrl`]'s Debug
+//! hides it.
+
+mod request;
+
+pub(crate) use self::request::Playback as PlaybackRequest;
+
+use std::{fmt, sync::Arc, time::SystemTime};
+
+use serde::Deserialize;
+
+use self::request::Protocol;
+use crate::{
+    kvs::{
+        Call, Error, ErrorKind, Operation,
+        arn::ChannelArn,
+        data_endpoint::{ApiName, DataPlane},
+    },
+    readiness::StorageReadiness,
+};
+
+/// A playback URL and when it stops working. Debug never shows the URL.
+pub(crate) struct PlaybackUrl {
+    pub url: String,
+    pub expires_at: SystemTime,
+}
+
+impl fmt::Debug for PlaybackUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlaybackUrl")
+            .field("url", &"** redacted **")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+pub(crate) struct Playback {
+    data: Arc<DataPlane>,
+}
+
+// === impl Playback ===
+
+impl Playback {
+    pub(crate) fn new(data: Arc<DataPlane>) -> Self {
+        Self { data }
+    }
+
+    /// A new URL for the channel's stream, as `request` asks.
+    pub(crate) async fn url(
+        &self,
+        call: &Call,
+        readiness: &StorageReadiness,
+        channel: &ChannelArn,
+        request: &PlaybackRequest,
+    ) -> Result<PlaybackUrl, Error> {
+        let report = readiness.check(call, channel).await?;
+        if report.media_storage_status != "ENABLED" || report.stream_arn.is_empty() {
+            return Err(Error::Precondition(
+                "the channel stores no media (its media storage is not enabled, or the sidecar may not read it: see CheckStorageReadiness); enable it with EnsureStorage".into(),
+            ));
+        }
+        let stream = ChannelArn::parse(&report.stream_arn).map_err(|e| {
+            Error::MalformedResponse(format!(
+                "DescribeMediaStorageConfiguration: the linked StreamARN {e}"
+            ))
+        })?;
+        self.session_url(call, &stream, request).await
+    }
+
+    async fn session_url(
+        &self,
+        call: &Call,
+        stream: &ChannelArn,
+        request: &PlaybackRequest,
+    ) -> Result<PlaybackUrl, Error> {
+        let (api, operation) = match request.protocol {
+            Protocol::Hls => (
+                ApiName::GetHlsStreamingSessionUrl,
+                Operation::GetHlsStreamingSessionUrl,
+            ),
+            Protocol::Dash => (
+                ApiName::GetDashStreamingSessionUrl,
+                Operation::GetDashStreamingSessionUrl,
+            ),
+        };
+        // KVS counts Expires from when it makes the session; asking first
+        // errs on the early side.
+        let asked = SystemTime::now();
+        let answer = self
+            .data
+            .send(call, stream, api, operation, request.body(stream.as_str()))
+            .await
+            .map_err(nothing_to_play)?;
+        let url = session_url(request.protocol, &answer.body)?;
+        Ok(PlaybackUrl {
+            url,
+            expires_at: asked + request.expires,
+        })
+    }
+}
+
+/// KVS answers ResourceNotFoundException when the stream has no fragments
+/// in the range (LIVE: none in the last 30 seconds): the channel exists,
+/// there is nothing to play yet.
+fn nothing_to_play(err: Error) -> Error {
+    match err {
+        Error::Service(e) if e.kind == ErrorKind::NotFound => Error::Precondition(format!(
+            "nothing to play: KVS found no fragments in the channel's stream for this request (LIVE needs media recorded within the last 30 seconds){}",
+            e.request_id
+                .map(|id| format!(" (KVS request id {id})"))
+                .unwrap_or_default()
+        )),
+        Error::Service(e) if e.kind == ErrorKind::NoDataRetention => Error::Precondition(
+            "nothing to play: the channel's stream keeps no data (DataRetentionInHours is 0); raise it with EnsureStorage".into(),
+        ),
+        other => other,
+    }
+}
+
+/// The URL in KVS's answer. A parse error names the position only: the
+/// answer's one value is the secret.
+fn session_url(protocol: Protocol, body: &[u8]) -> Result<String, Error> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(rename = "HLSStreamingSessionURL")]
+        hls: Option<String>,
+        #[serde(rename = "DASHStreamingSessionURL")]
+        dash: Option<String>,
+    }
+    let (name, operation) = match protocol {
+        Protocol::Hls => ("HLSStreamingSessionURL", "GetHLSStreamingSessionURL"),
+        Protocol::Dash => ("DASHStreamingSessionURL", "GetDASHStreamingSessionURL"),
+    };
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| {
+        Error::MalformedResponse(format!(
+            "{operation} answer is not the expected JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let url = match protocol {
+        Protocol::Hls => answer.hls,
+        Protocol::Dash => answer.dash,
+    };
+    url.filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .ok_or_else(|| Error::MalformedResponse(format!("{operation} answered no {name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_url_and_never_shows_it() {
+        let body = br#"{"HLSStreamingSessionURL":"https://b-1.kinesisvideo.us-west-2.amazonaws.com/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken=CiAzZWNyZXQ"}"#;
+        let url = session_url(Protocol::Hls, body).unwrap();
+        assert!(url.ends_with("SessionToken=CiAzZWNyZXQ"));
+        let shown = format!(
+            "{:?}",
+            PlaybackUrl {
+                url,
+                expires_at: SystemTime::UNIX_EPOCH
+            }
+        );
+        assert!(!shown.contains("CiAz"), "{shown}");
+        // The other protocol's member, garbage, or a value that is not a
+        // URL: refused, without quoting the answer.
+        for (protocol, body) in [
+            (Protocol::Dash, &body[..]),
+            (
+                Protocol::Hls,
+                br#"{"HLSStreamingSessionURL":"CiAzZWNyZXQ"}"#,
+            ),
+            (
+                Protocol::Hls,
+                br#"{"HLSStreamingSessionURL":7, "x":"CiAzZWNyZXQ"}"#,
+            ),
+        ] {
+            let err = session_url(protocol, body).unwrap_err().to_string();
+            assert!(!err.contains("CiAz"), "{err}");
+        }
+    }
+}
