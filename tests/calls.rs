@@ -420,12 +420,16 @@ async fn the_callers_deadline_bounds_the_whole_call() {
     let started = Instant::now();
     let err = client.clone().join_storage_session(req).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(2500));
-    // The first backoff (5 s) cannot fit: the answer is the last error, at
-    // once, not the deadline.
+    // A backoff that cannot fit is not waited: the answer is the last
+    // error, at once, not the deadline. (Backoffs are 5 s scaled by a
+    // random 0-1 jitter, so rarely a second attempt fits.)
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     let attempts = fake.received_on(JOIN).len() - before;
-    assert_eq!(attempts, 1, "{attempts} attempts within a 300 ms deadline");
-    assert_eq!(fake.scripted_left(JOIN), 2);
+    assert!(
+        (1..=2).contains(&attempts),
+        "{attempts} attempts within a 300 ms deadline"
+    );
+    assert_eq!(fake.scripted_left(JOIN), 3 - attempts);
 }
 
 #[tokio::test]
