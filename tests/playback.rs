@@ -395,3 +395,44 @@ async fn the_url_never_reaches_logs_or_errors() {
         }
     }
 }
+
+/// GetDataEndpoint and both session-URL requests, replayed with boto3: the
+/// same paths, bodies (timestamps as epoch seconds), signing scope and
+/// content type (botocore's kinesisvideo and kinesis-video-archived-media
+/// models).
+#[tokio::test]
+async fn requests_are_the_ones_boto3_sends() {
+    let (fake, _sidecar, mut client) = recording(&[]).await;
+    record(&fake, &mut client, ARN).await;
+    client.get_playback_url(live(ARN)).await.unwrap();
+    client
+        .get_playback_url(GetPlaybackUrlRequest {
+            channel_arn: ARN.into(),
+            protocol: PlaybackProtocol::Dash as i32,
+            mode: PlaybackMode::OnDemand as i32,
+            start: ts(SystemTime::now() - Duration::from_secs(60)),
+            end: ts(SystemTime::now()),
+            expires: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    let endpoints = fake.received_on("/getDataEndpoint");
+    let ours = [
+        ("kinesisvideo", "GetDataEndpoint", endpoints[0].clone()),
+        (
+            "kinesis-video-archived-media",
+            "GetHLSStreamingSessionURL",
+            fake.received_on(HLS)[0].clone(),
+        ),
+        ("kinesisvideo", "GetDataEndpoint", endpoints[1].clone()),
+        (
+            "kinesis-video-archived-media",
+            "GetDASHStreamingSessionURL",
+            fake.received_on(DASH)[0].clone(),
+        ),
+    ];
+    common::assert_boto3_sends_the_same(&fake, "eu-central-1", &ours).await;
+}

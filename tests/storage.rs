@@ -451,3 +451,59 @@ async fn two_replicas_creating_the_same_stream_both_end_linked_to_it() {
         .sum();
     assert_eq!(created, 1, "{answers:?}");
 }
+
+/// Every request EnsureStorage makes, replayed with boto3: the same paths,
+/// bodies, signing scope and content type (botocore's kinesisvideo model).
+#[tokio::test]
+async fn requests_are_the_ones_boto3_sends() {
+    let (fake, _sidecar, mut client) = allowed().await;
+    // Create, poll, link; then raise a linked stream's retention; then a
+    // stream linked elsewhere, for DescribeMappedResourceConfiguration.
+    client
+        .ensure_storage(ensure("nostorage-wire", "", 48))
+        .await
+        .unwrap();
+    client
+        .ensure_storage(ensure("wire-2", "", 72))
+        .await
+        .unwrap();
+    client
+        .ensure_storage(ensure("nostorage-other", "nostorage-wire-storage", 0))
+        .await
+        .unwrap_err();
+    let first = |path: &str| fake.received_on(path)[0].clone();
+    let describe = fake.received_on("/describeStream");
+    let ours = [
+        (
+            "kinesisvideo",
+            "DescribeSignalingChannel",
+            first("/describeSignalingChannel"),
+        ),
+        (
+            "kinesisvideo",
+            "DescribeMediaStorageConfiguration",
+            first("/describeMediaStorageConfiguration"),
+        ),
+        ("kinesisvideo", "DescribeStream", describe[0].clone()),
+        ("kinesisvideo", "CreateStream", first("/createStream")),
+        ("kinesisvideo", "DescribeStream", describe[1].clone()),
+        (
+            "kinesisvideo",
+            "UpdateDataRetention",
+            first("/updateDataRetention"),
+        ),
+        (
+            "kinesisvideo",
+            "UpdateMediaStorageConfiguration",
+            first("/updateMediaStorageConfiguration"),
+        ),
+        (
+            "kinesisvideo",
+            "DescribeMappedResourceConfiguration",
+            first("/describeMappedResourceConfiguration"),
+        ),
+    ];
+    assert!(describe[0].json().get("StreamName").is_some());
+    assert!(describe[1].json().get("StreamARN").is_some());
+    common::assert_boto3_sends_the_same(&fake, "eu-central-1", &ours).await;
+}

@@ -197,10 +197,12 @@ fn time(t: prost_types::Timestamp) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32))
 }
 
-/// Seconds since 1970, with the fraction, as restJson writes a timestamp.
+/// Seconds since 1970, with the fraction, as restJson writes a timestamp:
+/// to the microsecond, the way botocore writes it (whole microseconds over
+/// 10^6), so the same instant is the same number on the wire.
 fn epoch_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
+        .map(|d| d.as_micros() as f64 / 1e6)
         .unwrap_or_default()
 }
 

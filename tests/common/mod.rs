@@ -209,3 +209,80 @@ pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Replays requests the sidecar sent (service, operation, the request as
+/// the emulator received it) with boto3 (tests/boto3_replay.py) against
+/// `fake`, and asserts boto3 sent the same: the path, the JSON body (which
+/// boto3 first validated against botocore's model), the signing service and
+/// region, and the content type.
+pub(crate) async fn assert_boto3_sends_the_same(
+    fake: &Emulator,
+    region: &str,
+    ours: &[(&str, &str, kvs_sidecar::emulator::Received)],
+) {
+    let lines: String = ours
+        .iter()
+        .map(|(service, operation, request)| {
+            serde_json::json!({"service": service, "operation": operation, "params": request.json()})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let before = fake.received().len();
+    let keys = fake.credentials().clone();
+    let (url, region) = (fake.url(), region.to_owned());
+    // Off the runtime: the emulator answering boto3 runs on it.
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/boto3_replay.py"
+            ))
+            .args([url, region])
+            .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+            .env("AWS_SESSION_TOKEN", keys.session_token.as_deref().unwrap())
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python with boto3 (tests/requirements.txt)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Vec<_> = fake.received().split_off(before);
+    assert_eq!(theirs.len(), ours.len(), "one request each: {printed}");
+    for ((_, operation, ours), theirs) in ours.iter().zip(&theirs) {
+        assert_eq!(ours.path, theirs.path, "{operation}");
+        assert_eq!(ours.json(), theirs.json(), "{operation}: {printed}");
+        let (a, b) = (
+            ours.signature.as_ref().unwrap(),
+            theirs.signature.as_ref().unwrap(),
+        );
+        assert_eq!(
+            (&a.service, &a.region),
+            (&b.service, &b.region),
+            "{operation}"
+        );
+        let content_type =
+            |r: &kvs_sidecar::emulator::Received| r.headers.get("content-type").cloned();
+        assert_eq!(content_type(ours), content_type(theirs), "{operation}");
+    }
+}
