@@ -285,6 +285,8 @@ impl App {
             max_calls: config.max_calls_per_connection,
             long_lived: grpc::LONG_LIVED,
             drain_streams: DRAIN_STREAMS.min(config.shutdown_grace),
+            deadline: grpc::deadline::timeout,
+            max_wait: config.max_call_duration,
             handshake_timeout: config.handshake_timeout,
             keepalive_interval: config.keepalive_interval,
             keepalive_timeout: config.keepalive_timeout,

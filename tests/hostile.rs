@@ -315,9 +315,10 @@ async fn headers_only_joins_do_not_starve_legitimate_joins() {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // A 49th call on a full connection is refused at once (issue 22: the
-    // per-connection bound counts calls, not the HTTP/2 streams sessions
-    // also use).
+    // Calls past the 48 a connection may have in flight wait for a slot
+    // within their deadline (as a client would wait for a stream), 48 at
+    // most; one more is refused at once (issue 22: the per-connection bound
+    // counts calls, not the HTTP/2 streams sessions also use).
     let first = h2_connection(sidecar.grpc, &mut connections).await;
     let mut over = Vec::new();
     for _ in 0..48 {
@@ -327,6 +328,15 @@ async fn headers_only_joins_do_not_starve_legitimate_joins() {
             .unwrap();
         over.push(body);
     }
+    let mut waiting = Vec::new();
+    for _ in 0..48 {
+        let mut send = first.clone().ready().await.unwrap();
+        let (answer, body) = send
+            .send_request(grpc_request(STORAGE_JOIN, Some("1S")), false)
+            .unwrap();
+        waiting.push((answer, body));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut send = first.clone().ready().await.unwrap();
     let (refused, _body) = send
         .send_request(grpc_request(STORAGE_JOIN, None), false)
@@ -343,6 +353,21 @@ async fn headers_only_joins_do_not_starve_legitimate_joins() {
         Some("8"),
         "RESOURCE_EXHAUSTED"
     );
+    // The waiting ones found no slot within their 1 s.
+    for (answer, _body) in waiting {
+        let answer = tokio::time::timeout(Duration::from_secs(3), answer)
+            .await
+            .expect("answered at its deadline")
+            .unwrap();
+        assert_eq!(
+            answer
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap()),
+            Some("4"),
+            "DEADLINE_EXCEEDED"
+        );
+    }
     drop(over);
     // Every legitimate join is served while the attackers' streams are open.
     let mut legitimate = JoinSet::new();

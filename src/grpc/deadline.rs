@@ -11,11 +11,15 @@ use tokio::time::Instant;
 /// The instant the call must be answered by: the caller's `grpc-timeout`
 /// from `received`, capped at `max`.
 pub(crate) fn deadline(headers: &http::HeaderMap, received: Instant, max: Duration) -> Instant {
-    let timeout = headers
+    let timeout = timeout(headers).map_or(max, |t| t.min(max));
+    received + timeout
+}
+
+/// The caller's `grpc-timeout`, if it sent a valid one.
+pub(crate) fn timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
         .get("grpc-timeout")
         .and_then(|v| parse_timeout(v.to_str().ok()?))
-        .map_or(max, |t| t.min(max));
-    received + timeout
 }
 
 /// `grpc-timeout` is 1 to 8 ASCII digits and a unit: H, M, S, m, u or n.

@@ -31,6 +31,10 @@ struct Load {
     in_flight: AtomicUsize,
     /// Of `in_flight`, the long-lived streams.
     long_lived: AtomicUsize,
+    /// Calls waiting for one of the connection's call slots.
+    waiting: AtomicUsize,
+    /// A call (not a long-lived stream) ended: a waiting call may start.
+    freed: Notify,
     /// Bumped by every request, so a call that came and went between two
     /// looks still counts as activity.
     started: AtomicU64,
@@ -66,6 +70,10 @@ pub(super) struct Tracked {
 pub(super) struct Limits {
     pub max_calls: usize,
     pub long_lived: &'static [&'static str],
+    /// How long a call past `max_calls` may wait for a slot: its deadline
+    /// as its headers give it, at most `max_wait`.
+    pub deadline: fn(&http::HeaderMap) -> Option<Duration>,
+    pub max_wait: Duration,
 }
 
 pin_project! {
@@ -144,16 +152,21 @@ impl Busy {
     fn start(load: &Arc<Load>, long_lived: bool, max_calls: usize) -> Option<Self> {
         load.started.fetch_add(1, Ordering::AcqRel);
         let before = load.in_flight.fetch_add(1, Ordering::AcqRel);
-        let busy = Self {
-            load: load.clone(),
-            long_lived,
-        };
         if long_lived {
             load.long_lived.fetch_add(1, Ordering::AcqRel);
         } else if before - load.long_lived.load(Ordering::Acquire).min(before) >= max_calls {
+            // Not a call that ended: no waiting call is woken for it (they
+            // would wake each other in turn), only a drain looking for zero.
+            load.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if load.draining.load(Ordering::Acquire) {
+                load.quiet.notify_waiters();
+            }
             return None;
         }
-        Some(busy)
+        Some(Self {
+            load: load.clone(),
+            long_lived,
+        })
     }
 }
 
@@ -163,6 +176,9 @@ impl Drop for Busy {
             self.load.long_lived.fetch_sub(1, Ordering::AcqRel);
         }
         self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.long_lived && self.load.waiting.load(Ordering::Acquire) > 0 {
+            self.load.freed.notify_one();
+        }
         // Every end wakes a drain: it waits for none left, or for only
         // long-lived streams left.
         if self.load.draining.load(Ordering::Acquire) {
@@ -183,26 +199,90 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
         // Taken now, before the handler runs, so a request still reading its
         // body counts as busy; dropped with the future if the peer resets.
         let long_lived = self.limits.long_lived.contains(&req.uri().path());
-        let Some(busy) = Busy::start(&self.load, long_lived, self.limits.max_calls) else {
-            // Refused before any body is read; the stream ends at once.
-            let status = tonic::Status::resource_exhausted(format!(
-                "this connection has {} calls in flight, its limit; retry with backoff or open another connection",
-                self.limits.max_calls
-            ));
-            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
-            let refused = status
-                .into_http::<Body>()
-                .map(|inner| TrackedBody { inner, busy: None });
-            return Box::pin(std::future::ready(Ok(refused)));
-        };
         let router = self.router.clone();
+        if let Some(busy) = Busy::start(&self.load, long_lived, self.limits.max_calls) {
+            return Box::pin(async move {
+                let Ok(response) = router.oneshot(req.map(Body::new)).await;
+                Ok(response.map(|inner| TrackedBody {
+                    inner,
+                    busy: Some(busy),
+                }))
+            });
+        }
+        // Past the connection's call slots: wait for one within the call's
+        // deadline, as the client would have waited for a stream, if no
+        // more than `max_calls` wait already; else refused at once, before
+        // any body is read.
+        let limits = self.limits;
+        let Some(waiting) = Waiting::enter(&self.load, limits.max_calls) else {
+            return Box::pin(std::future::ready(Ok(refusal(
+                tonic::Status::resource_exhausted(format!(
+                    "this connection has {} calls in flight and as many waiting, its limit; retry with backoff or open another connection",
+                    limits.max_calls
+                )),
+            ))));
+        };
+        let wait =
+            (limits.deadline)(req.headers()).map_or(limits.max_wait, |d| d.min(limits.max_wait));
         Box::pin(async move {
+            let Some(busy) = waiting.slot(tokio::time::Instant::now() + wait).await else {
+                return Ok(refusal(tonic::Status::deadline_exceeded(
+                    "no call slot of this connection came free within the call's deadline",
+                )));
+            };
             let Ok(response) = router.oneshot(req.map(Body::new)).await;
             Ok(response.map(|inner| TrackedBody {
                 inner,
                 busy: Some(busy),
             }))
         })
+    }
+}
+
+/// A refusal answered before the request is read: the stream ends at once.
+fn refusal(status: tonic::Status) -> http::Response<TrackedBody> {
+    metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
+    status
+        .into_http::<Body>()
+        .map(|inner| TrackedBody { inner, busy: None })
+}
+
+/// A call waiting for a slot of its connection; counted while it waits.
+struct Waiting {
+    load: Arc<Load>,
+    max_calls: usize,
+}
+
+impl Waiting {
+    fn enter(load: &Arc<Load>, max_calls: usize) -> Option<Self> {
+        if load.waiting.fetch_add(1, Ordering::AcqRel) >= max_calls {
+            load.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self {
+            load: load.clone(),
+            max_calls,
+        })
+    }
+
+    /// A slot, once one is free, or `None` at `until`.
+    async fn slot(self, until: tokio::time::Instant) -> Option<Busy> {
+        loop {
+            let freed = self.load.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the try, so a slot freed in between wakes us.
+            freed.as_mut().enable();
+            if let Some(busy) = Busy::start(&self.load, false, self.max_calls) {
+                return Some(busy);
+            }
+            tokio::time::timeout_at(until, freed).await.ok()?;
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.load.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -317,5 +397,35 @@ mod tests {
         drop((second, streams));
         assert_eq!(load.in_flight.load(Ordering::Acquire), 0);
         assert_eq!(load.long_lived.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_the_limit_waits_for_a_slot_within_its_deadline() {
+        let load = Arc::new(Load::default());
+        let first = Busy::start(&load, false, 1).unwrap();
+        // One waits, and gets the slot the moment the first call ends.
+        let waiting = Waiting::enter(&load, 1).unwrap();
+        let started = tokio::time::Instant::now();
+        let waiter = tokio::spawn(waiting.slot(started + Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // No second waiter: as many wait as may run.
+        assert!(Waiting::enter(&load, 1).is_none());
+        drop(first);
+        let busy = waiter.await.unwrap().expect("the freed slot");
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert_eq!(load.waiting.load(Ordering::Acquire), 0);
+        // One that finds no slot before its deadline gives up there.
+        let waiting = Waiting::enter(&load, 1).unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(
+            waiting
+                .slot(started + Duration::from_secs(2))
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(load.waiting.load(Ordering::Acquire), 0);
+        drop(busy);
+        assert_eq!(load.in_flight.load(Ordering::Acquire), 0);
     }
 }

@@ -53,6 +53,11 @@ pub(crate) struct Settings {
     /// waits for them (their final events) before it is closed: a caller
     /// that reads nothing must not hold the shutdown for the whole grace.
     pub drain_streams: Duration,
+    /// The timeout a request's headers set, if any (`grpc-timeout`), and
+    /// the longest a call waits for one of its connection's call slots
+    /// (`--max-call-duration`).
+    pub deadline: fn(&http::HeaderMap) -> Option<Duration>,
+    pub max_wait: Duration,
     /// TLS handshake, then HTTP/2 preface or HTTP/1.1 request head.
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
@@ -66,6 +71,8 @@ impl Settings {
         activity::Limits {
             max_calls: self.max_calls as usize,
             long_lived: self.long_lived,
+            deadline: self.deadline,
+            max_wait: self.max_wait,
         }
     }
 
