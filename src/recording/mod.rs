@@ -6,7 +6,11 @@
 //! session supervisors that watch their media (`no_media_after`). Each
 //! caller subscribes with its window (`since`, `stalled_after`); callers
 //! with the same window share one subscription, whose status is summed by a
-//! [`status::Window`]. A poller whose last subscription ends stops.
+//! [`status::Window`]. A window outlives its last caller by a few seconds
+//! (`Settings::linger`), so a status asked again is answered from the
+//! listings already made; a poller whose windows were all left that long
+//! stops, and one with only such windows gives its place up to a new
+//! stream at once.
 //!
 //! The stream comes from DescribeMediaStorageConfiguration through the
 //! readiness checks' cache (shared: a status call right after a readiness
@@ -57,6 +61,14 @@ fn join_key(channel: &ChannelArn) -> String {
     format!("lastjoin:{channel}")
 }
 
+fn floor_to_minute(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs - secs % 60)
+}
+
 fn millis(t: SystemTime) -> u128 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -76,6 +88,8 @@ pub(crate) struct Settings {
     pub overlap: Duration,
     /// The deadline of one listing, its pages and retries.
     pub listing_timeout: Duration,
+    /// How long a window is still fed after its last caller left.
+    pub linger: Duration,
 }
 
 impl Default for Settings {
@@ -85,6 +99,7 @@ impl Default for Settings {
             poll_interval: Duration::from_secs(1),
             overlap: Duration::from_secs(30),
             listing_timeout: Duration::from_secs(20),
+            linger: Duration::from_secs(10),
         }
     }
 }
@@ -167,7 +182,9 @@ impl Recording {
     /// master join this sidecar or the shared store knows, unless older
     /// than the default lookback.
     pub(crate) async fn default_since(&self, channel: &ChannelArn) -> SystemTime {
-        let hour_ago = self.now() - DEFAULT_LOOKBACK;
+        // To the minute: callers asking within the same minute share one
+        // window (and its listings) instead of each listing an hour.
+        let hour_ago = floor_to_minute(self.now() - DEFAULT_LOOKBACK);
         let mut joined = self.joins.get(channel.as_str());
         if joined.is_none()
             && let Some(store) = &self.store
@@ -203,7 +220,20 @@ impl Recording {
                     Some(p) => p.clone(),
                     None => {
                         if pollers.len() >= self.settings.max_streams {
-                            return Err(Refusal::TooManyStreams(self.settings.max_streams));
+                            // A poller kept only for lingering windows
+                            // gives its place up.
+                            let idle = pollers
+                                .iter()
+                                .find(|(_, p)| p.retire())
+                                .map(|(stream, _)| stream.clone());
+                            match idle {
+                                Some(stream) => {
+                                    pollers.remove(&stream);
+                                }
+                                None => {
+                                    return Err(Refusal::TooManyStreams(self.settings.max_streams));
+                                }
+                            }
                         }
                         let p = poller::Poller::start(self.clone(), stream.clone());
                         pollers.insert(stream.clone(), p.clone());
