@@ -780,11 +780,32 @@ async fn requests_are_the_ones_boto3_sends() {
         .and_then(|n| n.parse().ok())
         .expect("boto3 read the page");
     assert!(listed >= 1, "{printed}");
-
-    let theirs = (
-        fake.received_on("/getDataEndpoint").last().unwrap().clone(),
-        fake.received_on(LIST).last().unwrap().clone(),
+    // KVS's errors, as boto3 reads them from the emulator.
+    assert!(
+        printed.contains("missing ResourceNotFoundException 404"),
+        "{printed}"
     );
+    assert!(
+        printed.contains("denied NotAuthorizedException 401"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("burst none,none,none,none,none,ClientLimitExceededException 400"),
+        "{printed}"
+    );
+
+    // boto3's first of each, told apart by its user agent.
+    let boto3 = |path: &str| {
+        fake.received_on(path)
+            .into_iter()
+            .find(|r| {
+                r.headers
+                    .get("user-agent")
+                    .is_some_and(|ua| ua.to_str().unwrap_or_default().starts_with("Boto3/"))
+            })
+            .expect("a request from boto3")
+    };
+    let theirs = (boto3("/getDataEndpoint"), boto3(LIST));
     for (ours, theirs) in [(&ours.0, &theirs.0), (&ours.1, &theirs.1)] {
         assert_eq!(ours.json(), theirs.json(), "{}", ours.path);
         let (a, b) = (
