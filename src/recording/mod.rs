@@ -315,3 +315,174 @@ impl Recording {
         self.pollers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvs::{
+        UpstreamRequest, UpstreamResponse, credentials::Identities, endpoint::EndpointSettings,
+        endpoint_cache::EndpointCache,
+    };
+    use std::sync::Mutex as StdMutex;
+
+    /// Wall time driven by tokio's (paused) clock.
+    #[derive(Debug)]
+    struct PausedClock {
+        t0: Instant,
+        wall0: SystemTime,
+    }
+
+    impl crate::clock::Clock for PausedClock {
+        fn now(&self) -> SystemTime {
+            self.wall0 + self.t0.elapsed()
+        }
+    }
+
+    fn epoch(t: SystemTime) -> f64 {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    }
+
+    /// A KVS whose stream records a 1 s fragment every second from `wall0`,
+    /// each listed a second after it ends; the ListFragments ranges asked
+    /// are kept.
+    fn recording(wall0: SystemTime) -> (Arc<Recording>, Arc<StdMutex<Vec<(f64, f64)>>>) {
+        let clock = Arc::new(PausedClock {
+            t0: Instant::now(),
+            wall0,
+        });
+        let ranges = Arc::new(StdMutex::new(Vec::new()));
+        let upstream = {
+            let (clock, ranges) = (clock.clone(), ranges.clone());
+            tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: UpstreamRequest| {
+                let (clock, ranges) = (clock.clone(), ranges.clone());
+                async move {
+                    let body = match req.operation {
+                            Operation::DescribeSignalingChannel => r#"{"ChannelInfo":{"ChannelStatus":"ACTIVE","ChannelType":"SINGLE_MASTER"}}"#.to_owned(),
+                            Operation::DescribeMediaStorageConfiguration => r#"{"MediaStorageConfiguration":{"Status":"ENABLED","StreamARN":"arn:aws:kinesisvideo:us-west-2:123456789012:stream/cam/1"}}"#.to_owned(),
+                            Operation::DescribeStream => r#"{"StreamInfo":{"Status":"ACTIVE","DataRetentionInHours":24}}"#.to_owned(),
+                            Operation::GetDataEndpoint => r#"{"DataEndpoint":"http://127.0.0.1:1"}"#.to_owned(),
+                            _ => {
+                                let asked: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+                                let range = &asked["FragmentSelector"]["TimestampRange"];
+                                let (from, to) = (
+                                    range["StartTimestamp"].as_f64().unwrap(),
+                                    range["EndTimestamp"].as_f64().unwrap(),
+                                );
+                                ranges.lock().unwrap().push((from, to));
+                                let now = epoch(crate::clock::Clock::now(&*clock));
+                                let start0 = epoch(wall0);
+                                // Unordered: newest first.
+                                let mut starts: Vec<f64> = (0..)
+                                    .map(|n| start0 + n as f64)
+                                    .take_while(|s| s + 2.0 <= now)
+                                    .filter(|s| *s >= from && *s <= to)
+                                    .collect();
+                                starts.reverse();
+                                let listed: Vec<_> = starts
+                                    .into_iter()
+                                    .map(|s| serde_json::json!({
+                                        "FragmentNumber": format!("{}", (s * 1000.0) as u64),
+                                        "FragmentSizeInBytes": 1000,
+                                        "ServerTimestamp": s,
+                                        "FragmentLengthInMilliseconds": 1000,
+                                    }))
+                                    .collect();
+                                serde_json::json!({ "Fragments": listed }).to_string()
+                            }
+                        };
+                    Ok(UpstreamResponse {
+                        status: http::StatusCode::OK,
+                        request_id: None,
+                        body: body.into(),
+                    })
+                }
+            }))
+        };
+        let client = Arc::new(KvsClient::new(
+            upstream,
+            EndpointCache::new(Duration::from_secs(60), 10),
+            EndpointSettings {
+                override_url: Some("http://127.0.0.1:1".parse().unwrap()),
+                ..Default::default()
+            },
+            Identities::for_tests(),
+        ));
+        let readiness = StorageReadiness::new(client.clone(), Duration::from_secs(60), 10);
+        let data = Arc::new(DataPlane::new(client, Duration::from_secs(60), 10));
+        let settings = Settings {
+            max_streams: 1,
+            ..Settings::default()
+        };
+        (
+            Recording::new(readiness, data, clock, settings, None),
+            ranges,
+        )
+    }
+
+    use crate::kvs::{KvsClient, Operation};
+
+    #[tokio::test(start_paused = true)]
+    async fn one_poller_lists_incrementally_counts_each_fragment_once_and_stops_alone() {
+        let wall0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (recording, ranges) = recording(wall0);
+        let channel = ChannelArn::for_tests("cam");
+        let call = || Call::new(Instant::now() + Duration::from_secs(10));
+        let since = wall0 - Duration::from_secs(600);
+        let mut watching = recording
+            .subscribe(&call(), &channel, since, Duration::from_secs(5))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let status = recording.status(&call(), &mut watching).await.unwrap();
+        assert_eq!(status.state, State::Recording);
+        // Fragments start every second from wall0 and show 2 s after their
+        // start: a listing at most a second old saw those up to 27 s or 28 s,
+        // each once, none missed.
+        let last = |s: &Status| {
+            s.last_fragment
+                .unwrap()
+                .duration_since(wall0)
+                .unwrap()
+                .as_secs()
+        };
+        assert!(last(&status) >= 27, "{status:?}");
+        assert_eq!(status.fragment_count, last(&status) + 1, "{status:?}");
+        assert_eq!(status.recorded, Duration::from_secs(last(&status) + 1));
+        assert_eq!(status.first_fragment, Some(wall0));
+        // One listing a second, the first from `since`, the others from
+        // the previous end less the overlap.
+        let asked = ranges.lock().unwrap().clone();
+        assert!((28..=32).contains(&asked.len()), "{}", asked.len());
+        assert_eq!(asked[0].0, epoch(since));
+        for pair in asked.windows(2) {
+            assert!(pair[1].0 >= pair[0].1 - 30.0 - 1e-3, "{pair:?}");
+        }
+        // Another window on the same stream: the same poller, and the
+        // stream cap (1) is not hit.
+        let other = recording
+            .status(
+                &call(),
+                &mut recording
+                    .subscribe(
+                        &call(),
+                        &channel,
+                        wall0 + Duration::from_secs(10),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(other.fragment_count, last(&other) - 10 + 1, "{other:?}");
+        drop(watching);
+        // Every window left: the poller lingers, then stops and listing ends.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert!(recording.lock().is_empty(), "the poller stopped");
+        let listed = ranges.lock().unwrap().len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(ranges.lock().unwrap().len(), listed);
+    }
+}
