@@ -347,12 +347,15 @@ mod tests {
     /// A KVS whose stream records a 1 s fragment every second from `wall0`,
     /// each listed a second after it ends; the ListFragments ranges asked
     /// are kept.
-    fn recording(wall0: SystemTime) -> (Arc<Recording>, Arc<StdMutex<Vec<(f64, f64)>>>) {
+    /// The ListFragments ranges asked, in epoch seconds.
+    type Ranges = Arc<StdMutex<Vec<(f64, f64)>>>;
+
+    fn recording(wall0: SystemTime) -> (Arc<Recording>, Ranges) {
         let clock = Arc::new(PausedClock {
             t0: Instant::now(),
             wall0,
         });
-        let ranges = Arc::new(StdMutex::new(Vec::new()));
+        let ranges: Ranges = Arc::default();
         let upstream = {
             let (clock, ranges) = (clock.clone(), ranges.clone());
             tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: UpstreamRequest| {
