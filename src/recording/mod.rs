@@ -488,4 +488,36 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(ranges.lock().unwrap().len(), listed);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn windows_per_stream_are_bounded_and_only_held_ones_are_kept() {
+        let wall0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (recording, _) = recording(wall0);
+        let channel = ChannelArn::for_tests("cam");
+        let call = || Call::new(Instant::now() + Duration::from_secs(10));
+        let window = |n: u64| wall0 - Duration::from_secs(n);
+        let mut held = Vec::new();
+        for n in 0..MAX_WINDOWS_PER_STREAM as u64 {
+            let subscription = recording
+                .subscribe(&call(), &channel, window(n), Duration::from_secs(5))
+                .await
+                .unwrap();
+            held.push(subscription);
+        }
+        let refused = recording
+            .subscribe(&call(), &channel, window(9999), Duration::from_secs(5))
+            .await;
+        assert!(matches!(refused, Err(Refusal::TooManyWindows)));
+        // The same window as a held one is shared, not another.
+        let shared = recording
+            .subscribe(&call(), &channel, window(3), Duration::from_secs(5))
+            .await;
+        assert!(shared.is_ok());
+        // One left: its place goes to a new window at once.
+        held.pop();
+        let admitted = recording
+            .subscribe(&call(), &channel, window(9999), Duration::from_secs(5))
+            .await;
+        assert!(admitted.is_ok());
+    }
 }

@@ -159,7 +159,18 @@ impl Poller {
             return Ok(None);
         }
         if !shared.windows.contains_key(&key) && shared.windows.len() >= MAX_WINDOWS_PER_STREAM {
-            return Err(Refusal::TooManyWindows);
+            // A window nobody holds any more makes room; held ones never.
+            let left = shared
+                .windows
+                .iter()
+                .filter_map(|(k, e)| e.left.map(|left| (left, *k)))
+                .min();
+            match left {
+                Some((_, k)) => {
+                    shared.windows.remove(&k);
+                }
+                None => return Err(Refusal::TooManyWindows),
+            }
         }
         let entry = shared.windows.entry(key).or_insert_with(|| {
             self.wake.notify_one();
