@@ -2,7 +2,9 @@
 emulator: GetDataEndpoint (LIST_FRAGMENTS) on kinesisvideo and
 ListFragments on kinesis-video-archived-media, with the range and stream
 the sidecar used. tests/recording.rs compares what the emulator received
-from each. Prints what boto3 parsed of the answers, one line each.
+from each. Prints what boto3 parsed of the answers, one line each, then
+the errors boto3 reads from the emulator: a stream that does not exist, one
+the caller may not list, and a sixth ListFragments within a second.
 
 Usage: python boto3_wire.py ENDPOINT_URL REGION STREAM_ARN START END
 (credentials from the usual AWS_* variables).
@@ -12,6 +14,8 @@ import sys
 from datetime import datetime, timezone
 
 import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 
 def main() -> int:
@@ -30,6 +34,26 @@ def main() -> int:
         },
     )
     print(f"fragments {len(page['Fragments'])}")
+
+    def error(call):
+        try:
+            call()
+        except ClientError as err:
+            return f"{err.response['Error']['Code']} {err.response['ResponseMetadata']['HTTPStatusCode']}"
+        return "none"
+
+    other = lambda name: stream.replace(":stream/wire/", f":stream/{name}/")
+    print("missing " + error(lambda: kvs.get_data_endpoint(StreamARN=other("nostream-wire"),
+                                                           APIName="LIST_FRAGMENTS")))
+    once = boto3.client("kinesis-video-archived-media", endpoint_url=endpoint, region_name=region,
+                        config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+    selector = {"FragmentSelectorType": "SERVER_TIMESTAMP",
+                "TimestampRange": {"StartTimestamp": at(start), "EndTimestamp": at(end)}}
+    print("denied " + error(lambda: once.list_fragments(StreamARN=other("denystream-wire"),
+                                                        FragmentSelector=selector)))
+    burst = [error(lambda: once.list_fragments(StreamARN=other("burst"), FragmentSelector=selector))
+             for _ in range(6)]
+    print("burst " + ",".join(burst))
     return 0
 
 

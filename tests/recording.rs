@@ -107,7 +107,8 @@ async fn no_media_then_recording_then_stalled() {
     let since = time(&before.since);
     let hour = SystemTime::now().duration_since(since).unwrap();
     assert!(
-        hour >= Duration::from_secs(3599) && hour < Duration::from_secs(3620),
+        // An hour ago, to the minute (callers within a minute share it).
+        hour >= Duration::from_secs(3599) && hour < Duration::from_secs(3661),
         "{hour:?}"
     );
 
@@ -206,7 +207,20 @@ async fn holes_longer_than_stalled_after_are_gaps() {
         "{length:?}"
     );
     assert!(time(&gap.start) > since);
-    // A stalled_after longer than the hole sees no gap.
+    // A stalled_after longer than the hole sees no gap (asked once the
+    // media stopped, so that both windows count the same fragments).
+    fake.stop_media(&channel);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let strict = status(
+        &client,
+        GetRecordingStatusRequest {
+            channel_arn: channel.clone(),
+            since: Some(since.into()),
+            stalled_after: secs(1.0),
+        },
+    )
+    .await
+    .unwrap();
     let lenient = status(
         &client,
         GetRecordingStatusRequest {
@@ -218,7 +232,8 @@ async fn holes_longer_than_stalled_after_are_gaps() {
     .await
     .unwrap();
     assert!(lenient.gaps.is_empty(), "{lenient:?}");
-    assert_eq!(lenient.fragment_count, answer.fragment_count);
+    assert_eq!(strict.gaps.len(), 1);
+    assert_eq!(lenient.fragment_count, strict.fragment_count);
 }
 
 #[tokio::test]
@@ -765,11 +780,32 @@ async fn requests_are_the_ones_boto3_sends() {
         .and_then(|n| n.parse().ok())
         .expect("boto3 read the page");
     assert!(listed >= 1, "{printed}");
-
-    let theirs = (
-        fake.received_on("/getDataEndpoint").last().unwrap().clone(),
-        fake.received_on(LIST).last().unwrap().clone(),
+    // KVS's errors, as boto3 reads them from the emulator.
+    assert!(
+        printed.contains("missing ResourceNotFoundException 404"),
+        "{printed}"
     );
+    assert!(
+        printed.contains("denied NotAuthorizedException 401"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("burst none,none,none,none,none,ClientLimitExceededException 400"),
+        "{printed}"
+    );
+
+    // boto3's first of each, told apart by its user agent.
+    let boto3 = |path: &str| {
+        fake.received_on(path)
+            .into_iter()
+            .find(|r| {
+                r.headers
+                    .get("user-agent")
+                    .is_some_and(|ua| ua.to_str().unwrap_or_default().starts_with("Boto3/"))
+            })
+            .expect("a request from boto3")
+    };
+    let theirs = (boto3("/getDataEndpoint"), boto3(LIST));
     for (ours, theirs) in [(&ours.0, &theirs.0), (&ours.1, &theirs.1)] {
         assert_eq!(ours.json(), theirs.json(), "{}", ours.path);
         let (a, b) = (
@@ -781,4 +817,64 @@ async fn requests_are_the_ones_boto3_sends() {
             |r: &kvs_sidecar::emulator::Received| r.headers.get("content-type").cloned();
         assert_eq!(content_type(ours), content_type(theirs));
     }
+}
+
+#[tokio::test]
+async fn a_status_asked_again_is_answered_from_the_listings_already_made() {
+    let (fake, _sidecar, client) = setup().await;
+    let channel = arn("polled");
+    join(&client, &channel).await;
+    let since = SystemTime::now() - Duration::from_secs(600);
+    let ask = || {
+        status(
+            &client,
+            GetRecordingStatusRequest {
+                channel_arn: channel.clone(),
+                since: Some(since.into()),
+                stalled_after: secs(5.0),
+            },
+        )
+    };
+    let first = ask().await.unwrap();
+    let starts = |fake: &Emulator| -> Vec<f64> {
+        fake.received_on(LIST)
+            .iter()
+            .filter_map(|r| {
+                r.json()["FragmentSelector"]["TimestampRange"]["StartTimestamp"].as_f64()
+            })
+            .collect()
+    };
+    let epoch = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    assert!(
+        (starts(&fake)[0] - epoch(since)).abs() < 0.01,
+        "the first reaches back"
+    );
+    // Asked again after the caller left: the window lingers, fed by
+    // incremental listings, and answers at once.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let again = ask().await.unwrap();
+        assert!(again.fragment_count > first.fragment_count);
+        assert_eq!(time(&again.since), time(&first.since));
+    }
+    let now = epoch(SystemTime::now());
+    let later = &starts(&fake)[1..];
+    assert!(later.len() >= 3, "{later:?}");
+    assert!(
+        later.iter().all(|s| *s > now - 40.0),
+        "no listing from `since` again: {later:?}"
+    );
+    // Once the media stops and the last fragments are listed, every
+    // fragment was counted once.
+    fake.stop_media(&channel);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        ask().await.unwrap().fragment_count as usize,
+        fake.recorded_fragments(&channel).len(),
+        "every fragment counted once"
+    );
 }

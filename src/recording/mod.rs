@@ -6,7 +6,11 @@
 //! session supervisors that watch their media (`no_media_after`). Each
 //! caller subscribes with its window (`since`, `stalled_after`); callers
 //! with the same window share one subscription, whose status is summed by a
-//! [`status::Window`]. A poller whose last subscription ends stops.
+//! [`status::Window`]. A window outlives its last caller by a few seconds
+//! (`Settings::linger`), so a status asked again is answered from the
+//! listings already made; a poller whose windows were all left that long
+//! stops, and one with only such windows gives its place up to a new
+//! stream at once.
 //!
 //! The stream comes from DescribeMediaStorageConfiguration through the
 //! readiness checks' cache (shared: a status call right after a readiness
@@ -57,6 +61,14 @@ fn join_key(channel: &ChannelArn) -> String {
     format!("lastjoin:{channel}")
 }
 
+fn floor_to_minute(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs - secs % 60)
+}
+
 fn millis(t: SystemTime) -> u128 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -76,6 +88,8 @@ pub(crate) struct Settings {
     pub overlap: Duration,
     /// The deadline of one listing, its pages and retries.
     pub listing_timeout: Duration,
+    /// How long a window is still fed after its last caller left.
+    pub linger: Duration,
 }
 
 impl Default for Settings {
@@ -85,6 +99,7 @@ impl Default for Settings {
             poll_interval: Duration::from_secs(1),
             overlap: Duration::from_secs(30),
             listing_timeout: Duration::from_secs(20),
+            linger: Duration::from_secs(10),
         }
     }
 }
@@ -173,7 +188,9 @@ impl Recording {
     /// master join this sidecar or the shared store knows, unless older
     /// than the default lookback.
     pub(crate) async fn default_since(&self, channel: &ChannelArn) -> SystemTime {
-        let hour_ago = self.now() - DEFAULT_LOOKBACK;
+        // To the minute: callers asking within the same minute share one
+        // window (and its listings) instead of each listing an hour.
+        let hour_ago = floor_to_minute(self.now() - DEFAULT_LOOKBACK);
         let mut joined = self.joins.get(channel.as_str());
         if joined.is_none()
             && let Some(store) = &self.store
@@ -209,7 +226,20 @@ impl Recording {
                     Some(p) => p.clone(),
                     None => {
                         if pollers.len() >= self.settings.max_streams {
-                            return Err(Refusal::TooManyStreams(self.settings.max_streams));
+                            // A poller kept only for lingering windows
+                            // gives its place up.
+                            let idle = pollers
+                                .iter()
+                                .find(|(_, p)| p.retire())
+                                .map(|(stream, _)| stream.clone());
+                            match idle {
+                                Some(stream) => {
+                                    pollers.remove(&stream);
+                                }
+                                None => {
+                                    return Err(Refusal::TooManyStreams(self.settings.max_streams));
+                                }
+                            }
                         }
                         let p = poller::Poller::start(self.clone(), stream.clone());
                         pollers.insert(stream.clone(), p.clone());
@@ -289,5 +319,211 @@ impl Recording {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelArn, Arc<poller::Poller>>> {
         // Inserts and removes only; poison cannot leave it torn.
         self.pollers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvs::{
+        UpstreamRequest, UpstreamResponse, credentials::Identities, endpoint::EndpointSettings,
+        endpoint_cache::EndpointCache,
+    };
+    use std::sync::Mutex as StdMutex;
+
+    /// Wall time driven by tokio's (paused) clock.
+    #[derive(Debug)]
+    struct PausedClock {
+        t0: Instant,
+        wall0: SystemTime,
+    }
+
+    impl crate::clock::Clock for PausedClock {
+        fn now(&self) -> SystemTime {
+            self.wall0 + self.t0.elapsed()
+        }
+    }
+
+    fn epoch(t: SystemTime) -> f64 {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    }
+
+    /// A KVS whose stream records a 1 s fragment every second from `wall0`,
+    /// each listed a second after it ends; the ListFragments ranges asked
+    /// are kept.
+    /// The ListFragments ranges asked, in epoch seconds.
+    type Ranges = Arc<StdMutex<Vec<(f64, f64)>>>;
+
+    fn recording(wall0: SystemTime) -> (Arc<Recording>, Ranges) {
+        let clock = Arc::new(PausedClock {
+            t0: Instant::now(),
+            wall0,
+        });
+        let ranges: Ranges = Arc::default();
+        let upstream = {
+            let (clock, ranges) = (clock.clone(), ranges.clone());
+            tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: UpstreamRequest| {
+                let (clock, ranges) = (clock.clone(), ranges.clone());
+                async move {
+                    let body = match req.operation {
+                            Operation::DescribeSignalingChannel => r#"{"ChannelInfo":{"ChannelStatus":"ACTIVE","ChannelType":"SINGLE_MASTER"}}"#.to_owned(),
+                            Operation::DescribeMediaStorageConfiguration => r#"{"MediaStorageConfiguration":{"Status":"ENABLED","StreamARN":"arn:aws:kinesisvideo:us-west-2:123456789012:stream/cam/1"}}"#.to_owned(),
+                            Operation::DescribeStream => r#"{"StreamInfo":{"Status":"ACTIVE","DataRetentionInHours":24}}"#.to_owned(),
+                            Operation::GetDataEndpoint => r#"{"DataEndpoint":"http://127.0.0.1:1"}"#.to_owned(),
+                            _ => {
+                                let asked: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+                                let range = &asked["FragmentSelector"]["TimestampRange"];
+                                let (from, to) = (
+                                    range["StartTimestamp"].as_f64().unwrap(),
+                                    range["EndTimestamp"].as_f64().unwrap(),
+                                );
+                                ranges.lock().unwrap().push((from, to));
+                                let now = epoch(crate::clock::Clock::now(&*clock));
+                                let start0 = epoch(wall0);
+                                // Unordered: newest first.
+                                let mut starts: Vec<f64> = (0..)
+                                    .map(|n| start0 + n as f64)
+                                    .take_while(|s| s + 2.0 <= now)
+                                    .filter(|s| *s >= from && *s <= to)
+                                    .collect();
+                                starts.reverse();
+                                let listed: Vec<_> = starts
+                                    .into_iter()
+                                    .map(|s| serde_json::json!({
+                                        "FragmentNumber": format!("{}", (s * 1000.0) as u64),
+                                        "FragmentSizeInBytes": 1000,
+                                        "ServerTimestamp": s,
+                                        "FragmentLengthInMilliseconds": 1000,
+                                    }))
+                                    .collect();
+                                serde_json::json!({ "Fragments": listed }).to_string()
+                            }
+                        };
+                    Ok(UpstreamResponse {
+                        status: http::StatusCode::OK,
+                        request_id: None,
+                        body: body.into(),
+                    })
+                }
+            }))
+        };
+        let client = Arc::new(KvsClient::new(
+            upstream,
+            EndpointCache::new(Duration::from_secs(60), 10),
+            EndpointSettings {
+                override_url: Some("http://127.0.0.1:1".parse().unwrap()),
+                ..Default::default()
+            },
+            Identities::for_tests(),
+        ));
+        let readiness = StorageReadiness::new(client.clone(), Duration::from_secs(60), 10);
+        let data = Arc::new(DataPlane::new(client, Duration::from_secs(60), 10));
+        let settings = Settings {
+            max_streams: 1,
+            ..Settings::default()
+        };
+        (
+            Recording::new(readiness, data, clock, settings, None),
+            ranges,
+        )
+    }
+
+    use crate::kvs::{KvsClient, Operation};
+
+    #[tokio::test(start_paused = true)]
+    async fn one_poller_lists_incrementally_counts_each_fragment_once_and_stops_alone() {
+        let wall0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (recording, ranges) = recording(wall0);
+        let channel = ChannelArn::for_tests("cam");
+        let call = || Call::new(Instant::now() + Duration::from_secs(10));
+        let since = wall0 - Duration::from_secs(600);
+        let mut watching = recording
+            .subscribe(&call(), &channel, since, Duration::from_secs(5))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let status = recording.status(&call(), &mut watching).await.unwrap();
+        assert_eq!(status.state, State::Recording);
+        // Fragments start every second from wall0 and show 2 s after their
+        // start: a listing at most a second old saw those up to 27 s or 28 s,
+        // each once, none missed.
+        let last = |s: &Status| {
+            s.last_fragment
+                .unwrap()
+                .duration_since(wall0)
+                .unwrap()
+                .as_secs()
+        };
+        assert!(last(&status) >= 27, "{status:?}");
+        assert_eq!(status.fragment_count, last(&status) + 1, "{status:?}");
+        assert_eq!(status.recorded, Duration::from_secs(last(&status) + 1));
+        assert_eq!(status.first_fragment, Some(wall0));
+        // One listing a second, the first from `since`, the others from
+        // the previous end less the overlap.
+        let asked = ranges.lock().unwrap().clone();
+        assert!((28..=32).contains(&asked.len()), "{}", asked.len());
+        assert_eq!(asked[0].0, epoch(since));
+        for pair in asked.windows(2) {
+            assert!(pair[1].0 >= pair[0].1 - 30.0 - 1e-3, "{pair:?}");
+        }
+        // Another window on the same stream: the same poller, and the
+        // stream cap (1) is not hit.
+        let other = recording
+            .status(
+                &call(),
+                &mut recording
+                    .subscribe(
+                        &call(),
+                        &channel,
+                        wall0 + Duration::from_secs(10),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(other.fragment_count, last(&other) - 10 + 1, "{other:?}");
+        drop(watching);
+        // Every window left: the poller lingers, then stops and listing ends.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert!(recording.lock().is_empty(), "the poller stopped");
+        let listed = ranges.lock().unwrap().len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(ranges.lock().unwrap().len(), listed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn windows_per_stream_are_bounded_and_only_held_ones_are_kept() {
+        let wall0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (recording, _) = recording(wall0);
+        let channel = ChannelArn::for_tests("cam");
+        let call = || Call::new(Instant::now() + Duration::from_secs(10));
+        let window = |n: u64| wall0 - Duration::from_secs(n);
+        let mut held = Vec::new();
+        for n in 0..MAX_WINDOWS_PER_STREAM as u64 {
+            let subscription = recording
+                .subscribe(&call(), &channel, window(n), Duration::from_secs(5))
+                .await
+                .unwrap();
+            held.push(subscription);
+        }
+        let refused = recording
+            .subscribe(&call(), &channel, window(9999), Duration::from_secs(5))
+            .await;
+        assert!(matches!(refused, Err(Refusal::TooManyWindows)));
+        // The same window as a held one is shared, not another.
+        let shared = recording
+            .subscribe(&call(), &channel, window(3), Duration::from_secs(5))
+            .await;
+        assert!(shared.is_ok());
+        // One left: its place goes to a new window at once.
+        held.pop();
+        let admitted = recording
+            .subscribe(&call(), &channel, window(9999), Duration::from_secs(5))
+            .await;
+        assert!(admitted.is_ok());
     }
 }

@@ -19,10 +19,19 @@
 //! retries and of other callers; throttling and server errors are retried
 //! within the listing's deadline. A listing that still fails is published
 //! to every window as its error (watchers end with it); the next listing
-//! comes a poll interval later. The poller stops when its last
-//! subscription ends.
+//! comes a poll interval later.
+//!
+//! A window whose last subscriber left lingers for [`Settings::linger`],
+//! still fed, so that a caller asking for the same window again (a status
+//! polled every few seconds) is answered from the listings already made,
+//! incrementally, instead of starting over from its `since`. The poller
+//! stops when every window has been left that long, or at once when the
+//! registry needs its place for another stream ([`Poller::retire`]).
+//!
+//! [`Settings::linger`]: super::Settings::linger
 //!
 //! [`Settings::overlap`]: super::Settings::overlap
+//! [`Settings::linger`]: super::Settings::linger
 
 use std::{
     collections::HashMap,
@@ -73,6 +82,8 @@ struct Entry {
     /// a listing waits for the next, which reaches back to its `since`).
     listing: bool,
     subscribers: usize,
+    /// Since when the window has had no subscriber.
+    left: Option<Instant>,
     updates: watch::Sender<Option<Update>>,
     state: Option<State>,
 }
@@ -148,7 +159,18 @@ impl Poller {
             return Ok(None);
         }
         if !shared.windows.contains_key(&key) && shared.windows.len() >= MAX_WINDOWS_PER_STREAM {
-            return Err(Refusal::TooManyWindows);
+            // A window nobody holds any more makes room; held ones never.
+            let left = shared
+                .windows
+                .iter()
+                .filter_map(|(k, e)| e.left.map(|left| (left, *k)))
+                .min();
+            match left {
+                Some((_, k)) => {
+                    shared.windows.remove(&k);
+                }
+                None => return Err(Refusal::TooManyWindows),
+            }
         }
         let entry = shared.windows.entry(key).or_insert_with(|| {
             self.wake.notify_one();
@@ -157,11 +179,13 @@ impl Poller {
                 live: false,
                 listing: false,
                 subscribers: 0,
+                left: None,
                 updates: watch::Sender::new(None),
                 state: None,
             }
         });
         entry.subscribers += 1;
+        entry.left = None;
         let updates = entry.updates.subscribe();
         drop(shared);
         Ok(Some(Subscription {
@@ -178,11 +202,22 @@ impl Poller {
         };
         entry.subscribers -= 1;
         if entry.subscribers == 0 {
-            shared.windows.remove(&key);
-            if shared.windows.is_empty() {
-                self.wake.notify_one();
-            }
+            // Kept a little, for a caller who asks again.
+            entry.left = Some(Instant::now());
         }
+    }
+
+    /// Stops this poller now if no window has a subscriber (only lingering
+    /// ones); true if it stopped.
+    pub(super) fn retire(&self) -> bool {
+        let mut shared = self.lock();
+        if shared.stopped || shared.windows.values().any(|e| e.subscribers > 0) {
+            return shared.stopped;
+        }
+        shared.stopped = true;
+        shared.windows.clear();
+        self.wake.notify_one();
+        true
     }
 
     async fn run(self: Arc<Self>, recording: Arc<Recording>) {
@@ -194,7 +229,11 @@ impl Poller {
             // Stop, or wait for the next listing (sooner for a new window).
             let waiting = {
                 let mut shared = self.lock();
-                if shared.windows.is_empty() {
+                let now = Instant::now();
+                shared
+                    .windows
+                    .retain(|_, e| e.left.is_none_or(|left| now < left + settings.linger));
+                if shared.stopped || shared.windows.is_empty() {
                     shared.stopped = true;
                     break;
                 }
