@@ -122,6 +122,23 @@ fn grpc_request(path: &str, timeout: Option<&str>) -> http::Request<()> {
     request.body(()).unwrap()
 }
 
+/// Waits at most `within` for a trailers-only answer and checks its
+/// `grpc-status` (`code`, as the header spells it).
+async fn answered_with(answer: h2::client::ResponseFuture, within: Duration, code: &str) {
+    let answer = tokio::time::timeout(within, answer)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {within:?}"))
+        .unwrap();
+    assert_eq!(
+        answer
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some(code),
+        "grpc-status"
+    );
+}
+
 /// Reads (and drops) what the peer sends until it closes the connection.
 async fn until_closed(mut stream: TcpStream) {
     let mut buf = [0u8; 4096];
@@ -341,32 +358,11 @@ async fn headers_only_joins_do_not_starve_legitimate_joins() {
     let (refused, _body) = send
         .send_request(grpc_request(STORAGE_JOIN, None), false)
         .unwrap();
-    let refused = tokio::time::timeout(Duration::from_secs(2), refused)
-        .await
-        .expect("refused at once")
-        .unwrap();
-    assert_eq!(
-        refused
-            .headers()
-            .get("grpc-status")
-            .map(|v| v.to_str().unwrap()),
-        Some("8"),
-        "RESOURCE_EXHAUSTED"
-    );
-    // The waiting ones found no slot within their 1 s.
+    // RESOURCE_EXHAUSTED at once.
+    answered_with(refused, Duration::from_secs(2), "8").await;
+    // The waiting ones found no slot within their 1 s: DEADLINE_EXCEEDED.
     for (answer, _body) in waiting {
-        let answer = tokio::time::timeout(Duration::from_secs(3), answer)
-            .await
-            .expect("answered at its deadline")
-            .unwrap();
-        assert_eq!(
-            answer
-                .headers()
-                .get("grpc-status")
-                .map(|v| v.to_str().unwrap()),
-            Some("4"),
-            "DEADLINE_EXCEEDED"
-        );
+        answered_with(answer, Duration::from_secs(3), "4").await;
     }
     drop(over);
     // Every legitimate join is served while the attackers' streams are open.
@@ -881,31 +877,11 @@ async fn session_streams_without_start_are_bounded_and_time_out() {
     let (refused, _body) = send
         .send_request(grpc_request(MAINTAIN, None), false)
         .unwrap();
-    let refused = tokio::time::timeout(Duration::from_secs(1), refused)
-        .await
-        .expect("refused at once")
-        .unwrap();
-    assert_eq!(
-        refused
-            .headers()
-            .get("grpc-status")
-            .map(|v| v.to_str().unwrap()),
-        Some("8"),
-        "RESOURCE_EXHAUSTED"
-    );
-    // The waiting ones end at their 2 s wait for `start` (DEADLINE_EXCEEDED).
+    // RESOURCE_EXHAUSTED at once.
+    answered_with(refused, Duration::from_secs(1), "8").await;
+    // The waiting ones end at their 2 s wait for `start`: DEADLINE_EXCEEDED.
     for (answer, _body) in waiting {
-        let answer = tokio::time::timeout(Duration::from_secs(4), answer)
-            .await
-            .expect("ended within its wait")
-            .unwrap();
-        assert_eq!(
-            answer
-                .headers()
-                .get("grpc-status")
-                .map(|v| v.to_str().unwrap()),
-            Some("4")
-        );
+        answered_with(answer, Duration::from_secs(4), "4").await;
     }
     legitimate_join(&client).await;
     connections.shutdown().await;

@@ -155,13 +155,13 @@ impl Recording {
         })
     }
 
-    /// KVS's time, as far as the sidecar knows it.
     /// The streams' data endpoints, shared with playback (one cache per
     /// stream and API, whoever asks).
     pub(crate) fn data_plane(&self) -> Arc<DataPlane> {
         self.data.clone()
     }
 
+    /// KVS's time, as far as the sidecar knows it.
     pub(crate) fn now(&self) -> SystemTime {
         self.clock.now()
     }
