@@ -215,22 +215,34 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
         // any body is read.
         let limits = self.limits;
         let Some(waiting) = Waiting::enter(&self.load, limits.max_calls) else {
-            return Box::pin(std::future::ready(Ok(refusal(
+            return Box::pin(refuse(
+                req,
                 tonic::Status::resource_exhausted(format!(
                     "this connection has {} calls in flight and as many waiting, its limit; retry with backoff or open another connection",
                     limits.max_calls
                 )),
-            ))));
+            ));
         };
         let wait =
             (limits.deadline)(req.headers()).map_or(limits.max_wait, |d| d.min(limits.max_wait));
         Box::pin(async move {
-            let Some(busy) = waiting.slot(tokio::time::Instant::now() + wait).await else {
-                return Ok(refusal(tonic::Status::deadline_exceeded(
+            // The request is read while it waits: HTTP/2 budgets the frames
+            // it holds unread, and hundreds of waiting calls would spend the
+            // connection's budget (GOAWAY ENHANCE_YOUR_CALM).
+            let until = tokio::time::Instant::now() + wait;
+            let (parts, body) = req.into_parts();
+            let read =
+                http_body_util::BodyExt::collect(http_body_util::Limited::new(body, DRAIN_LIMIT));
+            let (busy, read) =
+                tokio::join!(waiting.slot(until), tokio::time::timeout_at(until, read));
+            let (Some(busy), Ok(Ok(read))) = (busy, read) else {
+                metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
+                return Ok(answer(tonic::Status::deadline_exceeded(
                     "no call slot of this connection came free within the call's deadline",
                 )));
             };
-            let Ok(response) = router.oneshot(req.map(Body::new)).await;
+            let req = http::Request::from_parts(parts, Body::from(read.to_bytes()));
+            let Ok(response) = router.oneshot(req).await;
             Ok(response.map(|inner| TrackedBody {
                 inner,
                 busy: Some(busy),
@@ -239,13 +251,30 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
     }
 }
 
-/// A refusal answered before the request is read: the stream ends at once.
-fn refusal(status: tonic::Status) -> http::Response<TrackedBody> {
+/// A refusal of a call that was never served. What the caller sends is
+/// read first (at most a request's worth, for at most [`DRAIN_WAIT`]): a
+/// client still sending its request when the answer comes sees its send
+/// fail ("broken pipe", UNKNOWN) instead of the answer.
+async fn refuse(
+    req: http::Request<Incoming>,
+    status: tonic::Status,
+) -> Result<http::Response<TrackedBody>, Infallible> {
+    let request = http_body_util::Limited::new(req.into_body(), DRAIN_LIMIT);
+    let _ = tokio::time::timeout(DRAIN_WAIT, http_body_util::BodyExt::collect(request)).await;
     metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
+    Ok(answer(status))
+}
+
+fn answer(status: tonic::Status) -> http::Response<TrackedBody> {
     status
         .into_http::<Body>()
         .map(|inner| TrackedBody { inner, busy: None })
 }
+
+/// What a waiting or refused call's request may send before it is served
+/// or answered: past it, a waiting call is refused.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// A call waiting for a slot of its connection; counted while it waits.
 struct Waiting {

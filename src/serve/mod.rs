@@ -28,9 +28,14 @@ use hyper_util::{
 pub(crate) use self::accept::no_delay;
 pub(crate) use self::accept::{Handshake, Listen, Tcp, Unix, serve};
 
-/// HTTP/2 flow-control windows the server grants its callers.
+/// HTTP/2 flow-control windows the server grants its callers. A stream's
+/// is small (requests are a few KiB). The connection's stays hyper's 1 MiB:
+/// h2 closes a connection (ENHANCE_YOUR_CALM) once the small DATA frames it
+/// holds unread cost more than half this window, and a burst of a thousand
+/// small calls on one connection, which a client with its sessions on it
+/// may send, needs that room.
 const STREAM_WINDOW: u32 = 64 * 1024;
-const CONNECTION_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// How connections on one port are served.
 #[derive(Debug, Clone)]
@@ -89,10 +94,7 @@ impl Settings {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.max_streams)
-            // Requests are a few KiB. hyper's 1 MiB windows would let a
-            // caller whose stream we are not reading yet park 1 MiB per
-            // connection in our memory; these still carry any request at
-            // once.
+            // See STREAM_WINDOW and CONNECTION_WINDOW.
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             // Requests are at most a few KiB; hyper's 16 MiB default list
