@@ -1,6 +1,6 @@
 """Replays requests the sidecar sent with boto3, against the KVS emulator, so
 tests can compare what boto3 (botocore's models) puts on the wire with what
-the sidecar did: tests/storage.rs and tests/playback.rs.
+the sidecar did: tests/it/storage.rs and tests/it/playback.rs.
 
 Reads JSON lines on stdin: {"service": "kinesisvideo" or
 "kinesis-video-archived-media", "operation": "CreateStream", "params":

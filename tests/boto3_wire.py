@@ -1,7 +1,7 @@
 """The recording status's two requests as boto3 makes them, against the KVS
 emulator: GetDataEndpoint (LIST_FRAGMENTS) on kinesisvideo and
 ListFragments on kinesis-video-archived-media, with the range and stream
-the sidecar used. tests/recording.rs compares what the emulator received
+the sidecar used. tests/it/recording.rs compares what the emulator received
 from each. Prints what boto3 parsed of the answers, one line each, then
 the errors boto3 reads from the emulator: a stream that does not exist, one
 the caller may not list, and a sixth ListFragments within a second.

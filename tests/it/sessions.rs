@@ -4,11 +4,10 @@
 //! held by the test, the offers the emulator drops and the storage
 //! sessions it ends when their lifetime passes.
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
-use common::{ARN, Emulator, Reply, Sidecar, Socket};
+use crate::common::{ARN, Emulator, Reply, Sidecar, Socket};
 use kvs_sidecar::pb::{
     GetSignalingConnectionRequest, GiveUpReason, JoinReason, MaintainStorageSessionRequest,
     MaintainStorageSessionResponse, SessionReport, SessionReportKind, SessionStart, SignalingRole,

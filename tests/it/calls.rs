@@ -1,11 +1,10 @@
 //! The sidecar end to end: a tonic client calls the real binary, which
 //! calls a fake KVS over loopback.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
-use common::{ARN, Dialect, Emulator, EmulatorCredentials, Reply, Sidecar, arn, join};
+use crate::common::{ARN, Dialect, Emulator, EmulatorCredentials, Reply, Sidecar, arn, join};
 use kvs_sidecar::pb::{JoinStorageSessionAsViewerRequest, JoinStorageSessionRequest};
 use tonic::{Code, Request};
 use tonic_types::StatusExt;

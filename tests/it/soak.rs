@@ -4,8 +4,7 @@
 //! answer throughout, the process must not panic, and its memory must stay
 //! under a bound. The figures are printed.
 
-mod common;
-
+use crate::common;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -15,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ARN, Reply};
+use crate::common::{ARN, Reply};
 use kvs_sidecar::pb::JoinStorageSessionRequest;
 
 const CALLERS: usize = 32;

@@ -4,12 +4,11 @@
 //! WebSocket → join → the SDP offer arrives on the socket; and every way a
 //! URL or a request is refused.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, SystemTime};
 
+use crate::common::{Emulator, Sidecar, Socket, arn, next_message};
 use base64::Engine;
-use common::{Emulator, Sidecar, Socket, arn, next_message};
 use futures_util::StreamExt;
 use kvs_sidecar::pb::{
     CheckStorageReadinessRequest, GetSignalingConnectionRequest, GetSignalingConnectionResponse,

@@ -44,7 +44,7 @@ struct Endpoint {
 #[test]
 fn every_published_kinesisvideo_case_resolves_as_aws_says() {
     let suite: Suite = serde_json::from_str(include_str!(
-        "data/endpoints/kinesisvideo-endpoint-tests-1.json"
+        "../data/endpoints/kinesisvideo-endpoint-tests-1.json"
     ))
     .expect("the published cases parse");
     assert!(suite.test_cases.len() >= 36, "cases went missing");

@@ -2,15 +2,14 @@
 //! and the shipped alert rules, and a real Prometheus on loopback scrapes the
 //! running sidecar and counts the calls this test made.
 
-mod common;
-
+use crate::common;
 use std::{
     io::Write,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{
+use crate::common::{
     ARN, Sidecar,
     sidecar::{http_get, try_http_get},
 };

@@ -3,15 +3,13 @@
 //! `opentelemetry-proto` package's generated TraceService, in
 //! tests/python/otlp_receiver.py).
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
 };
 
-use common::{ARN, Emulator, Reply, Sidecar, is_request_id, kvs, python, wait_for};
+use crate::common::{ARN, Emulator, Reply, Sidecar, is_request_id, kvs, python, wait_for};
 use kvs_sidecar::pb::{GetSignalingConnectionRequest, JoinStorageSessionRequest, SignalingRole};
 use serde_json::Value;
 

@@ -1,12 +1,11 @@
 //! Starting, stopping and misbehaving callers: the process drains cleanly
 //! under load, restarts on the same ports, and shrugs off protocol abuse.
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
+use crate::common::{ARN, Reply, Sidecar, join};
 use bytes::Bytes;
-use common::{ARN, Reply, Sidecar, join};
 use http_body_util::{BodyExt, Full};
 use tonic::Code;
 

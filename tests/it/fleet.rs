@@ -4,11 +4,10 @@
 //! tens of thousands of distinct channels must not grow memory without
 //! bound.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
-use common::{ARN, Sidecar};
+use crate::common::{ARN, Sidecar};
 use kvs_sidecar::pb::{
     JoinStorageSessionRequest, web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };

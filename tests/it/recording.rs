@@ -4,11 +4,10 @@
 //! per-stream pace under many callers, the errors, the no-media re-join and
 //! fragments proving a session.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, SystemTime};
 
-use common::{Emulator, Reply, Sidecar, arn};
+use crate::common::{Emulator, Reply, Sidecar, arn};
 use kvs_sidecar::pb::{
     GetRecordingStatusRequest, JoinReason, MaintainStorageSessionRequest, RecordingState,
     RecordingStatus, SessionStart, WatchRecordingRequest, maintain_storage_session_request::Kind,

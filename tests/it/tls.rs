@@ -1,11 +1,9 @@
 //! TLS and mutual TLS on the gRPC port, with certificates made by rcgen for
 //! this run and a tonic client over rustls.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{ARN, Sidecar};
+use crate::common::{ARN, Sidecar};
 use kvs_sidecar::pb::{
     JoinStorageSessionRequest, web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };

@@ -2,11 +2,10 @@
 //! emulator's channel-name conventions, NOT_FOUND, the short cache with
 //! single flight, and the client-side rate limit of the Describe* requests.
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
-use common::{Sidecar, arn};
+use crate::common::{Sidecar, arn};
 use kvs_sidecar::pb::{CheckStorageReadinessRequest, CheckStorageReadinessResponse};
 use tonic::Code;
 

@@ -5,11 +5,10 @@
 //! the per-stream pace of 5 requests a second, and the URL kept out of
 //! logs and errors.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{ARN, Emulator, Sidecar, arn, assert_refused, join};
+use crate::common::{ARN, Emulator, Sidecar, arn, assert_refused, join};
 use kvs_sidecar::pb::{
     EnsureStorageRequest, GetPlaybackUrlRequest, GetPlaybackUrlResponse, GetRecordingStatusRequest,
     PlaybackMode, PlaybackProtocol, web_rtc_storage_service_client::WebRtcStorageServiceClient,

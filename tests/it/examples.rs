@@ -4,11 +4,10 @@
 //! on the socket) from their sources; the Go one, a join and the error paths
 //! the emulator offers, is compiled first (tests/go/build.sh).
 
-mod common;
-
+use crate::common;
 use std::process::Command;
 
-use common::{ARN, Sidecar};
+use crate::common::{ARN, Sidecar};
 
 /// Runs an example client (`program` with `args`, then the channel ARN) and
 /// returns what it printed.

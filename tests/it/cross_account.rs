@@ -3,9 +3,8 @@
 //! presigning) sign with keys from STS AssumeRole, which the emulator hands
 //! out and then accepts; other accounts keep the default chain's keys.
 
-mod common;
-
-use common::{ARN, Sidecar, join};
+use crate::common;
+use crate::common::{ARN, Sidecar, join};
 use kvs_sidecar::pb::{GetSignalingConnectionRequest, SignalingRole};
 use tonic::Code;
 

@@ -8,15 +8,14 @@
 //! same tests can be pointed at an older binary, which ignores variables it
 //! does not know.
 
-mod common;
-
+use crate::common;
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
+use crate::common::{ARN, Emulator, Reply, Sidecar};
 use bytes::Bytes;
-use common::{ARN, Emulator, Reply, Sidecar};
 use kvs_sidecar::pb::{
     JoinStorageSessionRequest, web_rtc_storage_service_client::WebRtcStorageServiceClient,
 };

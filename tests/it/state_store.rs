@@ -3,15 +3,14 @@
 //! replicas, a dead replica's session can be taken over, and an
 //! unreachable Redis has the documented effect.
 
-mod common;
-
+use crate::common;
 use std::{
     net::TcpStream,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{ARN, Reply, Sidecar};
+use crate::common::{ARN, Reply, Sidecar};
 use kvs_sidecar::pb::{
     JoinStorageSessionRequest, MaintainStorageSessionRequest, SessionStart,
     maintain_storage_session_request::Kind,

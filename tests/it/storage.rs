@@ -4,11 +4,10 @@
 //! model has them, every refusal, idempotence, single flight per channel,
 //! and CheckStorageReadiness seeing the change at once.
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
-use common::{Emulator, Reply, Sidecar, arn, assert_refused};
+use crate::common::{Emulator, Reply, Sidecar, arn, assert_refused};
 use kvs_sidecar::pb::{
     CheckStorageReadinessRequest, EnsureStorageRequest, EnsureStorageResponse, StorageChange,
     web_rtc_storage_service_client::WebRtcStorageServiceClient,

@@ -1,14 +1,13 @@
 //! Serving concerns: health, reflection, admin endpoints, metrics, secrets,
 //! graceful shutdown, and a client in another language.
 
-mod common;
-
+use crate::common;
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{ARN, Reply, Sidecar, join};
+use crate::common::{ARN, Reply, Sidecar, join};
 use kvs_sidecar::pb::{
     GetPlaybackUrlRequest, GetSignalingConnectionRequest, PlaybackProtocol, SignalingRole,
 };

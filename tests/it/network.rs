@@ -4,8 +4,7 @@
 //! which host the sidecar asked to reach (it never forwards, so nothing
 //! leaves the machine).
 
-mod common;
-
+use crate::common;
 use std::{
     io::{BufRead, BufReader, Write},
     net::TcpListener,
@@ -15,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use common::{ARN, Emulator, EmulatorCredentials, Sidecar, unused_port, wait_for};
+use crate::common::{ARN, Emulator, EmulatorCredentials, Sidecar, unused_port, wait_for};
 use kvs_sidecar::pb::JoinStorageSessionRequest;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::Code;
