@@ -823,6 +823,18 @@ async fn deaf_and_silent_session_streams_hold_neither_memory_nor_the_shutdown() 
         }
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every deaf session's join has taken its slow answer before the
+    // legitimate join is sent, or on a loaded machine the legitimate join
+    // could be the one answered in 20 s.
+    let joined = Instant::now();
+    while fake.scripted_left("/joinStorageSession") > 0 {
+        assert!(
+            joined.elapsed() < Duration::from_secs(30),
+            "{} deaf sessions never sent their join",
+            fake.scripted_left("/joinStorageSession")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     legitimate_join(&client).await;
     probes_answer(&sidecar).await;
     assert_under_memory_limit(&sidecar);
