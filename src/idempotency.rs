@@ -26,11 +26,22 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::{
-    grpc::status,
     instruments,
-    kvs::{Call, Error, Joined, arn::ChannelArn, arn::ValidationError, endpoint::Role},
+    kvs::{Call, Error, Joined, ServiceError, arn::ChannelArn, endpoint::Role},
     store::{SharedStore, StoreError},
 };
+
+/// A keyed join's answer when it is not the join's own outcome.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum LedgerError {
+    /// The key was given earlier, within the window, for another channel,
+    /// role or client id: nothing was sent.
+    #[error("the idempotency key was used for another join")]
+    KeyReused,
+    /// The join's outcome: this call's, or the first call's with the key.
+    #[error(transparent)]
+    Join(#[from] Error),
+}
 
 /// How often a replica waiting on another's join looks for its outcome.
 const POLL: Duration = Duration::from_millis(50);
@@ -75,11 +86,23 @@ struct Record {
     outcome: Option<Stored>,
 }
 
+/// A final outcome as a record holds it: enough to answer a replay on any
+/// replica exactly as the first call was answered.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Stored {
-    Joined { request_id: String },
-    Failed { code: i32, message: String },
+    Joined {
+        request_id: String,
+    },
+    /// KVS's final refusal, as read (its message already made safe).
+    /// Records of earlier releases (`{"failed":{"code":..}}`) do not parse:
+    /// they are unreadable, and a retry joins for real.
+    Refused {
+        http_status: u16,
+        code: Option<String>,
+        message: String,
+        request_id: Option<String>,
+    },
 }
 
 // === impl JoinLedger ===
@@ -128,7 +151,7 @@ impl JoinLedger {
         target: JoinTarget,
         call: &Call,
         join: impl Fn() -> F,
-    ) -> Result<Joined, Error>
+    ) -> Result<Joined, LedgerError>
     where
         F: Future<Output = Result<Joined, Error>>,
     {
@@ -155,21 +178,20 @@ impl JoinLedger {
                 let entry = match first {
                     Ok(entry) => entry,
                     // Our own passing failure: ours to answer, not kept.
-                    Err(passing) if ran.load(Ordering::Relaxed) => return Err((*passing).clone()),
+                    Err(passing) if ran.load(Ordering::Relaxed) => {
+                        return Err((*passing).clone().into());
+                    }
                     // Another caller's: not ours to replay; try for real.
                     Err(_) => continue,
                 };
                 let outcome = entry.value();
                 if outcome.target != target {
-                    return Err(Error::InvalidRequest {
-                        field: "idempotency_key",
-                        reason: ValidationError::KeyReused,
-                    });
+                    return Err(LedgerError::KeyReused);
                 }
                 if !entry.is_fresh() {
                     crate::instruments::idempotent_replay();
                 }
-                return outcome.result.clone();
+                return outcome.result.clone().map_err(LedgerError::Join);
             }
         };
         call.bound(work).await
@@ -185,7 +207,7 @@ impl Shared {
         target: JoinTarget,
         deadline: Instant,
         join: impl Fn() -> F,
-    ) -> Result<Joined, Error>
+    ) -> Result<Joined, LedgerError>
     where
         F: Future<Output = Result<Joined, Error>>,
     {
@@ -210,22 +232,22 @@ impl Shared {
                         held: true,
                     };
                     let result = join().await;
-                    if result.as_ref().err().is_none_or(Error::is_final) {
-                        record.outcome = Some(Stored::from(&result));
+                    if let Some(stored) = Stored::kept(&result) {
+                        record.outcome = Some(stored);
                         let done = serde_json::to_string(&record).unwrap_or_default();
                         claim.held = false;
                         if let Err(error) = self.store.set(&key, &done, self.window).await {
                             store_error("idempotency", &error);
                         }
                     }
-                    // A passing failure keeps nothing: the claim's drop
-                    // frees the key for a real retry.
-                    return result;
+                    // Anything else keeps nothing: the claim's drop frees
+                    // the key for a real retry.
+                    return result.map_err(LedgerError::Join);
                 }
                 Ok(false) => {}
                 Err(error) => {
                     store_error("idempotency", &error);
-                    return join().await;
+                    return join().await.map_err(LedgerError::Join);
                 }
             }
             // Another call holds the key: wait for its outcome, or for the
@@ -241,24 +263,21 @@ impl Shared {
                     Ok(found) => found,
                     Err(error) => {
                         store_error("idempotency", &error);
-                        return join().await;
+                        return join().await.map_err(LedgerError::Join);
                     }
                 };
-                let Some(found) = found else { break };
+                let Some((found, outcome)) = found else { break };
                 if (&found.channel, &found.role, &found.client_id)
                     != (&record.channel, &record.role, &record.client_id)
                 {
-                    return Err(Error::InvalidRequest {
-                        field: "idempotency_key",
-                        reason: ValidationError::KeyReused,
-                    });
+                    return Err(LedgerError::KeyReused);
                 }
-                if let Some(outcome) = found.outcome {
+                if let Some(outcome) = outcome {
                     instruments::idempotent_replay();
-                    return outcome.into();
+                    return outcome.map_err(LedgerError::Join);
                 }
                 if Instant::now() + POLL >= deadline {
-                    return Err(Error::DeadlineExceeded);
+                    return Err(Error::DeadlineExceeded.into());
                 }
                 tokio::time::sleep(POLL).await;
             }
@@ -293,49 +312,55 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// A record read back from the store, checked as far as a sidecar writes
-/// them: a code a final error can have, a request id of AWS's shape. A
-/// record that fails is not replayed.
-fn read_record(raw: &str) -> Result<Record, StoreError> {
+/// A record read back from the store, with its outcome as the first call
+/// met it, checked as far as a sidecar writes them: a request id of AWS's
+/// shape, a final refusal KVS could have answered. A record that fails is
+/// not replayed.
+fn read_record(raw: &str) -> Result<(Record, Option<Result<Joined, Error>>), StoreError> {
     let unreadable = |why: &str| StoreError::Unreadable(format!("idempotency record: {why}"));
-    let record: Record = serde_json::from_str(raw).map_err(|_| unreadable("not JSON"))?;
-    match &record.outcome {
+    let mut record: Record = serde_json::from_str(raw).map_err(|_| unreadable("not JSON"))?;
+    let outcome = match record.outcome.take() {
+        None => None,
         Some(Stored::Joined { request_id })
-            if !request_id.is_empty() && !crate::kvs::is_request_id(request_id) =>
+            if request_id.is_empty() || crate::kvs::is_request_id(&request_id) =>
         {
-            Err(unreadable("not a request id"))
+            Some(Ok(Joined { request_id }))
         }
-        Some(Stored::Failed { code, .. })
-            if !(1..=16).contains(code) || *code == i32::from(tonic::Code::Ok) =>
+        Some(Stored::Joined { .. }) => return Err(unreadable("not a request id")),
+        Some(Stored::Refused {
+            http_status,
+            code,
+            message,
+            request_id,
+        }) => match ServiceError::restore(http_status, code, message, request_id)
+            .map(Error::Service)
         {
-            Err(unreadable("not an error code"))
-        }
-        _ => Ok(record),
-    }
+            Some(error) if error.is_final() => Some(Err(error)),
+            _ => return Err(unreadable("not a final refusal")),
+        },
+    };
+    Ok((record, outcome))
 }
 
-impl From<&Result<Joined, Error>> for Stored {
-    fn from(result: &Result<Joined, Error>) -> Self {
+// === impl Stored ===
+
+impl Stored {
+    /// What the shared ledger keeps of a join's result: a success, or a
+    /// final refusal by KVS. A replica's own final failures (its endpoint
+    /// settings, its role mappings) say nothing about the key on another
+    /// replica, and passing failures are never kept.
+    fn kept(result: &Result<Joined, Error>) -> Option<Self> {
         match result {
-            Ok(joined) => Stored::Joined {
+            Ok(joined) => Some(Stored::Joined {
                 request_id: joined.request_id.clone(),
-            },
-            Err(error) => Stored::Failed {
-                code: status::code(error).into(),
-                message: status::to_status(error).message().to_owned(),
-            },
-        }
-    }
-}
-
-impl From<Stored> for Result<Joined, Error> {
-    fn from(stored: Stored) -> Self {
-        match stored {
-            Stored::Joined { request_id } => Ok(Joined { request_id }),
-            Stored::Failed { code, message } => Err(Error::Replayed {
-                code,
-                message: message.into(),
             }),
+            Err(error @ Error::Service(e)) if error.is_final() => Some(Stored::Refused {
+                http_status: e.http_status,
+                code: e.code.clone(),
+                message: e.message.clone(),
+                request_id: e.request_id.clone(),
+            }),
+            Err(_) => None,
         }
     }
 }
@@ -366,9 +391,11 @@ mod tests {
     }
 
     fn not_found() -> Error {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-amzn-requestid", "rid-9".parse().unwrap());
         Error::Service(crate::kvs::ServiceError::from_response(
             404,
-            &http::HeaderMap::new(),
+            &headers,
             br#"{"__type":"ResourceNotFoundException","message":"no such channel"}"#,
         ))
     }
@@ -401,8 +428,11 @@ mod tests {
             .join("k2", a.clone(), &far(), || async { Err(not_found()) })
             .await;
         let replayed = ledger.join("k2", a.clone(), &far(), join("req-3")).await;
-        assert!(matches!(failed, Err(Error::Service(_))));
-        assert!(matches!(replayed, Err(Error::Service(_))), "{replayed:?}");
+        assert!(matches!(failed, Err(LedgerError::Join(Error::Service(_)))));
+        assert!(
+            matches!(replayed, Err(LedgerError::Join(Error::Service(_)))),
+            "{replayed:?}"
+        );
         assert_eq!(joins.load(Ordering::SeqCst), 1);
     }
 
@@ -459,7 +489,10 @@ mod tests {
             .await;
         // Never the first caller's deadline.
         assert_eq!(waiter.unwrap().request_id, "own");
-        assert!(matches!(first.await.unwrap(), Err(Error::DeadlineExceeded)));
+        assert!(matches!(
+            first.await.unwrap(),
+            Err(LedgerError::Join(Error::DeadlineExceeded))
+        ));
     }
 
     #[tokio::test]
@@ -477,13 +510,7 @@ mod tests {
         for other in [target("other", Role::Master), target("cam", Role::Viewer)] {
             let refused = ledger.join("k", other, &far(), ok).await;
             assert!(
-                matches!(
-                    refused,
-                    Err(Error::InvalidRequest {
-                        field: "idempotency_key",
-                        reason: ValidationError::KeyReused
-                    })
-                ),
+                matches!(refused, Err(LedgerError::KeyReused)),
                 "{refused:?}"
             );
         }
@@ -521,7 +548,10 @@ mod tests {
                 in_flight,
             )
             .await;
-        assert!(matches!(impatient, Err(Error::DeadlineExceeded)));
+        assert!(matches!(
+            impatient,
+            Err(LedgerError::Join(Error::DeadlineExceeded))
+        ));
         let patient = ledger.join("k", a, &far(), in_flight).await;
         assert_eq!(patient.unwrap().request_id, "slow");
         assert_eq!(first.await.unwrap().unwrap().request_id, "slow");
@@ -549,18 +579,83 @@ mod tests {
 
     #[test]
     fn records_no_sidecar_writes_are_unreadable() {
-        let ok = r#"{"channel":"c","role":"MASTER","client_id":"","outcome":{"joined":{"request_id":"2b1f6c3e-1111-4222-a333-123456789abc"}}}"#;
-        assert!(read_record(ok).is_ok());
+        let record = |outcome: &str| {
+            format!(r#"{{"channel":"c","role":"MASTER","client_id":"","outcome":{outcome}}}"#)
+        };
+        let joined = record(r#"{"joined":{"request_id":"2b1f6c3e-1111-4222-a333-123456789abc"}}"#);
+        assert!(matches!(read_record(&joined), Ok((_, Some(Ok(_))))));
+        let refused = record(
+            r#"{"refused":{"http_status":404,"code":"ResourceNotFoundException","message":"no such channel","request_id":"rid-1"}}"#,
+        );
+        assert!(matches!(
+            read_record(&refused),
+            Ok((_, Some(Err(Error::Service(_)))))
+        ));
         for planted in [
-            "not json",
-            r#"{"channel":"c","role":"MASTER","client_id":"","outcome":{"joined":{"request_id":"forged id with spaces"}}}"#,
-            r#"{"channel":"c","role":"MASTER","client_id":"","outcome":{"failed":{"code":0,"message":""}}}"#,
-            r#"{"channel":"c","role":"MASTER","client_id":"","outcome":{"failed":{"code":99,"message":""}}}"#,
+            "not json".to_owned(),
+            record(r#"{"joined":{"request_id":"forged id with spaces"}}"#),
+            // The shape of an earlier release.
+            record(r#"{"failed":{"code":5,"message":"m"}}"#),
+            // Not final: a retry must join.
+            record(r#"{"refused":{"http_status":503,"code":null,"message":"","request_id":null}}"#),
+            record(
+                r#"{"refused":{"http_status":200,"code":"ResourceNotFoundException","message":"","request_id":null}}"#,
+            ),
+            record(
+                r#"{"refused":{"http_status":404,"code":"Not a code","message":"","request_id":null}}"#,
+            ),
+            record(
+                r#"{"refused":{"http_status":404,"code":"ResourceNotFoundException","message":"","request_id":"bad id!"}}"#,
+            ),
         ] {
             assert!(
-                matches!(read_record(planted), Err(StoreError::Unreadable(_))),
+                matches!(read_record(&planted), Err(StoreError::Unreadable(_))),
                 "{planted}"
             );
+        }
+    }
+
+    /// A replay from the shared store answers what the first call met, to
+    /// the request id: the same status the first caller got.
+    #[test]
+    fn a_stored_refusal_restores_the_first_callers_error() {
+        let first = not_found();
+        let stored = Stored::kept(&Err(first.clone())).expect("a final refusal is kept");
+        let raw = serde_json::to_string(&Record {
+            channel: "c".into(),
+            role: "MASTER".into(),
+            client_id: String::new(),
+            outcome: Some(stored),
+        })
+        .unwrap();
+        let (_, outcome) = read_record(&raw).unwrap();
+        let (Error::Service(replayed), Error::Service(first)) =
+            (outcome.unwrap().unwrap_err(), first)
+        else {
+            panic!("not a KVS refusal");
+        };
+        assert_eq!(
+            (
+                replayed.http_status,
+                replayed.code,
+                replayed.kind,
+                replayed.message,
+                replayed.request_id
+            ),
+            (
+                first.http_status,
+                first.code,
+                first.kind,
+                first.message,
+                first.request_id
+            )
+        );
+        // Passing failures and a replica's own final failures are not kept.
+        for not_kept in [
+            Error::DeadlineExceeded,
+            Error::CredentialsDenied("no role".into()),
+        ] {
+            assert!(Stored::kept(&Err(not_kept)).is_none());
         }
     }
 }

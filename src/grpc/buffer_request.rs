@@ -19,6 +19,11 @@ use std::{
 use axum::body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use super::{
+    error::{CallError, Shed},
+    status,
+};
+
 /// gRPC's length-prefixed framing: a flag byte and a 4-byte length.
 const FRAME_HEADER: usize = 5;
 
@@ -91,13 +96,10 @@ where
             let message = match Limited::new(body, limit).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(error) if error.is::<LengthLimitError>() => {
-                    return Ok(answer(tonic::Status::resource_exhausted(format!(
-                        "request larger than {} bytes (--max-request-bytes)",
-                        limit - FRAME_HEADER
-                    ))));
+                    return Ok(answer(&Shed::TooLarge(limit - FRAME_HEADER).into()));
                 }
                 // The call's deadline (request_deadline), or the peer's reset.
-                Err(error) => return Ok(answer(tonic::Status::from_error(error))),
+                Err(error) => return Ok(status::body_failed(error).into_http()),
             };
             inner
                 .call(http::Request::from_parts(parts, Body::from(message)))
@@ -106,8 +108,8 @@ where
     }
 }
 
-fn answer(status: tonic::Status) -> http::Response<Body> {
-    status.into_http()
+fn answer(error: &CallError) -> http::Response<Body> {
+    status::to_status(error).into_http()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::{
 use tokio::time::Instant;
 use tonic::Code;
 
-use super::status;
+use super::{error::CallError, status};
 use crate::kvs::{Call, Error};
 
 const LINES_PER_SECOND: u32 = 5;
@@ -27,7 +27,7 @@ pub(super) fn log_call(
     arn: &str,
     call: &Call,
     started: Instant,
-    result: Result<&str, &Error>,
+    result: Result<&str, &CallError>,
 ) {
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     let attempts = call.attempts();
@@ -51,17 +51,17 @@ pub(super) fn log_call(
         return;
     };
     match err {
-        Error::InvalidRequest { field, reason } => tracing::info!(
+        CallError::Invalid(invalid) => tracing::info!(
             rpc,
-            field,
-            reason = reason.code(),
+            field = invalid.field,
+            reason = invalid.reason.code(),
             channel_len = arn.len(),
             status = ?code,
             latency_ms,
             suppressed,
             "call"
         ),
-        Error::ChannelNotAllowed(_) => tracing::warn!(
+        CallError::NotAllowed(_) => tracing::warn!(
             rpc,
             channel = arn,
             status = ?code,
@@ -71,7 +71,7 @@ pub(super) fn log_call(
         ),
         err => {
             let request_id = match err {
-                Error::Service(e) => e.request_id.as_deref(),
+                CallError::Upstream(Error::Service(e)) => e.request_id.as_deref(),
                 _ => None,
             };
             tracing::warn!(

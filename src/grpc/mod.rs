@@ -4,6 +4,7 @@ pub(crate) mod buffer_request;
 mod call_log;
 pub(crate) mod codec;
 pub(crate) mod deadline;
+pub(crate) mod error;
 pub(crate) mod observe;
 mod recording;
 pub(crate) mod request_deadline;

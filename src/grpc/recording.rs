@@ -11,11 +11,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::status::to_status;
+use super::{
+    error::{CallError, Shed},
+    status::to_status,
+};
 use crate::{
-    kvs::{Call, arn::ChannelArn},
+    kvs::{
+        Call,
+        arn::{ChannelArn, InvalidField, ValidationError},
+    },
     pb::{RecordingGap, RecordingState, RecordingStatus, WatchRecordingResponse},
-    recording::{self, Recording, Refusal, State},
+    recording::{self, Recording, State},
 };
 
 /// The default `stalled_after`.
@@ -49,15 +55,14 @@ pub(super) async fn window(
     channel: &ChannelArn,
     since: Option<prost_types::Timestamp>,
     stalled_after: Option<prost_types::Duration>,
-) -> Result<Window, Status> {
+) -> Result<Window, InvalidField> {
+    let invalid = |field, rule| ValidationError::Constraint(rule).of(field);
     let stalled_after = match stalled_after {
         None => DEFAULT_STALLED_AFTER,
         Some(d) => {
             let d = Duration::try_from(d).unwrap_or(Duration::ZERO);
             if !(MIN_STALLED_AFTER..=MAX_STALLED_AFTER).contains(&d) {
-                return Err(Status::invalid_argument(
-                    "stalled_after: must be from 1 s to 1 h",
-                ));
+                return Err(invalid("stalled_after", "must be from 1 s to 1 h"));
             }
             d
         }
@@ -67,14 +72,12 @@ pub(super) async fn window(
         None => recording.default_since(channel).await,
         Some(ts) => {
             let since = SystemTime::try_from(ts)
-                .map_err(|_| Status::invalid_argument("since: is not a valid timestamp"))?;
+                .map_err(|_| invalid("since", "is not a valid timestamp"))?;
             if since > now + SINCE_TOLERANCE {
-                return Err(Status::invalid_argument("since: is in the future"));
+                return Err(invalid("since", "is in the future"));
             }
             if now.duration_since(since).unwrap_or_default() > MAX_LOOKBACK {
-                return Err(Status::invalid_argument(
-                    "since: must be within the last 24 h",
-                ));
+                return Err(invalid("since", "must be within the last 24 h"));
             }
             since.min(now)
         }
@@ -91,17 +94,13 @@ pub(super) async fn status(
     call: &Call,
     channel: &ChannelArn,
     window: Window,
-) -> Result<RecordingStatus, Status> {
+) -> Result<RecordingStatus, CallError> {
     let mut subscription = recording
         .subscribe(call, channel, window.since, window.stalled_after)
-        .await
-        .map_err(|r| refused(&r))?;
+        .await?;
     let stream_arn = subscription.stream_arn().to_owned();
-    recording
-        .status(call, &mut subscription)
-        .await
-        .map(|s| to_pb(&s, &stream_arn))
-        .map_err(|r| refused(&r))
+    let status = recording.status(call, &mut subscription).await?;
+    Ok(to_pb(&status, &stream_arn))
 }
 
 /// WatchRecording: the first status, then one at each change of state,
@@ -113,16 +112,13 @@ pub(super) async fn watch(
     call: &Call,
     channel: &ChannelArn,
     window: Window,
-) -> Result<WatchStream, Status> {
+) -> Result<WatchStream, CallError> {
     let Ok(permit) = watchers.clone().try_acquire_owned() else {
-        return Err(Status::resource_exhausted(format!(
-            "this sidecar already serves {MAX_WATCHERS} WatchRecording streams, its limit"
-        )));
+        return Err(Shed::Watchers(MAX_WATCHERS).into());
     };
     let subscription = recording
         .subscribe(call, channel, window.since, window.stalled_after)
-        .await
-        .map_err(|r| refused(&r))?;
+        .await?;
     let (out, out_rx) = mpsc::channel(WATCH_QUEUE);
     tokio::spawn(relay(subscription, out, permit));
     Ok(ReceiverStream::new(out_rx))
@@ -149,7 +145,7 @@ async fn relay(
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    let _ = out.send(Err(to_status(&error))).await;
+                    let _ = out.send(Err(to_status(&error.into()))).await;
                     return;
                 }
             }
@@ -158,21 +154,6 @@ async fn relay(
             changed = subscription.changed() => if !changed { return },
             () = out.closed() => return,
         }
-    }
-}
-
-fn refused(refusal: &Refusal) -> Status {
-    match refusal {
-        Refusal::Kvs(error) => to_status(error),
-        Refusal::StorageDisabled(message) => Status::failed_precondition(message.clone()),
-        Refusal::Denied(message) => Status::permission_denied(message.clone()),
-        Refusal::TooManyStreams(n) => Status::resource_exhausted(format!(
-            "this sidecar already polls the fragments of {n} streams, its limit (--max-recording-streams)"
-        )),
-        Refusal::TooManyWindows => Status::resource_exhausted(format!(
-            "this stream is already watched over {} different windows, the limit; reuse a `since`",
-            recording::MAX_WINDOWS_PER_STREAM
-        )),
     }
 }
 

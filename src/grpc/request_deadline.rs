@@ -21,7 +21,7 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::deadline;
+use super::{deadline, error::Late, status};
 
 /// When the call must be answered by, set by [`RequestDeadline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,10 +136,8 @@ where
             {
                 Poll::Ready(()) => {
                     *this.ended = true;
-                    Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
-                        "the request did not arrive within its deadline",
-                    )
-                    .into())))
+                    // A Status, as tonic reads a body's error for the caller.
+                    Poll::Ready(Some(Err(status::to_status(&Late::Request.into()).into())))
                 }
                 Poll::Pending => Poll::Pending,
             },

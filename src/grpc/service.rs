@@ -6,7 +6,12 @@ use prost_types::Timestamp;
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{call_log::log_call, request_deadline::CallDeadline, status::to_status};
+use super::{
+    call_log::log_call,
+    error::{CallError, Late, Shed},
+    request_deadline::CallDeadline,
+    status::to_status,
+};
 use crate::{
     idempotency::{JoinLedger, JoinTarget},
     kvs::{
@@ -30,7 +35,7 @@ use crate::{
     recording::Recording,
     session::Sessions,
     signaling::{Connection, Signaling},
-    storage::{Change, Storage, Wanted},
+    storage::{Change, EnsureError, Storage, Wanted},
 };
 
 pub(crate) struct WebRtcStorage {
@@ -124,16 +129,10 @@ impl WebRtcStorage {
         rpc: &'static str,
         req: Request<M>,
         channel_arn: fn(&M) -> &str,
-        work: impl AsyncFnOnce(&M, &Call) -> Result<T, Error>,
+        work: impl AsyncFnOnce(&M, &Call) -> Result<T, CallError>,
         request_id: fn(&T) -> &str,
     ) -> Result<T, Status> {
-        let Ok(_slot) = self.slots.try_acquire() else {
-            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
-            return Err(Status::resource_exhausted(format!(
-                "the sidecar is at its limit of {} calls in flight; retry with backoff",
-                self.limits.max_concurrent_calls
-            )));
-        };
+        let _slot = self.slot()?;
         let call = self.call(&req);
         let msg = req.into_inner();
         let started = Instant::now();
@@ -162,30 +161,32 @@ impl WebRtcStorage {
         target: impl FnOnce() -> JoinTarget,
         call: &Call,
         join: impl Fn() -> F + Send + Sync,
-    ) -> Result<Joined, Error>
+    ) -> Result<Joined, CallError>
     where
         F: Future<Output = Result<Joined, Error>> + Send,
     {
         if key.is_empty() {
-            return join().await;
+            return Ok(join().await?);
         }
-        validate_idempotency_key(key).map_err(|reason| Error::InvalidRequest {
-            field: "idempotency_key",
-            reason,
-        })?;
+        validate_idempotency_key(key).map_err(|reason| reason.of("idempotency_key"))?;
         // A join per real attempt: after a passing failure the ledger keeps
         // nothing, and a retry with the key joins again.
-        Box::pin(self.ledger.join(key, target(), call, join)).await
+        Ok(Box::pin(self.ledger.join(key, target(), call, join)).await?)
+    }
+
+    /// One of the unary calls' slots; none free: RESOURCE_EXHAUSTED at once.
+    fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        self.slots.try_acquire().map_err(|_| {
+            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
+            to_status(&Shed::Calls(self.limits.max_concurrent_calls).into())
+        })
     }
 
     /// A valid ARN of a channel this sidecar may act on.
-    fn channel(&self, raw: &str) -> Result<ChannelArn, Error> {
-        let arn = ChannelArn::parse(raw).map_err(|reason| Error::InvalidRequest {
-            field: "channel_arn",
-            reason,
-        })?;
+    fn channel(&self, raw: &str) -> Result<ChannelArn, CallError> {
+        let arn = ChannelArn::parse(raw).map_err(|reason| reason.of("channel_arn"))?;
         if !self.policy.allows(&arn) {
-            return Err(Error::ChannelNotAllowed(arn.to_string()));
+            return Err(CallError::NotAllowed(arn));
         }
         // On the call's span (`observe`), now that it is known valid.
         tracing::Span::current().record("channel", arn.as_str());
@@ -197,8 +198,8 @@ impl WebRtcStorage {
     fn signaling_role<'a>(
         &self,
         msg: &'a GetSignalingConnectionRequest,
-    ) -> Result<(Role, Option<&'a str>), Error> {
-        let invalid = |field, reason| Error::InvalidRequest { field, reason };
+    ) -> Result<(Role, Option<&'a str>), CallError> {
+        let invalid = |field, reason: ValidationError| CallError::Invalid(reason.of(field));
         match SignalingRole::try_from(msg.role) {
             Ok(SignalingRole::Master) if msg.client_id.is_empty() => Ok((Role::Master, None)),
             Ok(SignalingRole::Master) => {
@@ -267,10 +268,7 @@ impl WebRtcStorageService for WebRtcStorage {
     ) -> Result<Response<JoinStorageSessionAsViewerResponse>, Status> {
         let work = async |msg: &JoinStorageSessionAsViewerRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
-            validate_client_id(&msg.client_id).map_err(|reason| Error::InvalidRequest {
-                field: "client_id",
-                reason,
-            })?;
+            validate_client_id(&msg.client_id).map_err(|reason| reason.of("client_id"))?;
             let target = || JoinTarget {
                 channel: arn.clone(),
                 role: Role::Viewer,
@@ -310,18 +308,15 @@ impl WebRtcStorageService for WebRtcStorage {
         // session slot instead.
         let Ok(slot) = self.starts.try_acquire() else {
             metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
-            return Err(Status::resource_exhausted(format!(
-                "{PENDING_STARTS} session streams are already waiting for their `start`; send `start` with the stream, retry with backoff"
-            )));
+            return Err(to_status(&Shed::PendingStarts(PENDING_STARTS).into()));
         };
         let mut inbound = req.into_inner();
         let wait = START_WAIT.min(self.limits.max_call_duration);
         let first = tokio::select! {
-            first = tokio::time::timeout(wait, inbound.message()) => first.map_err(|_| {
-                Status::deadline_exceeded(format!("start: no first message within {wait:?}"))
-            })??,
+            first = tokio::time::timeout(wait, inbound.message()) => first
+                .map_err(|_| to_status(&Late::Start(wait).into()))??,
             () = self.sessions.draining() => {
-                return Err(Status::unavailable("the sidecar is draining"));
+                return Err(to_status(&CallError::Draining));
             }
         };
         drop(slot);
@@ -329,20 +324,18 @@ impl WebRtcStorageService for WebRtcStorage {
             kind: Some(Kind::Start(start)),
         }) = first
         else {
-            return Err(Status::invalid_argument(
-                "start: the first message must be `start`",
+            return Err(to_status(
+                &ValidationError::Constraint("the first message must be `start`")
+                    .of("start")
+                    .into(),
             ));
         };
         let channel = self
             .channel(&start.channel_arn)
             .map_err(|e| to_status(&e))?;
         if !start.client_id.is_empty() {
-            validate_client_id(&start.client_id).map_err(|reason| {
-                to_status(&Error::InvalidRequest {
-                    field: "client_id",
-                    reason,
-                })
-            })?;
+            validate_client_id(&start.client_id)
+                .map_err(|reason| to_status(&reason.of("client_id").into()))?;
         }
         let events = super::session::maintain(
             self.client.clone(),
@@ -364,7 +357,10 @@ impl WebRtcStorageService for WebRtcStorage {
         let work = async |msg: &GetSignalingConnectionRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
             let (role, client_id) = self.signaling_role(msg)?;
-            self.signaling.connection(call, &arn, role, client_id).await
+            Ok(self
+                .signaling
+                .connection(call, &arn, role, client_id)
+                .await?)
         };
         // The log line never holds the URL or the TURN credentials.
         let connection = self
@@ -385,7 +381,7 @@ impl WebRtcStorageService for WebRtcStorage {
     ) -> Result<Response<CheckStorageReadinessResponse>, Status> {
         let work = async |msg: &CheckStorageReadinessRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
-            self.readiness.check(call, &arn).await
+            Ok(self.readiness.check(call, &arn).await?)
         };
         let report = self
             .unary(
@@ -425,10 +421,10 @@ impl WebRtcStorageService for WebRtcStorage {
             let ensured = self.storage.ensure(call, &arn, &wanted).await;
             // Whatever it changed, even if it failed later, the next
             // readiness check must see.
-            if !matches!(ensured, Err(Error::StorageChangesDisabled)) {
+            if !matches!(ensured, Err(EnsureError::Disabled)) {
                 self.readiness.forget(&arn).await;
             }
-            ensured
+            Ok(ensured?)
         };
         let ensured = self
             .unary("EnsureStorage", req, |m| &m.channel_arn, work, |_| "")
@@ -456,9 +452,10 @@ impl WebRtcStorageService for WebRtcStorage {
         let work = async |msg: &GetPlaybackUrlRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
             let request = PlaybackRequest::parse(msg)?;
-            self.playback
+            Ok(self
+                .playback
                 .url(call, &self.readiness, &arn, &request)
-                .await
+                .await?)
         };
         // The log line never holds the URL.
         let playback = self
@@ -474,22 +471,18 @@ impl WebRtcStorageService for WebRtcStorage {
         &self,
         req: Request<GetRecordingStatusRequest>,
     ) -> Result<Response<GetRecordingStatusResponse>, Status> {
-        let Ok(_slot) = self.slots.try_acquire() else {
-            metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
-            return Err(Status::resource_exhausted(format!(
-                "the sidecar is at its limit of {} calls in flight; retry with backoff",
-                self.limits.max_concurrent_calls
-            )));
-        };
+        let _slot = self.slot()?;
         let call = self.call(&req);
         let msg = req.into_inner();
-        let channel = self.channel(&msg.channel_arn).map_err(|e| to_status(&e))?;
-        let window =
-            super::recording::window(&self.recording, &channel, msg.since, msg.stalled_after)
-                .await?;
-        let status = super::recording::status(&self.recording, &call, &channel, window).await?;
+        let status = async {
+            let channel = self.channel(&msg.channel_arn)?;
+            let window =
+                super::recording::window(&self.recording, &channel, msg.since, msg.stalled_after)
+                    .await?;
+            super::recording::status(&self.recording, &call, &channel, window).await
+        };
         Ok(Response::new(GetRecordingStatusResponse {
-            status: Some(status),
+            status: Some(status.await.map_err(|e| to_status(&e))?),
         }))
     }
 
@@ -503,14 +496,14 @@ impl WebRtcStorageService for WebRtcStorage {
         // as long as the caller keeps it.
         let call = self.call(&req);
         let msg = req.into_inner();
-        let channel = self.channel(&msg.channel_arn).map_err(|e| to_status(&e))?;
-        let window =
-            super::recording::window(&self.recording, &channel, msg.since, msg.stalled_after)
-                .await?;
-        let stream =
-            super::recording::watch(&self.recording, &self.watchers, &call, &channel, window)
-                .await?;
-        Ok(Response::new(stream))
+        let stream = async {
+            let channel = self.channel(&msg.channel_arn)?;
+            let window =
+                super::recording::window(&self.recording, &channel, msg.since, msg.stalled_after)
+                    .await?;
+            super::recording::watch(&self.recording, &self.watchers, &call, &channel, window).await
+        };
+        Ok(Response::new(stream.await.map_err(|e| to_status(&e))?))
     }
 }
 

@@ -9,16 +9,22 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-use super::status::{code, to_status};
+use super::{
+    error::{CallError, SessionEnded, SessionRefused},
+    status::{kvs_code, kvs_status, to_status},
+};
 use crate::{
-    kvs::{Error, KvsClient, arn::ChannelArn},
+    kvs::{
+        Error, KvsClient,
+        arn::{ChannelArn, InvalidField, ValidationError},
+    },
     pb::{
         GiveUpReason, JoinReason, MaintainStorageSessionRequest, MaintainStorageSessionResponse,
         SessionGaveUp, SessionJoinFailed, SessionJoined, SessionReportKind, SessionStart,
         maintain_storage_session_request::Kind, maintain_storage_session_response,
     },
     recording::Recording,
-    session::{Event, GiveUp, Reason, Refusal, Report, Sessions, Settings, Stop, Supervisor},
+    session::{Event, GiveUp, Reason, Report, Sessions, Settings, Stop, Supervisor},
 };
 
 pub(super) type EventStream = ReceiverStream<Result<MaintainStorageSessionResponse, Status>>;
@@ -38,28 +44,17 @@ pub(super) async fn maintain(
     join_timeout: Duration,
     inbound: Streaming<MaintainStorageSessionRequest>,
 ) -> Result<EventStream, Status> {
-    let settings = settings(start)?;
-    let claim =
-        sessions
-            .claim(&channel, &start.client_id)
-            .await
-            .map_err(|refusal| match refusal {
-                Refusal::AlreadyMaintained => Status::already_exists(format!(
-                    "{channel} (client id {:?}) is already maintained by this sidecar",
-                    start.client_id
-                )),
-                Refusal::MaintainedElsewhere => Status::already_exists(format!(
-                    "{channel} (client id {:?}) is already maintained by another replica",
-                    start.client_id
-                )),
-                Refusal::StoreUnavailable => Status::unavailable(
-                    "the shared state store is unreachable, so the session cannot be leased",
-                ),
-                Refusal::AtCapacity(n) => Status::resource_exhausted(format!(
-                    "this sidecar already maintains {n} sessions, its limit"
-                )),
-                Refusal::Draining => Status::unavailable("the sidecar is draining"),
-            })?;
+    let settings = settings(start).map_err(|e| to_status(&e.into()))?;
+    let claim = sessions
+        .claim(&channel, &start.client_id)
+        .await
+        .map_err(|refusal| {
+            to_status(&CallError::Session(SessionRefused {
+                refusal,
+                channel: channel.clone(),
+                client_id: start.client_id.clone(),
+            }))
+        })?;
     let (reports_tx, reports) = mpsc::channel(QUEUE);
     let (events, events_rx) = mpsc::channel(QUEUE);
     let (out, out_rx) = mpsc::channel(QUEUE);
@@ -120,9 +115,10 @@ async fn relay(
             message = inbound.message(), if !ending => {
                 let report = match message {
                     Ok(Some(MaintainStorageSessionRequest { kind: Some(Kind::Report(r)) })) => report(r.kind()),
-                    Ok(Some(_)) => Err(Status::invalid_argument(
-                        "start: only the first message may be `start`; later ones are `report`s",
-                    )),
+                    Ok(Some(_)) => Err(ValidationError::Constraint(
+                        "only the first message may be `start`; later ones are `report`s",
+                    )
+                    .of("start")),
                     // The caller ended its stream or went away.
                     Ok(None) | Err(_) => return,
                 };
@@ -133,8 +129,8 @@ async fn relay(
                         Err(mpsc::error::TrySendError::Full(report)) => latest = Some(report),
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                     },
-                    Err(status) => {
-                        unsent.push_back(Err(status));
+                    Err(invalid) => {
+                        unsent.push_back(Err(to_status(&invalid.into())));
                         ending = true;
                     }
                 }
@@ -145,9 +141,9 @@ async fn relay(
 }
 
 /// The session settings `start` asks for, each within its bounds.
-fn settings(start: &SessionStart) -> Result<Settings, Status> {
+fn settings(start: &SessionStart) -> Result<Settings, InvalidField> {
     let mut settings = Settings::default();
-    let bounded = |field: &str, value: Option<prost_types::Duration>, min: u64, max: u64| {
+    let bounded = |field, value: Option<prost_types::Duration>, min: u64, max: u64| {
         let Some(value) = value else {
             return Ok(None);
         };
@@ -156,27 +152,31 @@ fn settings(start: &SessionStart) -> Result<Settings, Status> {
             return Ok(None);
         }
         if d < Duration::from_secs(min) || d > Duration::from_secs(max) {
-            return Err(Status::invalid_argument(format!(
-                "start.{field}: must be from {min} s to {max} s"
-            )));
+            return Err(ValidationError::Between {
+                min,
+                max,
+                unit: " s",
+            }
+            .of(field));
         }
         Ok(Some(d))
     };
-    if let Some(d) = bounded("offer_wait", start.offer_wait, 1, 60)? {
+    if let Some(d) = bounded("start.offer_wait", start.offer_wait, 1, 60)? {
         settings.offer_wait = d;
     }
-    if let Some(d) = bounded("rejoin_after", start.rejoin_after, 1, 59 * 60)? {
+    if let Some(d) = bounded("start.rejoin_after", start.rejoin_after, 1, 59 * 60)? {
         settings.rejoin_after = d;
     }
-    if let Some(d) = bounded("failure_window", start.failure_window, 1, 24 * 3600)? {
+    if let Some(d) = bounded("start.failure_window", start.failure_window, 1, 24 * 3600)? {
         settings.failure_window = d;
     }
-    if let Some(d) = bounded("no_media_after", start.no_media_after, 1, 3600)? {
+    if let Some(d) = bounded("start.no_media_after", start.no_media_after, 1, 3600)? {
         // Fragments are the master's media: a viewer records none.
         if !start.client_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "start.no_media_after: is for master sessions only (client_id empty)",
-            ));
+            return Err(ValidationError::Constraint(
+                "is for master sessions only (client_id empty)",
+            )
+            .of("start.no_media_after"));
         }
         settings.no_media_after = Some(d);
     }
@@ -184,24 +184,28 @@ fn settings(start: &SessionStart) -> Result<Settings, Status> {
         0 => {}
         n @ 1..=100 => settings.failure_budget = n,
         _ => {
-            return Err(Status::invalid_argument(
-                "start.failure_budget: must be from 1 to 100",
-            ));
+            return Err(ValidationError::Between {
+                min: 1,
+                max: 100,
+                unit: "",
+            }
+            .of("start.failure_budget"));
         }
     }
     Ok(settings)
 }
 
-fn report(kind: SessionReportKind) -> Result<Report, Status> {
+fn report(kind: SessionReportKind) -> Result<Report, InvalidField> {
     Ok(match kind {
         SessionReportKind::OfferReceived => Report::OfferReceived,
         SessionReportKind::Connected => Report::Connected,
         SessionReportKind::Disconnected => Report::Disconnected,
         SessionReportKind::RejoinRequested => Report::RejoinRequested,
         SessionReportKind::Unspecified => {
-            return Err(Status::invalid_argument(
-                "report.kind: must be set to one of the SessionReportKind values",
-            ));
+            return Err(ValidationError::Constraint(
+                "must be set to one of the SessionReportKind values",
+            )
+            .of("report.kind"));
         }
     })
 }
@@ -232,51 +236,33 @@ fn answers(event: Event) -> Vec<Result<MaintainStorageSessionResponse, Status>> 
             next_attempt_in,
         } => vec![respond(Pb::JoinFailed(SessionJoinFailed {
             attempt,
-            code: code(&error).into(),
-            message: to_status(&error).message().to_owned(),
+            code: kvs_code(&error).into(),
+            message: error.to_string(),
             next_attempt_in: next_attempt_in.and_then(|d| d.try_into().ok()),
         }))],
         Event::GaveUp { why, error } => {
-            let (reason, end) = match why {
+            let (reason, ended) = match why {
                 Stop::Policy(GiveUp::FailureBudget) => (
                     GiveUpReason::FailureBudget,
-                    Status::unavailable(format!(
-                        "gave up: too many failed joins in the failure window{}",
-                        last(error.as_ref())
-                    )),
+                    SessionEnded::FailureBudget(error.clone()),
                 ),
-                Stop::Policy(GiveUp::Final) => (
-                    GiveUpReason::FinalError,
-                    error
-                        .as_ref()
-                        .map_or_else(|| Status::unknown("gave up on a final error"), to_status),
-                ),
-                Stop::Draining => (
-                    GiveUpReason::Draining,
-                    Status::unavailable("draining: the sidecar is shutting down"),
-                ),
-                Stop::LeaseLost => (
-                    GiveUpReason::LeaseLost,
-                    Status::unavailable(
-                        "the session's lease in the shared store was lost; another replica may maintain it",
-                    ),
-                ),
+                Stop::Policy(GiveUp::Final) => (GiveUpReason::FinalError, SessionEnded::Final),
+                Stop::Draining => (GiveUpReason::Draining, SessionEnded::Draining),
+                Stop::LeaseLost => (GiveUpReason::LeaseLost, SessionEnded::LeaseLost),
+            };
+            // A final error ends the stream with its own status.
+            let end = match (&ended, &error) {
+                (SessionEnded::Final, Some(error)) => kvs_status(error),
+                _ => to_status(&ended.into()),
             };
             let gave_up = SessionGaveUp {
                 reason: reason.into(),
-                code: error.as_ref().map_or(0, |e| code(e).into()),
-                message: error
-                    .as_ref()
-                    .map(|e| to_status(e).message().to_owned())
-                    .unwrap_or_default(),
+                code: error.as_ref().map_or(0, |e| kvs_code(e).into()),
+                message: error.as_ref().map(Error::to_string).unwrap_or_default(),
             };
             vec![respond(Pb::GaveUp(gave_up)), Err(end)]
         }
     }
-}
-
-fn last(error: Option<&Error>) -> String {
-    error.map_or_else(String::new, |e| format!("; the last: {e}"))
 }
 
 fn join_reason(reason: Reason) -> JoinReason {

@@ -10,20 +10,66 @@ use std::collections::HashMap;
 use tonic::{Code, Status, metadata::MetadataValue};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::kvs::{Error, ErrorKind, ServiceError};
+use super::error::{CallError, SessionEnded};
+use crate::{
+    kvs::{Error, ErrorKind, ServiceError},
+    playback::PlaybackError,
+    recording::Refusal as RecordingRefusal,
+    session::Refusal as SessionRefusal,
+    storage::EnsureError,
+};
 
 /// The gRPC code for each error class.
-pub(crate) fn code(err: &Error) -> Code {
+pub(crate) fn code(err: &CallError) -> Code {
     match err {
-        Error::InvalidRequest { .. } => Code::InvalidArgument,
+        CallError::Invalid(_) => Code::InvalidArgument,
+        CallError::NotAllowed(_) => Code::PermissionDenied,
+        CallError::Shed(_) => Code::ResourceExhausted,
+        CallError::Late(_) => Code::DeadlineExceeded,
+        CallError::Draining => Code::Unavailable,
+        CallError::Session(refused) => match refused.refusal {
+            SessionRefusal::AlreadyMaintained | SessionRefusal::MaintainedElsewhere => {
+                Code::AlreadyExists
+            }
+            SessionRefusal::AtCapacity(_) => Code::ResourceExhausted,
+            SessionRefusal::StoreUnavailable | SessionRefusal::Draining => Code::Unavailable,
+        },
+        CallError::SessionEnded(ended) => match ended {
+            SessionEnded::Final => Code::Unknown,
+            SessionEnded::FailureBudget(_) | SessionEnded::Draining | SessionEnded::LeaseLost => {
+                Code::Unavailable
+            }
+        },
+        CallError::Storage(refusal) => match refusal {
+            EnsureError::Disabled => Code::PermissionDenied,
+            EnsureError::Precondition(_) => Code::FailedPrecondition,
+            EnsureError::Busy => Code::ResourceExhausted,
+            EnsureError::Invalid(_) => Code::InvalidArgument,
+            EnsureError::Kvs(e) => kvs_code(e),
+        },
+        CallError::Playback(refusal) => match refusal {
+            PlaybackError::NothingToPlay(_) => Code::FailedPrecondition,
+            PlaybackError::Kvs(e) => kvs_code(e),
+        },
+        CallError::Recording(refusal) => match refusal {
+            RecordingRefusal::StorageDisabled(_) => Code::FailedPrecondition,
+            RecordingRefusal::Denied(_) => Code::PermissionDenied,
+            RecordingRefusal::TooManyStreams(_) | RecordingRefusal::TooManyWindows => {
+                Code::ResourceExhausted
+            }
+            RecordingRefusal::Kvs(e) => kvs_code(e),
+        },
+        CallError::Upstream(e) => kvs_code(e),
+    }
+}
+
+/// The gRPC code for what the KVS client met.
+pub(crate) fn kvs_code(err: &Error) -> Code {
+    match err {
         // The sidecar's FIPS / dual-stack settings cannot reach this
         // partition: its setup, not the request, must change.
         Error::Endpoint(_) => Code::FailedPrecondition,
-        Error::ChannelNotAllowed(_)
-        | Error::CredentialsDenied(_)
-        | Error::StorageChangesDisabled => Code::PermissionDenied,
-        Error::Precondition(_) => Code::FailedPrecondition,
-        Error::Busy(_) => Code::ResourceExhausted,
+        Error::CredentialsDenied(_) => Code::PermissionDenied,
         Error::Service(e) => service_code(e),
         Error::Transport(_)
         | Error::Connect(_)
@@ -32,12 +78,11 @@ pub(crate) fn code(err: &Error) -> Code {
         Error::DeadlineExceeded => Code::DeadlineExceeded,
         Error::RateLimited { .. } | Error::StreamPaced { .. } => Code::ResourceExhausted,
         // Out of retries while being throttled is still throttling.
-        Error::RetryQuotaExhausted(last) => match code(last) {
+        Error::RetryQuotaExhausted(last) => match kvs_code(last) {
             Code::ResourceExhausted => Code::ResourceExhausted,
             _ => Code::Unavailable,
         },
         Error::Signing(_) | Error::MalformedResponse(_) => Code::Internal,
-        Error::Replayed { code, .. } => Code::from_i32(*code),
     }
 }
 
@@ -75,8 +120,25 @@ fn reason(e: &ServiceError) -> &str {
     }
 }
 
-pub(crate) fn to_status(err: &Error) -> Status {
-    let code = code(err);
+/// The status a call answers with.
+pub(crate) fn to_status(err: &CallError) -> Status {
+    match err {
+        CallError::Upstream(e) => kvs_status(e),
+        err => Status::new(code(err), err.to_string()),
+    }
+}
+
+/// The status of a call whose request body failed while it was read:
+/// the deadline's status (`request_deadline` fails the body with it), or
+/// what the peer's reset says.
+pub(crate) fn body_failed(error: crate::BoxError) -> Status {
+    Status::from_error(error)
+}
+
+/// The status for what the KVS client met. When KVS answered, it carries
+/// KVS's error code and request id as rich details and metadata.
+pub(crate) fn kvs_status(err: &Error) -> Status {
+    let code = kvs_code(err);
     let Error::Service(e) = err else {
         return Status::new(code, err.to_string());
     };
@@ -101,7 +163,10 @@ pub(crate) fn to_status(err: &Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvs::{arn::ValidationError, endpoint::EndpointError};
+    use crate::kvs::{
+        arn::{ChannelArn, ValidationError},
+        endpoint::EndpointError,
+    };
 
     fn kvs(http_status: u16, code: &str) -> Error {
         kvs_saying(http_status, code, "m")
@@ -189,29 +254,91 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (Error::Credentials("none".into()), Code::Unavailable),
-            (Error::StorageChangesDisabled, Code::PermissionDenied),
-            (Error::Precondition("p".into()), Code::FailedPrecondition),
-            (Error::Busy("b".into()), Code::ResourceExhausted),
             (
-                Error::ChannelNotAllowed("arn".into()),
+                Error::CredentialsDenied("no role".into()),
+                Code::PermissionDenied,
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(kvs_code(&err), want, "{err:?}");
+            assert_eq!(code(&CallError::Upstream(err)), want);
+        }
+    }
+
+    #[test]
+    fn maps_each_refusal_of_the_sidecars() {
+        use super::super::error::{Late, SessionRefused, Shed};
+        let session = |refusal| {
+            CallError::Session(SessionRefused {
+                refusal,
+                channel: ChannelArn::for_tests("porch"),
+                client_id: String::new(),
+            })
+        };
+        let cases = [
+            (
+                CallError::Invalid(ValidationError::Empty.of("channel_arn")),
+                Code::InvalidArgument,
+            ),
+            (
+                CallError::NotAllowed(ChannelArn::for_tests("porch")),
+                Code::PermissionDenied,
+            ),
+            (CallError::Shed(Shed::Calls(1)), Code::ResourceExhausted),
+            (CallError::Late(Late::Request), Code::DeadlineExceeded),
+            (
+                session(SessionRefusal::AlreadyMaintained),
+                Code::AlreadyExists,
+            ),
+            (
+                session(SessionRefusal::AtCapacity(1)),
+                Code::ResourceExhausted,
+            ),
+            (session(SessionRefusal::StoreUnavailable), Code::Unavailable),
+            (
+                CallError::SessionEnded(SessionEnded::LeaseLost),
+                Code::Unavailable,
+            ),
+            (
+                CallError::from(EnsureError::Disabled),
                 Code::PermissionDenied,
             ),
             (
-                Error::InvalidRequest {
-                    field: "channel_arn",
-                    reason: ValidationError::Empty,
-                },
+                CallError::from(EnsureError::Precondition("p".into())),
+                Code::FailedPrecondition,
+            ),
+            (CallError::from(EnsureError::Busy), Code::ResourceExhausted),
+            (
+                CallError::from(PlaybackError::NothingToPlay("n".into())),
+                Code::FailedPrecondition,
+            ),
+            (
+                CallError::from(RecordingRefusal::TooManyWindows),
+                Code::ResourceExhausted,
+            ),
+            (
+                CallError::from(crate::idempotency::LedgerError::KeyReused),
                 Code::InvalidArgument,
             ),
         ];
         for (err, want) in cases {
             assert_eq!(code(&err), want, "{err:?}");
+            assert_eq!(to_status(&err).message(), err.to_string());
         }
+        // A capability's KVS error is KVS's, with its details.
+        let from_storage = CallError::from(EnsureError::Kvs(kvs(404, "ResourceNotFoundException")));
+        assert_eq!(
+            to_status(&from_storage)
+                .metadata()
+                .get("x-amzn-requestid")
+                .unwrap(),
+            "rid-7"
+        );
     }
 
     #[test]
     fn carries_request_id_and_message_in_details() {
-        let status = to_status(&kvs(404, "ResourceNotFoundException"));
+        let status = kvs_status(&kvs(404, "ResourceNotFoundException"));
         assert_eq!(status.metadata().get("x-amzn-requestid").unwrap(), "rid-7");
         assert!(status.message().contains("ResourceNotFoundException"));
         assert!(status.message().contains(": m"));
@@ -224,7 +351,7 @@ mod tests {
 
     #[test]
     fn the_viewer_limit_has_its_own_reason() {
-        let status = to_status(&kvs_saying(
+        let status = kvs_status(&kvs_saying(
             400,
             "ClientLimitExceededException",
             "The maximum number of viewers connected to the session has been reached",
@@ -235,10 +362,7 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_field() {
-        let status = to_status(&Error::InvalidRequest {
-            field: "client_id",
-            reason: ValidationError::Empty,
-        });
+        let status = to_status(&CallError::Invalid(ValidationError::Empty.of("client_id")));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "client_id: is empty");
     }

@@ -48,7 +48,7 @@ pub enum ValidationError {
     #[error("was used for another channel, role or client id within the idempotency window")]
     KeyReused,
     /// Well formed, but the region lies in another partition than the ARN
-    /// names (checked when the endpoint is chosen, see `endpoint`).
+    /// names.
     #[error(
         "partition {partition:?} does not hold region {region:?}, which is in {region_partition:?}"
     )]
@@ -61,6 +61,13 @@ pub enum ValidationError {
     /// one requires); the text says which, never echoing the value.
     #[error("{0}")]
     Constraint(&'static str),
+    /// A number or duration outside its range.
+    #[error("must be from {min}{unit} to {max}{unit}")]
+    Between {
+        min: u64,
+        max: u64,
+        unit: &'static str,
+    },
     /// A field that only one role takes (a master has no client id).
     #[error("must be empty for SIGNALING_ROLE_MASTER")]
     NotEmptyForMaster,
@@ -68,7 +75,24 @@ pub enum ValidationError {
     UnspecifiedRole,
 }
 
+/// A request field and what is wrong with it: the request is refused
+/// with INVALID_ARGUMENT naming the field, before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub reason: ValidationError,
+}
+
 impl ValidationError {
+    /// This error, about `field`.
+    pub fn of(self, field: &'static str) -> InvalidField {
+        InvalidField {
+            field,
+            reason: self,
+        }
+    }
+
     /// What was wrong, without the rejected value: for log lines, where
     /// caller input must not be echoed.
     pub fn code(&self) -> &'static str {
@@ -91,6 +115,7 @@ impl ValidationError {
             ValidationError::NotEmptyForMaster => "not_empty_for_master",
             ValidationError::UnspecifiedRole => "unspecified",
             ValidationError::Constraint(_) => "constraint",
+            ValidationError::Between { .. } => "out_of_range",
         }
     }
 }
@@ -162,6 +187,17 @@ impl ChannelArn {
         }
         if !non_empty_all(id, |b| b.is_ascii_digit()) {
             return Err(ValidationError::BadChannelId(id.to_owned()));
+        }
+        // `arn:aws:...:cn-north-1:...` names no real channel, and signing it
+        // for one partition while sending it to another would fail
+        // obscurely.
+        let region_partition = super::partition::partition(region).id;
+        if region_partition != partition {
+            return Err(ValidationError::PartitionMismatch {
+                partition: partition.to_owned(),
+                region: region.to_owned(),
+                region_partition,
+            });
         }
 
         let partition_end = "arn:".len() + partition.len();
@@ -262,6 +298,39 @@ mod tests {
 
     fn model() -> regex::Regex {
         regex::Regex::new(MODEL_PATTERN).unwrap()
+    }
+
+    /// The service model's pattern, and a region of the partition it names.
+    fn valid(s: &str) -> bool {
+        let Some(parts) = model().captures(s) else {
+            return false;
+        };
+        let region = s.split(':').nth(3).unwrap();
+        crate::kvs::partition::partition(region).id == &parts[1]
+    }
+
+    #[test]
+    fn an_arn_whose_partition_contradicts_its_region_is_refused() {
+        for (partition, region, region_partition) in [
+            ("aws", "cn-north-1", "aws-cn"),
+            ("aws-cn", "us-east-1", "aws"),
+            ("aws-us-gov", "us-east-1", "aws"),
+            ("aws", "us-gov-west-1", "aws-us-gov"),
+            ("aws-mars", "us-east-1", "aws"),
+        ] {
+            let arn = format!("arn:{partition}:kinesisvideo:{region}:123456789012:channel/a/1");
+            assert!(model().is_match(&arn));
+            let err = ChannelArn::parse(&arn).unwrap_err();
+            assert_eq!(
+                err,
+                ValidationError::PartitionMismatch {
+                    partition: partition.into(),
+                    region: region.into(),
+                    region_partition,
+                }
+            );
+            assert_eq!(err.code(), "partition_mismatch");
+        }
     }
 
     #[test]
@@ -385,12 +454,12 @@ mod tests {
     proptest! {
         #[test]
         fn agrees_with_model_regex_on_near_arns(s in arn_like()) {
-            prop_assert_eq!(ChannelArn::parse(&s).is_ok(), model().is_match(&s));
+            prop_assert_eq!(ChannelArn::parse(&s).is_ok(), valid(&s));
         }
 
         #[test]
         fn agrees_with_model_regex_on_any_string(s in "\\PC{0,80}") {
-            prop_assert_eq!(ChannelArn::parse(&s).is_ok(), model().is_match(&s));
+            prop_assert_eq!(ChannelArn::parse(&s).is_ok(), valid(&s));
         }
 
         #[test]

@@ -56,10 +56,13 @@ impl Call {
     /// `work`, ended with `DeadlineExceeded` if the call's deadline passes
     /// first: how every wait of a call (discovery, another caller's
     /// discovery, attempts, backoffs, a shared check) honours it.
-    pub async fn bound<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    pub async fn bound<T, E: From<Error>>(
+        &self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         tokio::time::timeout_at(self.deadline, work)
             .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+            .unwrap_or_else(|_| Err(Error::DeadlineExceeded.into()))
     }
 }
 

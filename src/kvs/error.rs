@@ -8,21 +8,12 @@ use std::{sync::Arc, time::Duration};
 
 use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 
-use super::{arn::ValidationError, redact};
+use super::redact;
 
 pub use crate::BoxError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The caller's request is malformed; nothing was sent.
-    #[error("{field}: {reason}")]
-    InvalidRequest {
-        field: &'static str,
-        reason: ValidationError,
-    },
-    /// The channel is outside the sidecar's allow-list; nothing was sent.
-    #[error("channel_arn: this sidecar is not allowed to act on {0}")]
-    ChannelNotAllowed(String),
     /// The endpoint rules found no control-plane endpoint for the channel's
     /// region under the configured FIPS / dual-stack settings.
     #[error("no KVS endpoint for the channel's region: {0}")]
@@ -72,24 +63,6 @@ pub enum Error {
     CredentialsDenied(String),
     #[error("could not sign the request: {0}")]
     Signing(String),
-    /// The outcome of an earlier call with the same idempotency key, made
-    /// by another replica: its gRPC code and its (already safe) message.
-    #[error("{message}")]
-    Replayed { code: i32, message: Arc<str> },
-    /// EnsureStorage writes to the account and this sidecar may not:
-    /// nothing was sent.
-    #[error(
-        "EnsureStorage changes the AWS account and is off in this sidecar: start it with --allow-storage-changes"
-    )]
-    StorageChangesDisabled,
-    /// The channel or its stream is not in a state the call needs; the text
-    /// says what to fix (it names resources, never secrets).
-    #[error("{0}")]
-    Precondition(String),
-    /// The sidecar's own bound on work of this kind is reached; nothing
-    /// was sent. The text says which bound.
-    #[error("{0}")]
-    Busy(String),
     /// KVS answered 2xx with something we could not use.
     #[error("KVS answered a malformed response: {0}")]
     MalformedResponse(String),
@@ -115,13 +88,7 @@ impl Error {
     /// attempt.
     pub fn is_final(&self) -> bool {
         match self {
-            Error::InvalidRequest { .. }
-            | Error::ChannelNotAllowed(_)
-            | Error::Endpoint(_)
-            | Error::CredentialsDenied(_)
-            | Error::Replayed { .. }
-            | Error::StorageChangesDisabled
-            | Error::Precondition(_) => true,
+            Error::Endpoint(_) | Error::CredentialsDenied(_) => true,
             Error::Service(e) => matches!(
                 e.kind,
                 ErrorKind::NotFound
@@ -133,10 +100,9 @@ impl Error {
                     | ErrorKind::AccountLimit
                     | ErrorKind::NotPlayable
             ),
-            // A stream changed under us, or our own bounds: a later try
-            // can succeed.
-            Error::Busy(_) | Error::StreamPaced { .. } => false,
-            Error::Transport(_)
+            // Our own bounds: a later try can succeed.
+            Error::StreamPaced { .. }
+            | Error::Transport(_)
             | Error::Connect(_)
             | Error::AttemptTimeout(_)
             | Error::DeadlineExceeded
@@ -396,6 +362,30 @@ impl ServiceError {
                 .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
                 .map(Duration::from_millis),
         }
+    }
+
+    /// An error answer as read earlier and kept (the idempotency ledger's
+    /// records), classified again; `None` unless its parts have the shapes
+    /// [`ServiceError::from_response`] gives them (an error status, a
+    /// short code, a request id of AWS's shape).
+    pub fn restore(
+        http_status: u16,
+        code: Option<String>,
+        message: String,
+        request_id: Option<String>,
+    ) -> Option<Self> {
+        let shaped = (400..=599).contains(&http_status)
+            && code.as_deref().is_none_or(|c| is_token(c, MAX_CODE_LEN))
+            && request_id.as_deref().is_none_or(is_request_id);
+        shaped.then(|| Self {
+            kind: ErrorKind::classify(http_status, code.as_deref().unwrap_or(""), &message),
+            http_status,
+            code,
+            message,
+            request_id,
+            server_date: None,
+            retry_after: None,
+        })
     }
 
     pub fn code(&self) -> &str {

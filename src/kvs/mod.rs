@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod endpoint_cache;
 mod error;
 pub mod fragments;
+pub mod partition;
 mod redact;
 pub mod retry;
 pub mod sign;

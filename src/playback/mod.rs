@@ -38,6 +38,17 @@ use crate::{
     readiness::StorageReadiness,
 };
 
+/// Why no playback URL was made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlaybackError {
+    /// The channel has nothing to play, or stores nothing; the text says
+    /// what to do (it names resources, never the URL).
+    #[error("{0}")]
+    NothingToPlay(String),
+    #[error(transparent)]
+    Kvs(#[from] Error),
+}
+
 /// A playback URL and when it stops working. Debug never shows the URL.
 pub(crate) struct PlaybackUrl {
     pub url: String,
@@ -71,10 +82,10 @@ impl Playback {
         readiness: &StorageReadiness,
         channel: &ChannelArn,
         request: &PlaybackRequest,
-    ) -> Result<PlaybackUrl, Error> {
+    ) -> Result<PlaybackUrl, PlaybackError> {
         let report = readiness.check(call, channel).await?;
         if report.media_storage_status != "ENABLED" || report.stream_arn.is_empty() {
-            return Err(Error::Precondition(
+            return Err(PlaybackError::NothingToPlay(
                 "the channel stores no media (its media storage is not enabled, or the sidecar may not read it: see CheckStorageReadiness); enable it with EnsureStorage".into(),
             ));
         }
@@ -91,7 +102,7 @@ impl Playback {
         call: &Call,
         stream: &ChannelArn,
         request: &PlaybackRequest,
-    ) -> Result<PlaybackUrl, Error> {
+    ) -> Result<PlaybackUrl, PlaybackError> {
         let (api, operation) = match request.protocol {
             Protocol::Hls => (
                 ApiName::GetHlsStreamingSessionUrl,
@@ -121,18 +132,18 @@ impl Playback {
 /// KVS answers ResourceNotFoundException when the stream has no fragments
 /// in the range (LIVE: none in the last 30 seconds): the channel exists,
 /// there is nothing to play yet.
-fn nothing_to_play(err: Error) -> Error {
+fn nothing_to_play(err: Error) -> PlaybackError {
     match err {
-        Error::Service(e) if e.kind == ErrorKind::NotFound => Error::Precondition(format!(
+        Error::Service(e) if e.kind == ErrorKind::NotFound => PlaybackError::NothingToPlay(format!(
             "nothing to play: KVS found no fragments in the channel's stream for this request (LIVE needs media recorded within the last 30 seconds){}",
             e.request_id
                 .map(|id| format!(" (KVS request id {id})"))
                 .unwrap_or_default()
         )),
-        Error::Service(e) if e.kind == ErrorKind::NoDataRetention => Error::Precondition(
+        Error::Service(e) if e.kind == ErrorKind::NoDataRetention => PlaybackError::NothingToPlay(
             "nothing to play: the channel's stream keeps no data (DataRetentionInHours is 0); raise it with EnsureStorage".into(),
         ),
-        other => other,
+        other => other.into(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::{
-    kvs::{Error, arn::ValidationError},
+    kvs::arn::{InvalidField, ValidationError},
     pb::{GetPlaybackUrlRequest, PlaybackMode, PlaybackProtocol},
 };
 
@@ -48,17 +48,14 @@ pub(crate) struct Playback {
     pub expires: Duration,
 }
 
-fn invalid(field: &'static str, rule: &'static str) -> Error {
-    Error::InvalidRequest {
-        field,
-        reason: ValidationError::Constraint(rule),
-    }
+fn invalid(field: &'static str, rule: &'static str) -> InvalidField {
+    ValidationError::Constraint(rule).of(field)
 }
 
 impl Playback {
     /// The request's fields, checked against each other (the channel ARN
     /// is checked by the caller).
-    pub(crate) fn parse(msg: &GetPlaybackUrlRequest) -> Result<Self, Error> {
+    pub(crate) fn parse(msg: &GetPlaybackUrlRequest) -> Result<Self, InvalidField> {
         let protocol = match PlaybackProtocol::try_from(msg.protocol) {
             Ok(PlaybackProtocol::Unspecified | PlaybackProtocol::Hls) => Protocol::Hls,
             Ok(PlaybackProtocol::Dash) => Protocol::Dash,
@@ -225,7 +222,7 @@ mod tests {
 
     fn refused_field(msg: &GetPlaybackUrlRequest) -> &'static str {
         match Playback::parse(msg) {
-            Err(Error::InvalidRequest { field, .. }) => field,
+            Err(InvalidField { field, .. }) => field,
             other => panic!("{msg:?}: {other:?}"),
         }
     }

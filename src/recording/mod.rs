@@ -105,16 +105,25 @@ impl Default for Settings {
 }
 
 /// Why a subscription could not be made.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum Refusal {
+    #[error(transparent)]
     Kvs(Error),
     /// Media storage is off for the channel, or links no stream.
+    #[error("{0}")]
     StorageDisabled(String),
     /// The sidecar's role may not read the channel's storage configuration.
+    #[error("{0}")]
     Denied(String),
     /// `max_streams` streams are polled already.
+    #[error(
+        "this sidecar already polls the fragments of {0} streams, its limit (--max-recording-streams)"
+    )]
     TooManyStreams(usize),
     /// The stream's poller sums as many windows as it may.
+    #[error(
+        "this stream is already watched over {MAX_WINDOWS_PER_STREAM} different windows, the limit; reuse a `since`"
+    )]
     TooManyWindows,
 }
 

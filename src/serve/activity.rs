@@ -16,6 +16,11 @@ use std::{
 };
 
 use axum::body::Body;
+
+use crate::grpc::{
+    error::{Late, Shed},
+    status::to_status,
+};
 use bytes::Bytes;
 use http_body::Frame;
 use hyper::body::Incoming;
@@ -217,10 +222,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
         let Some(waiting) = Waiting::enter(&self.load, limits.max_calls) else {
             return Box::pin(refuse(
                 req,
-                tonic::Status::resource_exhausted(format!(
-                    "this connection has {} calls in flight and as many waiting, its limit; retry with backoff or open another connection",
-                    limits.max_calls
-                )),
+                to_status(&Shed::ConnectionCalls(limits.max_calls).into()),
             ));
         };
         let wait =
@@ -237,9 +239,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
                 tokio::join!(waiting.slot(until), tokio::time::timeout_at(until, read));
             let (Some(busy), Ok(Ok(read))) = (busy, read) else {
                 metrics::counter!(crate::instruments::CALLS_SHED).increment(1);
-                return Ok(answer(tonic::Status::deadline_exceeded(
-                    "no call slot of this connection came free within the call's deadline",
-                )));
+                return Ok(answer(to_status(&Late::ConnectionSlot.into())));
             };
             let req = http::Request::from_parts(parts, Body::from(read.to_bytes()));
             let Ok(response) = router.oneshot(req).await;

@@ -21,7 +21,8 @@ use crate::{
         Call, Error, KvsClient, TurnServer,
         arn::ChannelArn,
         credentials::Identities,
-        endpoint::{Protocol, Role, partition},
+        endpoint::{Protocol, Role},
+        partition::partition,
     },
 };
 

@@ -24,9 +24,33 @@ use tokio::time::Instant;
 
 use crate::kvs::{
     Call, Error, ErrorKind, KvsClient,
-    arn::{ChannelArn, MAX_STREAM_NAME_LEN, ValidationError, validate_stream_name},
+    arn::{ChannelArn, InvalidField, MAX_STREAM_NAME_LEN, ValidationError, validate_stream_name},
     streams::StreamInfo,
 };
+
+/// Why an EnsureStorage call did not put the storage in place.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EnsureError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    /// Writing to the account is off in this sidecar: nothing was sent.
+    #[error(
+        "EnsureStorage changes the AWS account and is off in this sidecar: start it with --allow-storage-changes"
+    )]
+    Disabled,
+    /// The channel or its stream is in a state no write of ours fixes; the
+    /// text says what to fix (it names resources, never secrets).
+    #[error("{0}")]
+    Precondition(String),
+    /// [`MAX_CHANNELS_IN_FLIGHT`] channels have a call in flight: nothing
+    /// was sent.
+    #[error(
+        "EnsureStorage calls are in flight for {MAX_CHANNELS_IN_FLIGHT} channels, the sidecar's limit; retry with backoff"
+    )]
+    Busy,
+    #[error(transparent)]
+    Kvs(#[from] Error),
+}
 
 /// The retention of a stream EnsureStorage makes when the caller names none.
 pub(crate) const DEFAULT_RETENTION_HOURS: u32 = 24;
@@ -58,22 +82,21 @@ pub(crate) struct Wanted {
 impl Wanted {
     /// The request's fields as the contract defines them: an empty name and
     /// a zero retention mean the defaults.
-    pub(crate) fn parse(stream_name: &str, retention_hours: u32) -> Result<Self, Error> {
-        let invalid = |field, reason| Error::InvalidRequest { field, reason };
+    pub(crate) fn parse(stream_name: &str, retention_hours: u32) -> Result<Self, InvalidField> {
         let stream_name = match stream_name {
             "" => None,
             name => {
-                validate_stream_name(name).map_err(|r| invalid("stream_name", r))?;
+                validate_stream_name(name).map_err(|r| r.of("stream_name"))?;
                 Some(name.to_owned())
             }
         };
         let retention_hours = match retention_hours {
             0 => DEFAULT_RETENTION_HOURS,
             h if h > MAX_RETENTION_HOURS => {
-                return Err(invalid(
-                    "retention_hours",
-                    ValidationError::Constraint("must be 1 to 87600 hours (0: the default, 24)"),
-                ));
+                return Err(ValidationError::Constraint(
+                    "must be 1 to 87600 hours (0: the default, 24)",
+                )
+                .of("retention_hours"));
             }
             h => h,
         };
@@ -84,18 +107,16 @@ impl Wanted {
     }
 
     /// The stream's name for `channel`.
-    fn name_for(&self, channel: &ChannelArn) -> Result<String, Error> {
+    fn name_for(&self, channel: &ChannelArn) -> Result<String, InvalidField> {
         if let Some(name) = &self.stream_name {
             return Ok(name.clone());
         }
         let name = format!("{}-storage", channel.name());
         if name.len() > MAX_STREAM_NAME_LEN {
-            return Err(Error::InvalidRequest {
-                field: "stream_name",
-                reason: ValidationError::Constraint(
-                    "is required: the default, the channel's name and \"-storage\", is longer than 256 characters",
-                ),
-            });
+            return Err(ValidationError::Constraint(
+                "is required: the default, the channel's name and \"-storage\", is longer than 256 characters",
+            )
+            .of("stream_name"));
         }
         Ok(name)
     }
@@ -131,9 +152,9 @@ impl Storage {
         call: &Call,
         channel: &ChannelArn,
         wanted: &Wanted,
-    ) -> Result<Ensured, Error> {
+    ) -> Result<Ensured, EnsureError> {
         if !self.allowed {
-            return Err(Error::StorageChangesDisabled);
+            return Err(EnsureError::Disabled);
         }
         let name = wanted.name_for(channel)?;
         let gate = self.flights.enter(channel)?;
@@ -161,7 +182,7 @@ struct Steps<'a> {
 }
 
 impl Steps<'_> {
-    async fn run(mut self, name: &str, retention_hours: u32) -> Result<Ensured, Error> {
+    async fn run(mut self, name: &str, retention_hours: u32) -> Result<Ensured, EnsureError> {
         let (client, call, channel) = (self.client, self.call, self.channel);
         // Storage works only on ACTIVE SINGLE_MASTER channels: nothing is
         // written for any other.
@@ -171,7 +192,7 @@ impl Steps<'_> {
         );
         let info = info?;
         if info.channel_status != "ACTIVE" || info.channel_type != "SINGLE_MASTER" {
-            return Err(Error::Precondition(format!(
+            return Err(EnsureError::Precondition(format!(
                 "the channel is a {} channel in status {}; media storage needs an ACTIVE SINGLE_MASTER channel, nothing was changed",
                 info.channel_type, info.channel_status
             )));
@@ -183,7 +204,7 @@ impl Steps<'_> {
             Some(arn) => match client.describe_stream(call, channel, arn).await {
                 Ok(stream) => Some(stream),
                 Err(Error::Service(e)) if e.kind == ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             },
             None => None,
         };
@@ -239,21 +260,21 @@ impl Steps<'_> {
     /// The stream once ACTIVE, read again until then (the call's deadline
     /// bounds the wait: a stream still CREATING then is finished by the
     /// next call).
-    async fn active(&self, mut stream: StreamInfo) -> Result<StreamInfo, Error> {
+    async fn active(&self, mut stream: StreamInfo) -> Result<StreamInfo, EnsureError> {
         let mut pause = POLL_FIRST;
         loop {
             match stream.status.as_str() {
                 "ACTIVE" => return Ok(stream),
                 "CREATING" | "UPDATING" => {}
                 other => {
-                    return Err(Error::Precondition(format!(
+                    return Err(EnsureError::Precondition(format!(
                         "the stream {} is {other}; it needs to be ACTIVE",
                         stream.stream_arn
                     )));
                 }
             }
             if Instant::now() + pause >= self.call.deadline() {
-                return Err(Error::DeadlineExceeded);
+                return Err(Error::DeadlineExceeded.into());
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);
@@ -302,7 +323,7 @@ impl Steps<'_> {
     /// Links the stream to the channel. A stream another channel records
     /// into is refused by KVS (ResourceInUseException); the refusal names
     /// that channel.
-    async fn enable(&mut self, stream_arn: &str) -> Result<(), Error> {
+    async fn enable(&mut self, stream_arn: &str) -> Result<(), EnsureError> {
         let (client, call, channel) = (self.client, self.call, self.channel);
         match client.enable_media_storage(call, channel, stream_arn).await {
             Ok(()) => {
@@ -312,14 +333,14 @@ impl Steps<'_> {
             Err(Error::Service(e)) if e.kind == ErrorKind::ResourceInUse => {
                 match client.mapped_resource(call, channel, stream_arn).await {
                     Ok(Some(other)) if other != channel.as_str() => {
-                        Err(Error::Precondition(format!(
+                        Err(EnsureError::Precondition(format!(
                             "the stream {stream_arn} already stores the media of channel {other}; a stream records one channel: name another stream_name"
                         )))
                     }
-                    _ => Err(Error::Service(e)),
+                    _ => Err(Error::Service(e).into()),
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -346,15 +367,12 @@ impl Flights {
         }
     }
 
-    fn enter(&self, channel: &ChannelArn) -> Result<Flight, Error> {
+    fn enter(&self, channel: &ChannelArn) -> Result<Flight, EnsureError> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         let gate = match gates.get(channel) {
             Some(gate) => gate.clone(),
             None if gates.len() >= self.capacity => {
-                return Err(Error::Busy(format!(
-                    "EnsureStorage calls are in flight for {} channels, the sidecar's limit; retry with backoff",
-                    self.capacity
-                )));
+                return Err(EnsureError::Busy);
             }
             None => gates.entry(channel.clone()).or_default().clone(),
         };
@@ -412,14 +430,14 @@ mod tests {
             ("ok", 87_601, "retention_hours"),
         ] {
             match Wanted::parse(name, hours) {
-                Err(Error::InvalidRequest { field: f, .. }) => assert_eq!(f, field),
+                Err(InvalidField { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{name} {hours}: {other:?}"),
             }
         }
         let long_channel = ChannelArn::for_tests(&"c".repeat(250));
         assert!(matches!(
             Wanted::parse("", 1).unwrap().name_for(&long_channel),
-            Err(Error::InvalidRequest {
+            Err(InvalidField {
                 field: "stream_name",
                 ..
             })
@@ -435,7 +453,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a.gate, &a2.gate), "one gate per channel");
         assert!(matches!(
             flights.enter(&ChannelArn::for_tests("c")),
-            Err(Error::Busy(_))
+            Err(EnsureError::Busy)
         ));
         assert_eq!(flights.len(), 2);
         drop(a);

@@ -231,7 +231,15 @@ async fn an_unreachable_store_leaves_joins_working_and_refuses_sessions() {
 /// Runs one Redis command against `redis`.
 async fn redis(redis: &Redis, args: &[&[u8]]) -> redis::Value {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // redis-rs gives up on an answer after 500 ms by default: too short for
+    // a 64 MiB SET on a loaded CI machine.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(30)))
+        .set_connection_timeout(Some(Duration::from_secs(10)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
     let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
     for arg in &args[1..] {
         cmd.arg(*arg);
