@@ -365,12 +365,34 @@ async fn a_key_replays_final_outcomes_and_retries_after_passing_failures() {
             channel_arn: common::arn("missing-cam"),
             idempotency_key: format!("missing-{store}"),
         };
-        let first = client.join_storage_session(missing.clone()).await;
-        assert_eq!(first.unwrap_err().code(), Code::NotFound);
+        let first = client
+            .join_storage_session(missing.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(first.code(), Code::NotFound);
         let joins = fake.received_on(JOIN).len();
-        let again = client.join_storage_session(missing).await;
-        assert_eq!(again.unwrap_err().code(), Code::NotFound);
+        let again = client.join_storage_session(missing).await.unwrap_err();
         assert_eq!(fake.received_on(JOIN).len(), joins, "{store}: replayed");
+        // Exactly what the first caller got: the message, KVS's request id
+        // and the rich details, from Redis as from memory.
+        let details = |s: &tonic::Status| {
+            use tonic_types::StatusExt;
+            let details = s.get_error_details();
+            let info = details.error_info().expect("ErrorInfo");
+            (
+                info.reason.clone(),
+                info.metadata.clone(),
+                details.request_info().map(|r| r.request_id.clone()),
+            )
+        };
+        assert_eq!(
+            (again.code(), again.message(), details(&again)),
+            (first.code(), first.message(), details(&first)),
+            "{store}"
+        );
+        let request_id = |s: &tonic::Status| s.metadata().get("x-amzn-requestid").cloned();
+        assert!(request_id(&first).is_some(), "{store}");
+        assert_eq!(request_id(&again), request_id(&first), "{store}");
     }
 }
 
