@@ -449,7 +449,7 @@ fn session_lifetime(s: &str) -> Result<Duration, String> {
 /// KVS's 300.
 fn signaling_url_expiry(s: &str) -> Result<Duration, String> {
     let d = positive_duration(s)?;
-    let max = crate::signaling::presign::MAX_EXPIRY;
+    let max = crate::kvs::presign::MAX_EXPIRY;
     if d < Duration::from_secs(1) || d > max || d.subsec_nanos() != 0 {
         return Err(format!(
             "{s:?} is not a whole number of seconds from 1s to {}s (KVS's maximum)",

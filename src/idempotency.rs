@@ -27,7 +27,11 @@ use tokio::time::Instant;
 
 use crate::{
     instruments,
-    kvs::{Call, Error, Joined, ServiceError, arn::ChannelArn, endpoint::Role},
+    kvs::{
+        Call, Error, Joined, ServiceError,
+        arn::ChannelArn,
+        endpoint::{Peer, Role},
+    },
     store::{SharedStore, StoreError},
 };
 
@@ -53,6 +57,16 @@ pub(crate) struct JoinTarget {
     pub role: Role,
     /// The viewer's client id; empty for the master.
     pub client_id: Box<str>,
+}
+
+impl JoinTarget {
+    pub(crate) fn new(channel: &ChannelArn, peer: Peer<'_>) -> Self {
+        Self {
+            channel: channel.clone(),
+            role: peer.role(),
+            client_id: peer.client_id().unwrap_or_default().into(),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -160,25 +160,21 @@ impl App {
             .map_err(StartupError::Aws)?
         };
         let roles = assumed_roles(config, &aws.sdk).await;
-        let (client, identities, clock) = KvsClient::build(
+        let client = KvsClient::build(
             config.client(aws.endpoints, aws.network),
             aws.credentials,
             roles,
             Arc::new(SystemClock),
         )?;
         let client = Arc::new(client);
+        let (identities, clock) = (client.identities().clone(), client.clock().clone());
 
         // Every service has a decode limit sized to its requests: tonic's
         // 4 MiB default let a few unfinished health messages hold hundreds
         // of MiB (issue 13).
         let (health, health_service) = tonic_health::server::health_reporter();
         let health_service = health_service.max_decoding_message_size(HEALTH_MAX_REQUEST);
-        let signaling = Signaling::new(
-            client.clone(),
-            identities.clone(),
-            clock.clone(),
-            config.signaling_url_expiry,
-        );
+        let signaling = Signaling::new(client.clone(), config.signaling_url_expiry);
         let readiness = StorageReadiness::new(
             client.clone(),
             config.readiness_cache_ttl,

@@ -10,6 +10,7 @@ use std::{
 use aws_credential_types::Credentials;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use kvs_sidecar::kvs::presign::{self, Presign};
 use kvs_sidecar::kvs::{
     Error, ServiceError,
     arn::{self, ChannelArn},
@@ -17,7 +18,6 @@ use kvs_sidecar::kvs::{
     endpoint_cache::EndpointCache,
     retry, sign,
 };
-use kvs_sidecar::signaling::presign::{self, Presign};
 
 const ARN: &str = "arn:aws:kinesisvideo:us-west-2:123456789012:channel/front-door/1700000000000";
 

@@ -16,7 +16,12 @@ use hyper_util::{
 use kvs_sidecar::{
     clock::SystemClock,
     config::Config,
-    kvs::{Call, KvsClient, arn::ChannelArn, endpoint::EndpointSettings, transport::Network},
+    kvs::{
+        Call, KvsClient,
+        arn::ChannelArn,
+        endpoint::{EndpointSettings, Peer},
+        transport::Network,
+    },
     pb::{
         JoinStorageSessionAsViewerRequest, JoinStorageSessionRequest,
         web_rtc_storage_service_client::WebRtcStorageServiceClient,
@@ -133,7 +138,7 @@ impl Stack {
             override_url: Some(fake.parse().expect("a valid URL")),
             ..EndpointSettings::default()
         };
-        let (client, _identities, _clock) = KvsClient::build(
+        let client = KvsClient::build(
             config.client(endpoints, Network::direct()),
             SharedCredentialsProvider::new(credentials()),
             Vec::new(),
@@ -152,15 +157,14 @@ impl Target for Stack {
     async fn call(&self, n: u64) -> Result<(), String> {
         let arn = ChannelArn::parse(self.work.arn(n)).map_err(|e| e.to_string())?;
         let call = Call::new(Instant::now() + self.budget);
-        let joined = match &self.work.client_id {
-            None => self.client.join_storage_session(&call, &arn).await,
+        let peer = match &self.work.client_id {
+            None => Peer::Master,
             Some(id) => {
                 kvs_sidecar::kvs::arn::validate_client_id(id).map_err(|e| e.to_string())?;
-                self.client
-                    .join_storage_session_as_viewer(&call, &arn, id)
-                    .await
+                Peer::Viewer(id)
             }
         };
+        let joined = self.client.join(&call, &arn, peer).await;
         joined.map(drop).map_err(|e| e.to_string())
     }
 }

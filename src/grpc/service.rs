@@ -17,7 +17,7 @@ use crate::{
     kvs::{
         Call, Error, Joined, KvsClient,
         arn::{ChannelArn, ValidationError, validate_client_id, validate_idempotency_key},
-        endpoint::Role,
+        endpoint::Peer,
     },
     pb::{
         CheckStorageReadinessRequest, CheckStorageReadinessResponse, EnsureStorageRequest,
@@ -195,19 +195,19 @@ impl WebRtcStorage {
 
     /// The role and client id of a signaling request: a viewer needs a valid
     /// client id, a master must send none.
-    fn signaling_role<'a>(
+    fn signaling_peer<'a>(
         &self,
         msg: &'a GetSignalingConnectionRequest,
-    ) -> Result<(Role, Option<&'a str>), CallError> {
+    ) -> Result<Peer<'a>, CallError> {
         let invalid = |field, reason: ValidationError| CallError::Invalid(reason.of(field));
         match SignalingRole::try_from(msg.role) {
-            Ok(SignalingRole::Master) if msg.client_id.is_empty() => Ok((Role::Master, None)),
+            Ok(SignalingRole::Master) if msg.client_id.is_empty() => Ok(Peer::Master),
             Ok(SignalingRole::Master) => {
                 Err(invalid("client_id", ValidationError::NotEmptyForMaster))
             }
             Ok(SignalingRole::Viewer) => {
                 validate_client_id(&msg.client_id).map_err(|r| invalid("client_id", r))?;
-                Ok((Role::Viewer, Some(msg.client_id.as_str())))
+                Ok(Peer::Viewer(&msg.client_id))
             }
             Ok(SignalingRole::Unspecified) | Err(_) => {
                 Err(invalid("role", ValidationError::UnspecifiedRole))
@@ -235,12 +235,8 @@ impl WebRtcStorageService for WebRtcStorage {
     ) -> Result<Response<JoinStorageSessionResponse>, Status> {
         let work = async |msg: &JoinStorageSessionRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
-            let target = || JoinTarget {
-                channel: arn.clone(),
-                role: Role::Master,
-                client_id: "".into(),
-            };
-            let join = || self.client.join_storage_session(call, &arn);
+            let join = || self.client.join(call, &arn, Peer::Master);
+            let target = || JoinTarget::new(&arn, Peer::Master);
             let joined = self
                 .idempotent(&msg.idempotency_key, target, call, join)
                 .await?;
@@ -269,15 +265,9 @@ impl WebRtcStorageService for WebRtcStorage {
         let work = async |msg: &JoinStorageSessionAsViewerRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
             validate_client_id(&msg.client_id).map_err(|reason| reason.of("client_id"))?;
-            let target = || JoinTarget {
-                channel: arn.clone(),
-                role: Role::Viewer,
-                client_id: msg.client_id.as_str().into(),
-            };
-            let join = || {
-                self.client
-                    .join_storage_session_as_viewer(call, &arn, &msg.client_id)
-            };
+            let peer = Peer::Viewer(&msg.client_id);
+            let join = || self.client.join(call, &arn, peer);
+            let target = || JoinTarget::new(&arn, peer);
             self.idempotent(&msg.idempotency_key, target, call, join)
                 .await
         };
@@ -356,11 +346,8 @@ impl WebRtcStorageService for WebRtcStorage {
     ) -> Result<Response<GetSignalingConnectionResponse>, Status> {
         let work = async |msg: &GetSignalingConnectionRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
-            let (role, client_id) = self.signaling_role(msg)?;
-            Ok(self
-                .signaling
-                .connection(call, &arn, role, client_id)
-                .await?)
+            let peer = self.signaling_peer(msg)?;
+            Ok(self.signaling.connection(call, &arn, peer).await?)
         };
         // The log line never holds the URL or the TURN credentials.
         let connection = self
@@ -531,12 +518,9 @@ fn signaling_response(c: Connection) -> GetSignalingConnectionResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        clock::SkewCorrectedClock,
-        kvs::{
-            KvsClient, credentials::Identities, endpoint::EndpointSettings,
-            endpoint_cache::EndpointCache,
-        },
+    use crate::kvs::{
+        KvsClient, credentials::Identities, endpoint::EndpointSettings,
+        endpoint_cache::EndpointCache,
     };
     use proptest::prelude::*;
 
@@ -560,14 +544,9 @@ mod tests {
             upstream,
             EndpointCache::new(Duration::from_secs(60), 100),
             EndpointSettings::default(),
-            identities.clone(),
-        ));
-        let signaling = Signaling::new(
-            client.clone(),
             identities,
-            Arc::new(SkewCorrectedClock::new(Arc::new(crate::clock::SystemClock))),
-            Duration::from_secs(300),
-        );
+        ));
+        let signaling = Signaling::new(client.clone(), Duration::from_secs(300));
         let readiness = StorageReadiness::new(client.clone(), Duration::from_secs(5), 10);
         let recording = Recording::new(
             readiness.clone(),
@@ -655,18 +634,18 @@ mod tests {
             client_id: client_id.into(),
         };
         let refused = |role, client_id| {
-            svc.signaling_role(&request(role, client_id))
+            svc.signaling_peer(&request(role, client_id))
                 .unwrap_err()
                 .to_string()
         };
         let (master, viewer) = (SignalingRole::Master as i32, SignalingRole::Viewer as i32);
         assert_eq!(
-            svc.signaling_role(&request(master, "")).unwrap(),
-            (Role::Master, None)
+            svc.signaling_peer(&request(master, "")).unwrap(),
+            Peer::Master
         );
         assert_eq!(
-            svc.signaling_role(&request(viewer, "v-1")).unwrap(),
-            (Role::Viewer, Some("v-1"))
+            svc.signaling_peer(&request(viewer, "v-1")).unwrap(),
+            Peer::Viewer("v-1")
         );
         assert_eq!(
             refused(master, "v-1"),
@@ -706,7 +685,7 @@ mod tests {
                 let _ = svc.channel(&msg.channel_arn);
             }
             if let Ok(msg) = GetSignalingConnectionRequest::decode(&bytes[..])
-                && let Err(e) = svc.signaling_role(&msg)
+                && let Err(e) = svc.signaling_peer(&msg)
             {
                 let e = e.to_string();
                 prop_assert!(e.starts_with("role: ") || e.starts_with("client_id: "));

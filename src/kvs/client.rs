@@ -21,7 +21,7 @@ use super::{
     Error, ErrorKind, Operation, UpstreamRequest, UpstreamResponse,
     arn::ChannelArn,
     credentials::{CredentialCache, Identities},
-    endpoint::{self, EndpointSettings, Endpoints, Protocol, Role},
+    endpoint::{self, EndpointSettings, Endpoints, Peer, Protocol, Role},
     endpoint_cache::EndpointCache,
     stack::{self, StackConfig, Upstream},
     transport::BuildError,
@@ -109,11 +109,16 @@ pub struct KvsClient {
     endpoints: EndpointCache,
     endpoint_settings: EndpointSettings,
     identities: Arc<Identities>,
+    /// KVS's time as far as the stack knows it (it corrects the skew KVS
+    /// reports): requests and presigned URLs are signed with it.
+    clock: Arc<SkewCorrectedClock>,
 }
 
 // === impl KvsClient ===
 
 impl KvsClient {
+    /// A client over `upstream`, for tests and benchmarks: presigned URLs
+    /// are signed with this host's clock.
     pub fn new(
         upstream: Upstream,
         endpoints: EndpointCache,
@@ -125,82 +130,98 @@ impl KvsClient {
             endpoints,
             endpoint_settings,
             identities,
+            clock: Arc::new(SkewCorrectedClock::new(Arc::new(crate::clock::SystemClock))),
         }
     }
 
     /// The client `settings` describe: its tower stack, signing with what
     /// `provider` gives, or for a channel of a mapped account with what
     /// that account's `roles` provider gives (account id, role ARN,
-    /// provider); and an empty endpoint cache. The credential caches (which
-    /// the caller may warm) and the skew-corrected clock are returned too:
-    /// presigned URLs are signed with them, outside the stack.
+    /// provider); and an empty endpoint cache.
     pub fn build(
         settings: ClientSettings,
         provider: SharedCredentialsProvider,
         roles: Vec<(String, String, SharedCredentialsProvider)>,
         clock: SharedClock,
-    ) -> Result<(Self, Arc<Identities>, Arc<SkewCorrectedClock>), BuildError> {
+    ) -> Result<Self, BuildError> {
         let cache =
             |provider| CredentialCache::new(provider, clock.clone(), settings.credentials_timeout);
         let mut identities = Identities::new(Arc::new(cache(provider)));
         for (account, role, provider) in roles {
             identities = identities.with_role(&account, Arc::new(cache(provider).with_role(&role)));
         }
-        let identities = Arc::new(identities);
         let clock = Arc::new(SkewCorrectedClock::new(clock));
         let upstream = stack::build(&settings.stack, clock.clone())?;
         let endpoints = EndpointCache::new(
             settings.endpoint_cache_ttl,
             settings.endpoint_cache_capacity,
         );
-        Ok((
-            Self::new(upstream, endpoints, settings.endpoints, identities.clone()),
-            identities,
+        Ok(Self {
             clock,
-        ))
+            ..Self::new(
+                upstream,
+                endpoints,
+                settings.endpoints,
+                Arc::new(identities),
+            )
+        })
     }
 
-    pub async fn join_storage_session(
+    /// The credential caches requests are signed with (the composition
+    /// root warms them at start and reports their state).
+    pub fn identities(&self) -> &Arc<Identities> {
+        &self.identities
+    }
+
+    /// KVS's time as far as the client knows it.
+    pub fn clock(&self) -> &Arc<SkewCorrectedClock> {
+        &self.clock
+    }
+
+    /// `JoinStorageSession` for the master, `JoinStorageSessionAsViewer`
+    /// for a viewer: KVS sends the peer an SDP offer on its signaling
+    /// connection. Each join makes a new offer (the latest wins): a join is
+    /// not idempotent.
+    pub async fn join(
         &self,
         call: &Call,
         arn: &ChannelArn,
+        peer: Peer<'_>,
     ) -> Result<Joined, Error> {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Body<'a> {
             channel_arn: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            client_id: Option<&'a str>,
         }
         let body = json(&Body {
             channel_arn: arn.as_str(),
+            client_id: peer.client_id(),
         });
-        self.join(call, arn, Role::Master, Operation::JoinStorageSession, body)
-            .await
-    }
-
-    pub async fn join_storage_session_as_viewer(
-        &self,
-        call: &Call,
-        arn: &ChannelArn,
-        client_id: &str,
-    ) -> Result<Joined, Error> {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Body<'a> {
-            channel_arn: &'a str,
-            client_id: &'a str,
-        }
-        let body = json(&Body {
-            channel_arn: arn.as_str(),
-            client_id,
-        });
-        self.join(
-            call,
-            arn,
-            Role::Viewer,
-            Operation::JoinStorageSessionAsViewer,
-            body,
-        )
-        .await
+        let operation = match peer {
+            Peer::Master => Operation::JoinStorageSession,
+            Peer::Viewer(_) => Operation::JoinStorageSessionAsViewer,
+        };
+        let role = peer.role();
+        let work = async {
+            let endpoints = self
+                .endpoints
+                .get_or_discover(arn, role, || self.discover(call, arn, role))
+                .await?;
+            let endpoint = endpoints.get(Protocol::Webrtc)?.clone();
+            let answer = self.send(call, operation, endpoint, arn, body).await;
+            if answer.as_ref().is_err_and(endpoint_is_stale) {
+                self.endpoints.invalidate(arn, role).await;
+            }
+            let answer = answer?;
+            Ok(Joined {
+                request_id: answer.request_id.unwrap_or_default(),
+            })
+        };
+        // The deadline covers discovery, waiting on another call's discovery,
+        // every attempt and every backoff.
+        call.bound(work).await
     }
 
     pub fn endpoints(&self) -> &EndpointCache {
@@ -224,7 +245,7 @@ impl KvsClient {
     /// A control-plane read about the channel (the readiness checks'
     /// Describe* requests): signed for the channel's region, through the
     /// stack, within the call's deadline. Answers KVS's body.
-    pub async fn describe(
+    pub(super) async fn describe(
         &self,
         call: &Call,
         arn: &ChannelArn,
@@ -249,8 +270,7 @@ impl KvsClient {
         &self,
         call: &Call,
         arn: &ChannelArn,
-        role: Role,
-        client_id: Option<&str>,
+        peer: Peer<'_>,
     ) -> Result<Vec<TurnServer>, Error> {
         #[derive(Serialize)]
         #[serde(rename_all = "PascalCase")]
@@ -263,9 +283,10 @@ impl KvsClient {
         }
         let body = json(&Body {
             channel_arn: arn.as_str(),
-            client_id,
+            client_id: peer.client_id(),
             service: "TURN",
         });
+        let role = peer.role();
         let work = async {
             let endpoints = self.discover_endpoints(call, arn, role).await?;
             let https = endpoints.get(Protocol::Https)?.clone();
@@ -277,34 +298,6 @@ impl KvsClient {
             }
             turn_servers(&answer?.body)
         };
-        call.bound(work).await
-    }
-
-    async fn join(
-        &self,
-        call: &Call,
-        arn: &ChannelArn,
-        role: Role,
-        operation: Operation,
-        body: Bytes,
-    ) -> Result<Joined, Error> {
-        let work = async {
-            let endpoints = self
-                .endpoints
-                .get_or_discover(arn, role, || self.discover(call, arn, role))
-                .await?;
-            let endpoint = endpoints.get(Protocol::Webrtc)?.clone();
-            let answer = self.send(call, operation, endpoint, arn, body).await;
-            if answer.as_ref().is_err_and(endpoint_is_stale) {
-                self.endpoints.invalidate(arn, role).await;
-            }
-            let answer = answer?;
-            Ok(Joined {
-                request_id: answer.request_id.unwrap_or_default(),
-            })
-        };
-        // The deadline covers discovery, waiting on another call's discovery,
-        // every attempt and every backoff.
         call.bound(work).await
     }
 

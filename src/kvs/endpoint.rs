@@ -157,6 +157,40 @@ pub enum Role {
     Viewer,
 }
 
+/// Who a join or a signaling connection is for: the channel's master, or
+/// one of its viewers by client id. The one encoding of master/viewer above
+/// the wire (the endpoint cache keys on its [`Role`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer<'a> {
+    Master,
+    Viewer(&'a str),
+}
+
+impl<'a> Peer<'a> {
+    /// The peer a client id names: a master has none (empty).
+    pub fn from_client_id(client_id: &'a str) -> Self {
+        match client_id {
+            "" => Peer::Master,
+            id => Peer::Viewer(id),
+        }
+    }
+
+    pub fn role(self) -> Role {
+        match self {
+            Peer::Master => Role::Master,
+            Peer::Viewer(_) => Role::Viewer,
+        }
+    }
+
+    /// The viewer's client id; `None` for the master.
+    pub fn client_id(self) -> Option<&'a str> {
+        match self {
+            Peer::Master => None,
+            Peer::Viewer(id) => Some(id),
+        }
+    }
+}
+
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -17,9 +17,12 @@
 use std::{sync::Arc, time::Duration};
 
 use moka::future::Cache;
-use serde::{Deserialize, Serialize};
 
-use crate::kvs::{Call, Error, ErrorKind, KvsClient, Operation, arn::ChannelArn};
+use crate::kvs::{
+    Call, Error, ErrorKind, KvsClient,
+    arn::ChannelArn,
+    streams::{ChannelInfo, MediaStorage, StreamInfo},
+};
 
 /// The deadline of one shared check: its Describe* requests, retries and
 /// backoffs included.
@@ -102,121 +105,41 @@ impl StorageReadiness {
     }
 
     async fn inspect(&self, call: &Call, arn: &ChannelArn) -> Result<Arc<Report>, Error> {
-        #[derive(Serialize)]
-        struct ByChannel<'a> {
-            #[serde(rename = "ChannelARN")]
-            channel_arn: &'a str,
-        }
-        #[derive(Serialize)]
-        struct ByStream<'a> {
-            #[serde(rename = "StreamARN")]
-            stream_arn: &'a str,
-        }
-        let by_channel = ByChannel {
-            channel_arn: arn.as_str(),
-        };
+        let client = &self.client;
         let (channel, storage) = tokio::join!(
-            self.client
-                .describe(call, arn, Operation::DescribeSignalingChannel, &by_channel),
-            self.client.describe(
-                call,
-                arn,
-                Operation::DescribeMediaStorageConfiguration,
-                &by_channel
-            ),
+            client.describe_signaling_channel(call, arn),
+            client.describe_media_storage_configuration(call, arn),
         );
-        let channel = denied_or(channel)?
-            .map(parse::<ChannelAnswer>)
-            .transpose()?;
-        let storage = denied_or(storage)?
-            .map(parse::<StorageAnswer>)
-            .transpose()?;
+        let channel = denied_or(channel)?;
+        let storage = denied_or(storage)?;
         let stream_arn = storage
             .as_ref()
-            .and_then(|s| s.configuration.stream_arn.clone())
+            .and_then(|s| s.stream_arn.clone())
             .filter(|s| !s.is_empty());
         let stream = match (&storage, &stream_arn) {
-            (Some(s), Some(stream_arn)) if s.configuration.status == "ENABLED" => {
-                let by_stream = ByStream { stream_arn };
-                let answer = self
-                    .client
-                    .describe(call, arn, Operation::DescribeStream, &by_stream)
-                    .await;
-                match answer {
+            (Some(s), Some(stream_arn)) if s.status == "ENABLED" => {
+                match client.describe_stream(call, arn, stream_arn).await {
                     Err(Error::Service(e)) if e.kind == ErrorKind::NotFound => Lookup::NotFound,
                     other => match denied_or(other)? {
-                        Some(body) => Lookup::Found(parse::<StreamAnswer>(body)?.info),
+                        Some(info) => Lookup::Found(info),
                         None => Lookup::Denied,
                     },
                 }
             }
             _ => Lookup::NotAsked,
         };
-        Ok(Arc::new(report(
-            channel.map(|c| c.info),
-            storage.map(|s| s.configuration),
-            stream_arn,
-            stream,
-        )))
+        Ok(Arc::new(report(channel, storage, stream_arn, stream)))
     }
 }
 
 /// What a Describe* request found: its answer, or `None` when the sidecar's
 /// role may not call it (a problem to report, not a failed check).
-fn denied_or(answer: Result<bytes::Bytes, Error>) -> Result<Option<bytes::Bytes>, Error> {
+fn denied_or<T>(answer: Result<T, Error>) -> Result<Option<T>, Error> {
     match answer {
-        Ok(body) => Ok(Some(body)),
+        Ok(found) => Ok(Some(found)),
         Err(Error::Service(e)) if e.kind == ErrorKind::AccessDenied => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(body: bytes::Bytes) -> Result<T, Error> {
-    serde_json::from_slice(&body).map_err(|e| Error::MalformedResponse(format!("Describe*: {e}")))
-}
-
-#[derive(Debug, Deserialize)]
-struct ChannelAnswer {
-    #[serde(rename = "ChannelInfo")]
-    info: ChannelInfo,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ChannelInfo {
-    #[serde(default)]
-    channel_type: String,
-    #[serde(default)]
-    channel_status: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct StorageAnswer {
-    #[serde(rename = "MediaStorageConfiguration")]
-    configuration: StorageConfiguration,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct StorageConfiguration {
-    #[serde(rename = "Status", default)]
-    status: String,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamAnswer {
-    #[serde(rename = "StreamInfo")]
-    info: StreamInfo,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct StreamInfo {
-    #[serde(default)]
-    status: String,
-    #[serde(default)]
-    data_retention_in_hours: u32,
 }
 
 /// What `DescribeStream` said about the linked stream.
@@ -232,7 +155,7 @@ enum Lookup {
 /// The report of what the three reads found (`None`: access denied).
 fn report(
     channel: Option<ChannelInfo>,
-    storage: Option<StorageConfiguration>,
+    storage: Option<MediaStorage>,
     stream_arn: Option<String>,
     stream: Lookup,
 ) -> Report {
@@ -319,7 +242,7 @@ fn report(
 mod tests {
     use super::*;
     use crate::kvs::{
-        ServiceError, UpstreamRequest, UpstreamResponse, endpoint_cache::EndpointCache,
+        Operation, ServiceError, UpstreamRequest, UpstreamResponse, endpoint_cache::EndpointCache,
     };
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
@@ -453,8 +376,8 @@ mod tests {
         })
     }
 
-    fn storage(status: &str) -> Option<StorageConfiguration> {
-        Some(StorageConfiguration {
+    fn storage(status: &str) -> Option<MediaStorage> {
+        Some(MediaStorage {
             status: status.into(),
             stream_arn: Some("s".into()),
         })
@@ -464,6 +387,7 @@ mod tests {
         Lookup::Found(StreamInfo {
             status: status.into(),
             data_retention_in_hours: hours,
+            ..StreamInfo::default()
         })
     }
 

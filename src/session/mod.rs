@@ -26,7 +26,7 @@ use tokio::{
 pub(crate) use self::policy::{Action, GiveUp, Policy, Reason, Report, Settings};
 use crate::{
     instruments,
-    kvs::{Call, Error, Joined, KvsClient, arn::ChannelArn},
+    kvs::{Call, Error, Joined, KvsClient, arn::ChannelArn, endpoint::Peer},
     recording::{Recording, Subscription},
     store::SharedStore,
 };
@@ -285,13 +285,9 @@ impl Supervisor {
         let mut draining = claim.sessions.draining.subscribe();
         let join = || async {
             let call = Call::new(Instant::now() + join_timeout);
-            if client_id.is_empty() {
-                client.join_storage_session(&call, &channel).await
-            } else {
-                client
-                    .join_storage_session_as_viewer(&call, &channel, &client_id)
-                    .await
-            }
+            client
+                .join(&call, &channel, Peer::from_client_id(&client_id))
+                .await
         };
         let mut policy = Policy::new(settings, Instant::now());
         let mut attempt = 0u32;

@@ -8,6 +8,10 @@
 //! `X-Amz-Signature`. Signing sends nothing: it is `aws-sigv4` over a `GET`
 //! of path `/` with `X-Amz-ChannelARN` (and `X-Amz-ClientId` for a viewer),
 //! the hash of an empty payload, as AWS's KVS signaling SDKs sign.
+//!
+//! It is an operation of the client ([`KvsClient::presign_signaling`]):
+//! the channel's WSS endpoint, its account's credentials and the
+//! skew-corrected clock the stack signs with, as for any request.
 
 use std::{
     fmt,
@@ -22,13 +26,66 @@ use aws_sigv4::{
 use aws_smithy_runtime_api::client::identity::Identity;
 use http::Uri;
 
-use crate::kvs::{Error, arn::ChannelArn, sign::SERVICE};
+use super::{
+    Call, Error, KvsClient,
+    arn::ChannelArn,
+    endpoint::{Peer, Protocol},
+    sign::SERVICE,
+};
+use crate::clock::Clock;
 
 /// The longest validity KVS accepts for a presigned signaling URL, and the
 /// sidecar's default.
 pub const MAX_EXPIRY: Duration = Duration::from_secs(300);
 
-/// What one presigned connection needs.
+// === impl KvsClient ===
+
+impl KvsClient {
+    /// The channel's signaling WebSocket URL for `peer`, presigned to be
+    /// accepted for `expires_in` (at most [`MAX_EXPIRY`]); and when it stops
+    /// being accepted, by this host's clock: the URL's session token stops
+    /// working when the credentials expire, whatever `X-Amz-Expires` says.
+    /// Nothing is sent but the discovery, if the endpoint is not cached.
+    pub async fn presign_signaling(
+        &self,
+        call: &Call,
+        arn: &ChannelArn,
+        peer: Peer<'_>,
+        expires_in: Duration,
+    ) -> Result<(PresignedUrl, SystemTime), Error> {
+        let expires_in = expires_in.min(MAX_EXPIRY);
+        let work = async {
+            // The endpoint and the credentials (usually cached) at once:
+            // loading credentials never waits on KVS.
+            let (endpoints, credentials) = tokio::join!(
+                self.discover_endpoints(call, arn, peer.role()),
+                self.identities().for_channel(arn).get(),
+            );
+            let (endpoints, credentials) = (endpoints?, credentials?);
+            let clock = self.clock();
+            let local_now = clock.uncorrected();
+            let url = Presign {
+                endpoint: endpoints.get(Protocol::Wss)?,
+                arn,
+                client_id: peer.client_id(),
+                credentials: &credentials,
+                time: clock.now(),
+                expires_in,
+            }
+            .sign()?;
+            let expires_at = credentials
+                .expiry()
+                .map_or(local_now + expires_in, |expiry| {
+                    expiry.min(local_now + expires_in)
+                });
+            Ok((url, expires_at))
+        };
+        call.bound(work).await
+    }
+}
+
+/// What one presigned URL needs: the signing step of
+/// [`KvsClient::presign_signaling`] (public for the hot-path benchmark).
 pub struct Presign<'a> {
     /// The channel's WSS endpoint for the role.
     pub endpoint: &'a Uri,
