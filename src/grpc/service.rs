@@ -29,7 +29,7 @@ use crate::{
         WatchRecordingRequest, maintain_storage_session_request::Kind,
         web_rtc_storage_service_server::WebRtcStorageService,
     },
-    playback::{Playback, PlaybackRequest},
+    playback::{Playback, parse_request},
     policy::ChannelPolicy,
     readiness::StorageReadiness,
     recording::Recording,
@@ -438,7 +438,7 @@ impl WebRtcStorageService for WebRtcStorage {
     ) -> Result<Response<GetPlaybackUrlResponse>, Status> {
         let work = async |msg: &GetPlaybackUrlRequest, call: &Call| {
             let arn = self.channel(&msg.channel_arn)?;
-            let request = PlaybackRequest::parse(msg)?;
+            let request = parse_request(msg)?;
             Ok(self
                 .playback
                 .url(call, &self.readiness, &arn, &request)
@@ -697,7 +697,7 @@ mod tests {
                 prop_assert!(e.starts_with("stream_name: ") || e.starts_with("retention_hours: "));
             }
             if let Ok(msg) = GetPlaybackUrlRequest::decode(&bytes[..])
-                && let Err(e) = PlaybackRequest::parse(&msg)
+                && let Err(e) = parse_request(&msg)
             {
                 let e = e.to_string();
                 let fields = ["protocol: ", "mode: ", "start: ", "end: ", "expires: "];

@@ -95,9 +95,7 @@ impl DataPlane {
             }
             answer
         };
-        tokio::time::timeout_at(call.deadline(), work)
-            .await
-            .unwrap_or(Err(Error::DeadlineExceeded))
+        call.bound(work).await
     }
 
     /// The stream's endpoint for `api`, cached or asked of KVS.
@@ -115,12 +113,13 @@ impl DataPlane {
             .endpoints
             .entry(key)
             .or_try_insert_with(self.get_data_endpoint(call, stream, api));
-        tokio::time::timeout_at(call.deadline(), work)
-            .await
-            .unwrap_or(Err(Arc::new(Error::DeadlineExceeded)))
-            .map(|entry| entry.into_value())
-            // Callers that waited on the same lookup share its error.
-            .map_err(|shared| (*shared).clone())
+        call.bound(async {
+            work.await
+                .map(|entry| entry.into_value())
+                // Callers that waited on the same lookup share its error.
+                .map_err(|shared| (*shared).clone())
+        })
+        .await
     }
 
     /// Forgets the stream's endpoint for `api`.

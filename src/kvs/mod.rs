@@ -13,6 +13,7 @@ pub mod endpoint_cache;
 mod error;
 pub mod fragments;
 pub mod partition;
+pub mod playback;
 pub mod presign;
 mod redact;
 pub mod retry;

@@ -22,18 +22,14 @@
 
 mod request;
 
-pub(crate) use self::request::Playback as PlaybackRequest;
+pub(crate) use self::request::parse as parse_request;
 
 use std::{fmt, sync::Arc, time::SystemTime};
 
-use serde::Deserialize;
-
-use self::request::Protocol;
 use crate::{
     kvs::{
-        Call, Error, ErrorKind, Operation,
-        arn::ChannelArn,
-        data_endpoint::{ApiName, DataPlane},
+        Call, Error, ErrorKind, arn::ChannelArn, data_endpoint::DataPlane,
+        playback::SessionUrlRequest,
     },
     readiness::StorageReadiness,
 };
@@ -81,7 +77,7 @@ impl Playback {
         call: &Call,
         readiness: &StorageReadiness,
         channel: &ChannelArn,
-        request: &PlaybackRequest,
+        request: &SessionUrlRequest,
     ) -> Result<PlaybackUrl, PlaybackError> {
         let report = readiness.check(call, channel).await?;
         if report.media_storage_status != "ENABLED" || report.stream_arn.is_empty() {
@@ -101,27 +97,16 @@ impl Playback {
         &self,
         call: &Call,
         stream: &ChannelArn,
-        request: &PlaybackRequest,
+        request: &SessionUrlRequest,
     ) -> Result<PlaybackUrl, PlaybackError> {
-        let (api, operation) = match request.protocol {
-            Protocol::Hls => (
-                ApiName::GetHlsStreamingSessionUrl,
-                Operation::GetHlsStreamingSessionUrl,
-            ),
-            Protocol::Dash => (
-                ApiName::GetDashStreamingSessionUrl,
-                Operation::GetDashStreamingSessionUrl,
-            ),
-        };
         // KVS counts Expires from when it makes the session; asking first
         // errs on the early side.
         let asked = SystemTime::now();
-        let answer = self
+        let url = self
             .data
-            .send(call, stream, api, operation, request.body(stream.as_str()))
+            .streaming_session_url(call, stream, request)
             .await
             .map_err(nothing_to_play)?;
-        let url = session_url(request.protocol, &answer.body)?;
         Ok(PlaybackUrl {
             url,
             expires_at: asked + request.expires,
@@ -147,67 +132,20 @@ fn nothing_to_play(err: Error) -> PlaybackError {
     }
 }
 
-/// The URL in KVS's answer. A parse error names the position only: the
-/// answer's one value is the secret.
-fn session_url(protocol: Protocol, body: &[u8]) -> Result<String, Error> {
-    #[derive(Deserialize)]
-    struct Answer {
-        #[serde(rename = "HLSStreamingSessionURL")]
-        hls: Option<String>,
-        #[serde(rename = "DASHStreamingSessionURL")]
-        dash: Option<String>,
-    }
-    let (name, operation) = match protocol {
-        Protocol::Hls => ("HLSStreamingSessionURL", "GetHLSStreamingSessionURL"),
-        Protocol::Dash => ("DASHStreamingSessionURL", "GetDASHStreamingSessionURL"),
-    };
-    let answer: Answer = serde_json::from_slice(body).map_err(|e| {
-        Error::MalformedResponse(format!(
-            "{operation} answer is not the expected JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let url = match protocol {
-        Protocol::Hls => answer.hls,
-        Protocol::Dash => answer.dash,
-    };
-    url.filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-        .ok_or_else(|| Error::MalformedResponse(format!("{operation} answered no {name}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_url_and_never_shows_it() {
-        let body = br#"{"HLSStreamingSessionURL":"https://b-1.kinesisvideo.us-west-2.amazonaws.com/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken=CiAzZWNyZXQ"}"#;
-        let url = session_url(Protocol::Hls, body).unwrap();
-        assert!(url.ends_with("SessionToken=CiAzZWNyZXQ"));
+    fn debug_never_shows_the_url() {
+        let url = "https://b-1.kinesisvideo.us-west-2.amazonaws.com/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken=CiAzZWNyZXQ";
         let shown = format!(
             "{:?}",
             PlaybackUrl {
-                url,
+                url: url.into(),
                 expires_at: SystemTime::UNIX_EPOCH
             }
         );
         assert!(!shown.contains("CiAz"), "{shown}");
-        // The other protocol's member, garbage, or a value that is not a
-        // URL: refused, without quoting the answer.
-        for (protocol, body) in [
-            (Protocol::Dash, &body[..]),
-            (
-                Protocol::Hls,
-                br#"{"HLSStreamingSessionURL":"CiAzZWNyZXQ"}"#,
-            ),
-            (
-                Protocol::Hls,
-                br#"{"HLSStreamingSessionURL":7, "x":"CiAzZWNyZXQ"}"#,
-            ),
-        ] {
-            let err = session_url(protocol, body).unwrap_err().to_string();
-            assert!(!err.contains("CiAz"), "{err}");
-        }
     }
 }

@@ -285,9 +285,7 @@ impl Recording {
                 }
             }
         };
-        tokio::time::timeout_at(call.deadline(), work)
-            .await
-            .unwrap_or(Err(Refusal::Kvs(Error::DeadlineExceeded)))
+        call.bound(work).await
     }
 
     /// The channel's stream, from the readiness checks' cache or a check.
