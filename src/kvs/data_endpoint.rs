@@ -84,7 +84,7 @@ impl DataPlane {
             let endpoint = self.endpoint(call, stream, api).await?;
             let pace = PaceKey {
                 stream: stream.as_str().into(),
-                api,
+                api: api.as_str(),
             };
             let answer = self
                 .client
@@ -347,7 +347,7 @@ mod tests {
             pace,
             Some(PaceKey {
                 stream: s.as_str().into(),
-                api: ApiName::ListFragments
+                api: ApiName::ListFragments.as_str()
             })
         );
         // Throttling says nothing about the endpoint; a server error does.

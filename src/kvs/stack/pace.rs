@@ -45,7 +45,7 @@ use std::{
 use futures_util::future::Either;
 use tokio::{sync::Notify, time::Instant};
 
-use crate::kvs::{Error, UpstreamRequest, data_endpoint::ApiName};
+use crate::kvs::{Error, UpstreamRequest};
 
 /// Requests allowed per window and stream, as KVS allows per second.
 pub const PER_WINDOW: usize = 5;
@@ -62,7 +62,8 @@ pub const MAX_KEYS: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PaceKey {
     pub stream: Arc<str>,
-    pub api: ApiName,
+    /// The data-plane API, as `GetDataEndpoint` names it (`LIST_FRAGMENTS`).
+    pub api: &'static str,
 }
 
 /// Why a slot was not given.
@@ -346,7 +347,7 @@ mod tests {
     fn key(stream: &str) -> PaceKey {
         PaceKey {
             stream: stream.into(),
-            api: ApiName::ListFragments,
+            api: "LIST_FRAGMENTS",
         }
     }
 
@@ -393,7 +394,7 @@ mod tests {
         // Another stream, and another API of the same stream, have their own.
         assert_eq!(p.acquire(&key("b"), t0, t0 + FAR).unwrap().0, t0);
         let hls = PaceKey {
-            api: ApiName::GetHlsStreamingSessionUrl,
+            api: "GET_HLS_STREAMING_SESSION_URL",
             ..key("a")
         };
         assert_eq!(p.acquire(&hls, t0, t0 + FAR).unwrap().0, t0);
