@@ -51,18 +51,6 @@ impl DataPlane {
     ) -> Result<Page, Error> {
         #[derive(Serialize)]
         #[serde(rename_all = "PascalCase")]
-        struct Range {
-            start_timestamp: f64,
-            end_timestamp: f64,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Selector {
-            fragment_selector_type: &'static str,
-            timestamp_range: Range,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
         struct Body<'a> {
             #[serde(rename = "StreamARN")]
             stream_arn: &'a str,
@@ -70,18 +58,12 @@ impl DataPlane {
             #[serde(skip_serializing_if = "Option::is_none")]
             next_token: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            fragment_selector: Option<Selector>,
+            fragment_selector: Option<ServerTimestamps>,
         }
         let (next_token, fragment_selector) = match listing {
             Listing::Range { from, to } => (
                 None,
-                Some(Selector {
-                    fragment_selector_type: "SERVER_TIMESTAMP",
-                    timestamp_range: Range {
-                        start_timestamp: epoch(*from),
-                        end_timestamp: epoch(*to),
-                    },
-                }),
+                Some(ServerTimestamps::new(epoch(*from), Some(epoch(*to)))),
             ),
             Listing::After(token) => (Some(token.as_str()), None),
         };
@@ -101,6 +83,36 @@ impl DataPlane {
             )
             .await?;
         parse_page(&answer.body)
+    }
+}
+
+/// The archived-media APIs' fragment selector by server timestamps (epoch
+/// seconds): ListFragments' `FragmentSelector`, the playback APIs'
+/// `HLSFragmentSelector` and `DASHFragmentSelector`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct ServerTimestamps {
+    fragment_selector_type: &'static str,
+    timestamp_range: TimestampRange,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct TimestampRange {
+    start_timestamp: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_timestamp: Option<f64>,
+}
+
+impl ServerTimestamps {
+    pub(super) fn new(start: f64, end: Option<f64>) -> Self {
+        Self {
+            fragment_selector_type: "SERVER_TIMESTAMP",
+            timestamp_range: TimestampRange {
+                start_timestamp: start,
+                end_timestamp: end,
+            },
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use super::{
     Call, Error, Operation,
     arn::ChannelArn,
     data_endpoint::{ApiName, DataPlane},
+    fragments::ServerTimestamps,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,19 +57,6 @@ impl SessionUrlRequest {
     fn body(&self, stream_arn: &str) -> bytes::Bytes {
         #[derive(Serialize)]
         #[serde(rename_all = "PascalCase")]
-        struct Range {
-            start_timestamp: f64,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            end_timestamp: Option<f64>,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Selector {
-            fragment_selector_type: &'static str,
-            timestamp_range: Range,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
         struct Body<'a> {
             #[serde(rename = "StreamARN")]
             stream_arn: &'a str,
@@ -77,21 +65,17 @@ impl SessionUrlRequest {
                 rename = "HLSFragmentSelector",
                 skip_serializing_if = "Option::is_none"
             )]
-            hls: Option<Selector>,
+            hls: Option<ServerTimestamps>,
             #[serde(
                 rename = "DASHFragmentSelector",
                 skip_serializing_if = "Option::is_none"
             )]
-            dash: Option<Selector>,
+            dash: Option<ServerTimestamps>,
             expires: u64,
         }
-        let selector = self.start.map(|start| Selector {
-            fragment_selector_type: "SERVER_TIMESTAMP",
-            timestamp_range: Range {
-                start_timestamp: epoch_seconds(start),
-                end_timestamp: self.end.map(epoch_seconds),
-            },
-        });
+        let selector = self
+            .start
+            .map(|start| ServerTimestamps::new(epoch_seconds(start), self.end.map(epoch_seconds)));
         let (hls, dash) = match self.protocol {
             Protocol::Hls => (selector, None),
             Protocol::Dash => (None, selector),
