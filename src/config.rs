@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use http::Uri;
 
 use crate::{
+    allow_list::ArnPattern,
     kvs::{
         ClientSettings,
         endpoint::EndpointSettings,
@@ -14,7 +15,6 @@ use crate::{
         stack::{RateLimits, StackConfig},
         transport::{HttpConfig, Network},
     },
-    policy::ArnPattern,
 };
 
 #[derive(Debug, Clone, Parser)]

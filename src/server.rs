@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use crate::{
     BoxError,
     admin::{self, Readiness},
+    allow_list::ChannelPolicy,
     aws_env::{self, AwsEnv},
     clock::SystemClock,
     config::Config,
@@ -37,7 +38,6 @@ use crate::{
         transport::{BuildError, Network},
     },
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
-    policy::ChannelPolicy,
     readiness::{self, StorageReadiness},
     recording::{self, Recording},
     serve::{self, Cap, Settings, Tcp, Unix},
@@ -439,7 +439,7 @@ impl Sidecar {
             .await;
         app.ready.set(true);
         if let Some(path) = &app.ready_file {
-            let ready = crate::ready::Ready {
+            let ready = crate::ready_file::Ready {
                 pid: std::process::id(),
                 grpc: grpc_addr,
                 admin: admin_addr,

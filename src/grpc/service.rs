@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{call_log::log_call, request_deadline::CallDeadline, status::to_status};
 use crate::{
+    allow_list::ChannelPolicy,
     idempotency::{JoinLedger, JoinTarget},
     kvs::{
         Call, Error, Joined, KvsClient,
@@ -25,7 +26,6 @@ use crate::{
         web_rtc_storage_service_server::WebRtcStorageService,
     },
     playback::{Playback, PlaybackRequest},
-    policy::ChannelPolicy,
     readiness::StorageReadiness,
     recording::Recording,
     session::Sessions,

@@ -1,6 +1,6 @@
 //! Keeps a channel's storage session recorded: a supervisor per maintained
 //! session that joins, watches what the caller reports from its signaling
-//! connection, and joins again when the session needs it (see [`policy`]).
+//! connection, and joins again when the session needs it (see [`rejoin`]).
 //!
 //! [`Sessions`] is the registry (one supervisor per channel and client id,
 //! at most `capacity` at once, all told to stop when the sidecar drains;
@@ -9,7 +9,7 @@
 //! [`Supervisor::run`] is the driver that runs a [`Policy`] over the KVS
 //! client and turns what happens into [`Event`]s.
 
-pub(crate) mod policy;
+pub(crate) mod rejoin;
 
 use std::{
     collections::HashSet,
@@ -23,7 +23,7 @@ use tokio::{
     time::Instant,
 };
 
-pub(crate) use self::policy::{Action, GiveUp, Policy, Reason, Report, Settings};
+pub(crate) use self::rejoin::{Action, GiveUp, Policy, Reason, Report, Settings};
 use crate::{
     instruments,
     kvs::{Call, Error, Joined, KvsClient, arn::ChannelArn},

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use kvs_sidecar::{
     emulator::{Emulator, EmulatorCredentials},
-    ready::{self, Launched},
+    ready_file::{self as ready, Launched},
 };
 
 pub(crate) type RawH2 = hyper_util::client::legacy::Client<
@@ -108,7 +108,7 @@ impl Sidecar {
         for k in unset {
             cmd.env_remove(k);
         }
-        // Ready when the sidecar writes its --ready-file (kvs_sidecar::ready).
+        // Ready when the sidecar writes its --ready-file (kvs_sidecar::ready_file).
         let launched = ready::launch(cmd, Duration::from_secs(20))?;
         Ok(Self {
             grpc: launched.ready.grpc,
