@@ -23,10 +23,10 @@ use crate::{
     allow_list::ChannelPolicy,
     aws_env::{self, AwsEnv},
     clock::SystemClock,
-    config::Config,
+    config::{AwsArgs, Config, EmulatorArgs},
     emulator::{Emulator, EmulatorCredentials},
     grpc::{
-        self, CallLimits, WebRtcStorage, buffer_request::BufferRequestLayer, observe::ObserveLayer,
+        self, WebRtcStorage, buffer_request::BufferRequestLayer, observe::ObserveLayer,
         request_deadline::RequestDeadlineLayer, require_http2::RequireHttp2Layer,
     },
     idempotency::JoinLedger,
@@ -149,19 +149,18 @@ impl App {
         config: &Config,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, StartupError> {
-        let aws = if config.emulate {
-            emulated_kvs(config).await.map_err(StartupError::Emulator)?
+        let aws = if config.emulator.emulate {
+            emulated_kvs(&config.emulator)
+                .await
+                .map_err(StartupError::Emulator)?
         } else {
-            aws_env::load(aws_env::Flags {
-                endpoint_url: config.kvs_endpoint_url.as_ref(),
-                ca_bundle: config.ca_bundle.as_deref(),
-            })
-            .await
-            .map_err(StartupError::Aws)?
+            aws_env::load(config.aws.env_flags())
+                .await
+                .map_err(StartupError::Aws)?
         };
-        let roles = assumed_roles(config, &aws.sdk).await;
+        let roles = assumed_roles(&config.aws, &aws.sdk).await;
         let (client, identities, clock) = KvsClient::build(
-            config.client(aws.endpoints, aws.network),
+            config.upstream.client(aws.endpoints, aws.network),
             aws.credentials,
             roles,
             Arc::new(SystemClock),
@@ -177,30 +176,36 @@ impl App {
             client.clone(),
             identities.clone(),
             clock.clone(),
-            config.signaling_url_expiry,
+            config.calls.signaling_url_expiry,
         );
         let readiness = StorageReadiness::new(
             client.clone(),
-            config.readiness_cache_ttl,
+            config.calls.readiness_cache_ttl,
             readiness::CAPACITY,
         );
         let store = config
+            .state
             .state_store
             .as_deref()
-            .map(|url| SharedStore::open(url, config.state_store_timeout).map(Arc::new))
+            .map(|url| SharedStore::open(url, config.state.state_store_timeout).map(Arc::new))
             .transpose()?;
         let sessions = Sessions::new(
-            config.max_maintained_sessions,
-            store.clone().map(|store| (store, config.session_lease)),
+            config.state.max_maintained_sessions,
+            store
+                .clone()
+                .map(|store| (store, config.state.session_lease)),
         );
         let ledger = match store.clone() {
             // A claimed key outlives any call that could record it.
             Some(store) => JoinLedger::shared(
                 store,
-                config.idempotency_window,
-                config.max_call_duration + Duration::from_secs(5),
+                config.state.idempotency_window,
+                config.calls.max_call_duration + Duration::from_secs(5),
             ),
-            None => JoinLedger::new(config.idempotency_window, config.idempotency_keys),
+            None => JoinLedger::new(
+                config.state.idempotency_window,
+                config.state.idempotency_keys,
+            ),
         };
         // Recording status: the streams' fragments, through their data
         // endpoints, on KVS's clock as far as we know it.
@@ -213,7 +218,7 @@ impl App {
             )),
             clock.clone(),
             recording::Settings {
-                max_streams: config.max_recording_streams,
+                max_streams: config.calls.max_recording_streams,
                 ..recording::Settings::default()
             },
             store.clone(),
@@ -223,27 +228,24 @@ impl App {
                 client.clone(),
                 signaling,
                 readiness,
-                ChannelPolicy::new(config.allowed_channels.clone()),
+                ChannelPolicy::new(config.calls.allowed_channels.clone()),
                 ledger,
                 sessions.clone(),
                 recording,
-                CallLimits {
-                    max_call_duration: config.max_call_duration,
-                    max_concurrent_calls: config.max_concurrent_calls,
-                },
+                config.calls.limits(),
             )
-            .allow_storage_changes(config.allow_storage_changes),
+            .allow_storage_changes(config.calls.allow_storage_changes),
         )
         // The largest valid request is ~1.3 KiB; tonic's 4 MiB default
         // would let one caller make us buffer megabytes.
-        .max_decoding_message_size(config.max_request_bytes);
+        .max_decoding_message_size(config.calls.max_request_bytes);
         // The admin port answers grpc.health.v1 too, so kubelet's native gRPC
         // probes work while the main gRPC port stays on loopback.
         let admin_health = axum::Router::new()
             .route_service("/grpc.health.v1.Health/{*method}", health_service.clone())
-            .layer(RequestDeadlineLayer::new(config.max_call_duration));
+            .layer(RequestDeadlineLayer::new(config.calls.max_call_duration));
         let mut routes = tonic::service::Routes::new(health_service).add_service(storage);
-        if config.reflection {
+        if config.calls.reflection {
             routes = routes
                 .add_service(
                     reflection()
@@ -264,9 +266,9 @@ impl App {
             // tonic decodes them and the handler takes a call slot.
             .layer(BufferRequestLayer::new(
                 grpc::is_unary_storage_call,
-                config.max_request_bytes,
+                config.calls.max_request_bytes,
             ))
-            .layer(RequestDeadlineLayer::new(config.max_call_duration))
+            .layer(RequestDeadlineLayer::new(config.calls.max_call_duration))
             // Outermost: what every layer below logs belongs to the call,
             // and every answer (refusals included) is counted.
             .layer(ObserveLayer);
@@ -279,18 +281,21 @@ impl App {
             // Room for the unary calls and every session at once; calls
             // other than sessions are held to their own per-connection limit.
             max_streams: config
+                .connections
                 .max_calls_per_connection
-                .saturating_add(u32::try_from(config.max_maintained_sessions).unwrap_or(u32::MAX))
+                .saturating_add(
+                    u32::try_from(config.state.max_maintained_sessions).unwrap_or(u32::MAX),
+                )
                 .min(MAX_STREAMS_PER_CONNECTION),
-            max_calls: config.max_calls_per_connection,
+            max_calls: config.connections.max_calls_per_connection,
             long_lived: grpc::LONG_LIVED,
             drain_streams: DRAIN_STREAMS.min(config.shutdown_grace),
             deadline: grpc::deadline::timeout,
-            max_wait: config.max_call_duration,
-            handshake_timeout: config.handshake_timeout,
-            keepalive_interval: config.keepalive_interval,
-            keepalive_timeout: config.keepalive_timeout,
-            idle_timeout: config.idle_timeout,
+            max_wait: config.calls.max_call_duration,
+            handshake_timeout: config.connections.handshake_timeout,
+            keepalive_interval: config.connections.keepalive_interval,
+            keepalive_timeout: config.connections.keepalive_timeout,
+            idle_timeout: config.connections.idle_timeout,
         };
         let admin_settings = Settings {
             port: "admin",
@@ -303,7 +308,7 @@ impl App {
             grpc_router,
             admin_router,
             grpc_cap: grpc_cap(config),
-            admin_cap: Cap::new(config.admin_max_connections),
+            admin_cap: Cap::new(config.connections.admin_max_connections),
             grpc_settings,
             admin_settings,
             health,
@@ -313,8 +318,8 @@ impl App {
             identities,
             client,
             metrics,
-            emulating: config.emulate,
-            ready_file: config.ready_file.clone(),
+            emulating: config.emulator.emulate,
+            ready_file: config.listen.ready_file.clone(),
         })
     }
 
@@ -362,13 +367,17 @@ impl Listeners {
         Ok(Self {
             grpc: GrpcListener::bind(config).await?,
             unix: config
+                .listen
                 .grpc_listen_unix
                 .as_deref()
                 .map(bind_unix)
                 .transpose()?,
-            admin: TcpListener::bind(config.admin_listen)
+            admin: TcpListener::bind(config.listen.admin_listen)
                 .await
-                .map_err(StartupError::listen("--admin-listen", config.admin_listen))?,
+                .map_err(StartupError::listen(
+                    "--admin-listen",
+                    config.listen.admin_listen,
+                ))?,
         })
     }
 }
@@ -506,7 +515,7 @@ impl Sidecar {
 /// (aws-config's provider; the credential cache in front of it refreshes
 /// ahead of expiry): (account, role ARN, provider).
 async fn assumed_roles(
-    config: &Config,
+    config: &AwsArgs,
     sdk: &aws_config::SdkConfig,
 ) -> Vec<(String, String, SharedCredentialsProvider)> {
     let mut roles = Vec::new();
@@ -525,7 +534,7 @@ async fn assumed_roles(
 
 /// A KVS emulator on loopback and the throwaway keys it accepts; the
 /// emulator answers STS too.
-async fn emulated_kvs(config: &Config) -> Result<AwsEnv, BoxError> {
+async fn emulated_kvs(config: &EmulatorArgs) -> Result<AwsEnv, BoxError> {
     let emulator = Emulator::start(EmulatorCredentials::generate()).await?;
     emulator.set_session_lifetime(config.emulate_session_lifetime);
     emulator.drop_first_offers(config.emulate_drop_offers);
@@ -581,13 +590,17 @@ enum GrpcListener {
 
 impl GrpcListener {
     async fn bind(config: &Config) -> Result<Self, StartupError> {
-        let tcp = TcpListener::bind(config.grpc_listen)
-            .await
-            .map_err(StartupError::listen("--grpc-listen", config.grpc_listen))?;
-        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        let tcp =
+            TcpListener::bind(config.listen.grpc_listen)
+                .await
+                .map_err(StartupError::listen(
+                    "--grpc-listen",
+                    config.listen.grpc_listen,
+                ))?;
+        let (Some(cert), Some(key)) = (&config.tls.tls_cert, &config.tls.tls_key) else {
             return Ok(Self::Plain(tcp));
         };
-        let tls = tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
+        let tls = tls::server_config(cert, key, config.tls.tls_client_ca.as_deref())?;
         Ok(Self::Tls(TlsListener::new(tcp, Arc::new(tls))))
     }
 }
@@ -604,14 +617,14 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 fn grpc_cap(config: &Config) -> Cap {
     let limit = serve::descriptors::raise_limit();
     let cap = serve::descriptors::grpc_cap(
-        config.max_connections,
-        config.admin_max_connections,
-        config.max_upstream_concurrency,
+        config.connections.max_connections,
+        config.connections.admin_max_connections,
+        config.upstream.max_upstream_concurrency,
         limit,
     );
-    if cap < config.max_connections {
+    if cap < config.connections.max_connections {
         tracing::warn!(
-            max_connections = config.max_connections,
+            max_connections = config.connections.max_connections,
             lowered_to = cap,
             descriptor_limit = limit,
             "--max-connections does not fit the descriptor limit beside the admin port and the KVS pool; lowered"

@@ -44,7 +44,7 @@ use tracing_subscriber::{
 
 use crate::{
     BoxError,
-    config::{Config, LogFormat},
+    config::{LogArgs, LogFormat},
 };
 
 /// Capped whatever the filter asks: aws-sigv4 logs the canonical request it
@@ -79,7 +79,7 @@ pub struct Telemetry {
 /// Installs logging, and traces when the environment asks for them. Must
 /// run inside the Tokio runtime: the OTLP exporter's gRPC channel lives on
 /// it.
-pub fn init(config: &Config) -> Result<Telemetry, BoxError> {
+pub fn init(config: &LogArgs) -> Result<Telemetry, BoxError> {
     let filter = log_filter(config)?;
     let Some(settings) = TraceSettings::from_env(|name| std::env::var(name).ok())? else {
         // The subscriber of a sidecar without traces, exactly as before
@@ -186,7 +186,7 @@ impl TraceIds {
     }
 }
 
-fn log_filter(config: &Config) -> Result<EnvFilter, BoxError> {
+fn log_filter(config: &LogArgs) -> Result<EnvFilter, BoxError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
         _ => EnvFilter::try_new(&config.log_level)?,

@@ -134,7 +134,7 @@ impl Stack {
             ..EndpointSettings::default()
         };
         let (client, _identities, _clock) = KvsClient::build(
-            config.client(endpoints, Network::direct()),
+            config.upstream.client(endpoints, Network::direct()),
             SharedCredentialsProvider::new(credentials()),
             Vec::new(),
             Arc::new(SystemClock),
@@ -143,7 +143,7 @@ impl Stack {
         Self {
             client,
             work,
-            budget: config.max_call_duration,
+            budget: config.calls.max_call_duration,
         }
     }
 }
