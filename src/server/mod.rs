@@ -1,30 +1,28 @@
-//! Assembles the sidecar from its configuration, serves it, and drains it.
+//! Assembles the sidecar from its configuration (this file), on AWS or on
+//! the emulator (`aws`), binds its listeners (`listeners`), serves it and
+//! drains it (`drain`); `error` says why it could not start.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+mod aws;
+mod drain;
+mod error;
+mod listeners;
 
-use aws_config::{BehaviorVersion, Region, sts::AssumeRoleProvider};
-use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::{
-    net::{TcpListener, UnixListener},
-    sync::watch,
-};
 use tonic_health::server::HealthReporter;
 
+pub use self::error::StartupError;
+use self::{
+    aws::{assumed_roles, emulated_kvs},
+    listeners::{GrpcListener, Listeners},
+};
 use crate::{
-    BoxError,
     admin::{self, Readiness},
     allow_list::ChannelPolicy,
-    aws_env::{self, AwsEnv},
+    aws_env,
     clock::SystemClock,
-    config::{AwsArgs, Config, EmulatorArgs},
-    emulator::{Emulator, EmulatorCredentials},
+    config::Config,
     grpc::{
         self, WebRtcStorage, buffer_request::BufferRequestLayer, observe::ObserveLayer,
         request_deadline::RequestDeadlineLayer, require_http2::RequireHttp2Layer,
@@ -34,17 +32,14 @@ use crate::{
         KvsClient,
         credentials::Identities,
         data_endpoint::{self, DataPlane},
-        endpoint::EndpointSettings,
-        transport::{BuildError, Network},
     },
     pb::{self, web_rtc_storage_service_server::WebRtcStorageServiceServer},
     readiness::{self, StorageReadiness},
     recording::{self, Recording},
-    serve::{self, Cap, Settings, Tcp, Unix},
+    serve::{self, Cap, Settings},
     session::Sessions,
     signaling::Signaling,
-    store::{SharedStore, StoreError},
-    tls::{self, TlsError, TlsListener},
+    store::SharedStore,
 };
 
 /// Largest grpc.health.v1 request: a service name.
@@ -54,55 +49,10 @@ const REFLECTION_MAX_REQUEST: usize = 8 * 1024;
 /// HTTP/2 streams per admin connection: a probe or a scrape needs one.
 const ADMIN_MAX_STREAMS: u32 = 16;
 
-/// Why the sidecar could not start: reported once by `main`, which exits
-/// non-zero. Never the answer to a call.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("AWS configuration: {0}")]
-    Aws(BoxError),
-    #[error("emulator: {0}")]
-    Emulator(BoxError),
-    #[error("KVS client: {0}")]
-    Client(#[from] BuildError),
-    #[error("--state-store: {0}")]
-    StateStore(#[from] StoreError),
-    #[error("server reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC TLS: {0}")]
-    Tls(#[from] TlsError),
-    #[error("cannot listen on {what} {at}: {source}")]
-    Listen {
-        what: &'static str,
-        at: String,
-        source: std::io::Error,
-    },
-}
-
-impl StartupError {
-    fn listen(
-        what: &'static str,
-        at: impl std::fmt::Display,
-    ) -> impl FnOnce(std::io::Error) -> Self {
-        move |source| Self::Listen {
-            what,
-            at: at.to_string(),
-            source,
-        }
-    }
-}
-
 /// A sidecar bound to its ports, ready to serve.
 pub struct Sidecar {
     listeners: Listeners,
     app: App,
-}
-
-/// The sockets, bound.
-struct Listeners {
-    grpc: GrpcListener,
-    /// The optional Unix socket beside the TCP port.
-    unix: Option<Unix>,
-    admin: TcpListener,
 }
 
 /// Everything but the sockets: the services behind each port, how their
@@ -139,6 +89,19 @@ impl Sidecar {
         let app = App::assemble(config, metrics).await?;
         let listeners = Listeners::bind(config).await?;
         Ok(Self { listeners, app })
+    }
+}
+
+impl Sidecar {
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.listeners.grpc {
+            GrpcListener::Plain(l) => l.local_addr(),
+            GrpcListener::Tls(l) => l.local_addr(),
+        }
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listeners.admin.local_addr()
     }
 }
 
@@ -360,217 +323,6 @@ impl App {
     }
 }
 
-// === impl Listeners ===
-
-impl Listeners {
-    async fn bind(config: &Config) -> Result<Self, StartupError> {
-        Ok(Self {
-            grpc: GrpcListener::bind(config).await?,
-            unix: config
-                .listen
-                .grpc_listen_unix
-                .as_deref()
-                .map(bind_unix)
-                .transpose()?,
-            admin: TcpListener::bind(config.listen.admin_listen)
-                .await
-                .map_err(StartupError::listen(
-                    "--admin-listen",
-                    config.listen.admin_listen,
-                ))?,
-        })
-    }
-}
-
-// === impl Sidecar ===
-
-impl Sidecar {
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        match &self.listeners.grpc {
-            GrpcListener::Plain(l) => l.local_addr(),
-            GrpcListener::Tls(l) => l.local_addr(),
-        }
-    }
-
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.admin.local_addr()
-    }
-
-    /// Serves until `shutdown` resolves, then drains: readiness and health
-    /// turn NOT_SERVING, the gRPC listeners close, connections with no call
-    /// in flight close at once and in-flight calls get up to the grace
-    /// period to finish; the admin port closes last, within the same grace.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-        let grpc_addr = self.grpc_addr()?;
-        let admin_addr = self.admin_addr()?;
-        let Self { listeners, app } = self;
-        app.spawn_background();
-        let (drain_tx, drain_rx) = watch::channel(false);
-        let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
-
-        let (router, settings, cap) = (&app.grpc_router, &app.grpc_settings, &app.grpc_cap);
-        let unix_path = listeners.unix.as_ref().map(|unix| unix.path.clone());
-        let unix = listeners.unix.map(|unix| {
-            serve::serve(
-                unix,
-                router.clone(),
-                settings.clone(),
-                cap.clone(),
-                drain_rx.clone(),
-            )
-        });
-        let mut grpc = match listeners.grpc {
-            GrpcListener::Plain(listener) => {
-                let tcp = Tcp {
-                    listener,
-                    no_delay: true,
-                };
-                serve::serve(tcp, router.clone(), settings.clone(), cap.clone(), drain_rx)
-            }
-            GrpcListener::Tls(tls) => {
-                serve::serve(tls, router.clone(), settings.clone(), cap.clone(), drain_rx)
-            }
-        };
-        let admin = Tcp {
-            listener: listeners.admin,
-            no_delay: false,
-        };
-        let admin = serve::serve(
-            admin,
-            app.admin_router,
-            app.admin_settings,
-            app.admin_cap,
-            stop_admin_rx,
-        );
-
-        app.health
-            .set_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
-            .await;
-        app.ready.set(true);
-        if let Some(path) = &app.ready_file {
-            let ready = crate::ready_file::Ready {
-                pid: std::process::id(),
-                grpc: grpc_addr,
-                admin: admin_addr,
-                unix: unix_path,
-            };
-            ready
-                .write(path)
-                .map_err(|e| format!("cannot write --ready-file {}: {e}", path.display()))?;
-        }
-        tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "serving");
-        if app.emulating {
-            tracing::info!(
-                "try: grpcurl -plaintext -d '{{\"channel_arn\":\"{DEMO_ARN}\"}}' {grpc_addr} kvs.webrtcstorage.v1.WebRtcStorageService/JoinStorageSession"
-            );
-        }
-
-        tokio::select! {
-            () = shutdown => {}
-            ended = &mut grpc => {
-                ended?;
-                return Err("the gRPC server stopped unexpectedly".into());
-            }
-        }
-
-        tracing::info!(grace = ?app.grace, "draining");
-        app.ready.set(false);
-        if let Some(path) = &app.ready_file {
-            let _ = std::fs::remove_file(path);
-        }
-        // Maintained sessions end now with a final event, so their callers'
-        // other replicas can take over while this one drains.
-        app.sessions.drain();
-        app.health
-            .set_not_serving::<WebRtcStorageServiceServer<WebRtcStorage>>()
-            .await;
-        app.health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        let _ = drain_tx.send(true);
-        let until = tokio::time::Instant::now() + app.grace;
-        let drained = async {
-            grpc.await?;
-            if let Some(unix) = unix {
-                unix.await?;
-            }
-            Ok::<_, BoxError>(())
-        };
-        match tokio::time::timeout_at(until, drained).await {
-            Ok(ended) => ended?,
-            Err(_) => tracing::warn!("grace period over; ending calls still in flight"),
-        }
-        // Probes and scrapes answered until now; the admin port gets what is
-        // left of the grace, so the exit never waits on one of its clients.
-        let _ = stop_admin_tx.send(true);
-        if tokio::time::timeout_at(until, admin).await.is_err() {
-            tracing::debug!("admin connections still open at the end of the grace period");
-        }
-        tracing::info!("stopped");
-        Ok(())
-    }
-}
-
-/// One AssumeRole provider per mapped account, on top of the default chain
-/// (aws-config's provider; the credential cache in front of it refreshes
-/// ahead of expiry): (account, role ARN, provider).
-async fn assumed_roles(
-    config: &AwsArgs,
-    sdk: &aws_config::SdkConfig,
-) -> Vec<(String, String, SharedCredentialsProvider)> {
-    let mut roles = Vec::new();
-    for role in &config.assume_roles {
-        let mut builder = AssumeRoleProvider::builder(&role.role_arn)
-            .session_name(&config.assume_role_session_name)
-            .configure(sdk);
-        if let Some(id) = &role.external_id {
-            builder = builder.external_id(id);
-        }
-        let provider = SharedCredentialsProvider::new(builder.build().await);
-        roles.push((role.account.clone(), role.role_arn.clone(), provider));
-    }
-    roles
-}
-
-/// A KVS emulator on loopback and the throwaway keys it accepts; the
-/// emulator answers STS too.
-async fn emulated_kvs(config: &EmulatorArgs) -> Result<AwsEnv, BoxError> {
-    let emulator = Emulator::start(EmulatorCredentials::generate()).await?;
-    emulator.set_session_lifetime(config.emulate_session_lifetime);
-    emulator.drop_first_offers(config.emulate_drop_offers);
-    let keys = emulator.credentials();
-    let credentials = Credentials::new(
-        &keys.access_key_id,
-        &keys.secret_access_key,
-        keys.session_token.clone(),
-        None,
-        "kvs-sidecar-emulator",
-    );
-    tracing::info!(
-        kvs = %emulator.url(),
-        session_lifetime = ?config.emulate_session_lifetime,
-        drop_offers = config.emulate_drop_offers,
-        "emulating KVS on loopback: no AWS account is used"
-    );
-    // STS (`--assume-role`) goes to the emulator too.
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(emulator.url())
-        .credentials_provider(credentials.clone())
-        .load()
-        .await;
-    Ok(AwsEnv {
-        sdk,
-        credentials: SharedCredentialsProvider::new(credentials),
-        endpoints: EndpointSettings {
-            override_url: Some(emulator.url().parse()?),
-            ..EndpointSettings::default()
-        },
-        // The emulator is on loopback: no proxy, and plain http.
-        network: Network::direct(),
-    })
-}
-
 /// The most HTTP/2 streams one connection may have open, whatever
 /// `--max-maintained-sessions` says.
 const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
@@ -578,32 +330,6 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
 /// In a drain, how long session streams get to take their final event
 /// (`gave_up DRAINING`) before their connection closes.
 const DRAIN_STREAMS: Duration = Duration::from_secs(2);
-
-/// A channel ARN for the emulator demo.
-const DEMO_ARN: &str = "arn:aws:kinesisvideo:us-west-2:123456789012:channel/demo/1700000000000";
-
-/// The gRPC port: plain h2c, or TLS / mutual TLS when configured.
-enum GrpcListener {
-    Plain(TcpListener),
-    Tls(TlsListener),
-}
-
-impl GrpcListener {
-    async fn bind(config: &Config) -> Result<Self, StartupError> {
-        let tcp =
-            TcpListener::bind(config.listen.grpc_listen)
-                .await
-                .map_err(StartupError::listen(
-                    "--grpc-listen",
-                    config.listen.grpc_listen,
-                ))?;
-        let (Some(cert), Some(key)) = (&config.tls.tls_cert, &config.tls.tls_key) else {
-            return Ok(Self::Plain(tcp));
-        };
-        let tls = tls::server_config(cert, key, config.tls.tls_client_ca.as_deref())?;
-        Ok(Self::Tls(TlsListener::new(tcp, Arc::new(tls))))
-    }
-}
 
 /// Server reflection over the storage and health services.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -631,23 +357,4 @@ fn grpc_cap(config: &Config) -> Cap {
         );
     }
     Cap::new(cap)
-}
-
-/// Binds the Unix socket at `path`, readable and writable by this user only
-/// (mode 0600), so in a pod only containers running as the same user, with
-/// the socket's volume mounted, can call.
-fn bind_unix(path: &Path) -> Result<Unix, StartupError> {
-    use std::os::unix::fs::PermissionsExt;
-    let failed = || StartupError::listen("--grpc-listen-unix", path.display());
-    // A socket left by a previous run would make bind fail.
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed()(e)),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path).map_err(failed())?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed())?;
-    Ok(Unix {
-        listener,
-        path: path.to_owned(),
-    })
 }
