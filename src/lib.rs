@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod alloc;
+mod allow_list;
 mod aws_env;
 pub mod clock;
 pub mod config;
@@ -13,9 +14,8 @@ mod idempotency;
 pub mod instruments;
 pub mod kvs;
 mod playback;
-mod policy;
 mod readiness;
-pub mod ready;
+pub mod ready_file;
 mod recording;
 mod serve;
 pub mod server;

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         }
     };
     // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
-    let telemetry = match runtime.block_on(async { telemetry::init(&config) }) {
+    let telemetry = match runtime.block_on(async { telemetry::init(&config.logs) }) {
         Ok(telemetry) => telemetry,
         Err(e) => {
             eprintln!("kvs-sidecar: bad log or trace configuration: {e}");

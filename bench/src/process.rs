@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvs_sidecar::ready::{self, Launched};
+use kvs_sidecar_harness::{self as ready, Launched};
 
 use crate::targets::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 

@@ -139,7 +139,7 @@ impl Stack {
             ..EndpointSettings::default()
         };
         let client = KvsClient::build(
-            config.client(endpoints, Network::direct()),
+            config.upstream.client(endpoints, Network::direct()),
             SharedCredentialsProvider::new(credentials()),
             Vec::new(),
             Arc::new(SystemClock),
@@ -148,7 +148,7 @@ impl Stack {
         Self {
             client,
             work,
-            budget: config.max_call_duration,
+            budget: config.calls.max_call_duration,
         }
     }
 }

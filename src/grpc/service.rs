@@ -13,6 +13,7 @@ use super::{
     status::to_status,
 };
 use crate::{
+    allow_list::ChannelPolicy,
     idempotency::{JoinLedger, JoinTarget},
     kvs::{
         Call, Error, Joined, KvsClient,
@@ -30,7 +31,6 @@ use crate::{
         web_rtc_storage_service_server::WebRtcStorageService,
     },
     playback::{Playback, parse_request},
-    policy::ChannelPolicy,
     readiness::StorageReadiness,
     recording::Recording,
     session::Sessions,

@@ -11,10 +11,8 @@ use std::{
 use kvs_sidecar::pb::web_rtc_storage_service_client::WebRtcStorageServiceClient;
 use tonic::transport::Channel;
 
-use kvs_sidecar::{
-    emulator::{Emulator, EmulatorCredentials},
-    ready::{self, Launched},
-};
+use kvs_sidecar::emulator::{Emulator, EmulatorCredentials};
+use kvs_sidecar_harness::{self as ready, Launched};
 
 pub(crate) type RawH2 = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -108,7 +106,7 @@ impl Sidecar {
         for k in unset {
             cmd.env_remove(k);
         }
-        // Ready when the sidecar writes its --ready-file (kvs_sidecar::ready).
+        // Ready when the sidecar writes its --ready-file (kvs_sidecar_harness).
         let launched = ready::launch(cmd, Duration::from_secs(20))?;
         Ok(Self {
             grpc: launched.ready.grpc,
