@@ -232,7 +232,7 @@ impl Shared {
             client_id: target.client_id.to_string(),
             outcome: None,
         };
-        let pending = serde_json::to_string(&record).unwrap_or_default();
+        let pending = serde_json::to_string(&record).expect("a record is strings and numbers");
         loop {
             match self.store.insert_new(&key, &pending, self.pending).await {
                 Ok(true) => {
@@ -248,7 +248,8 @@ impl Shared {
                     let result = join().await;
                     if let Some(stored) = Stored::kept(&result) {
                         record.outcome = Some(stored);
-                        let done = serde_json::to_string(&record).unwrap_or_default();
+                        let done = serde_json::to_string(&record)
+                            .expect("a record is strings and numbers");
                         claim.held = false;
                         if let Err(error) = self.store.set(&key, &done, self.window).await {
                             store_error("idempotency", &error);

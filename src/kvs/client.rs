@@ -224,8 +224,11 @@ impl KvsClient {
         call.bound(work).await
     }
 
-    pub fn endpoints(&self) -> &EndpointCache {
-        &self.endpoints
+    /// The client's periodic upkeep: moka drops expired entries only as a
+    /// side effect of later lookups, so an idle sidecar would keep its
+    /// expired endpoints (and a stale gauge) without it.
+    pub async fn upkeep(&self) {
+        self.endpoints.sweep().await;
     }
 
     /// The channel's endpoints for `role`, from the cache or discovered
@@ -522,7 +525,9 @@ fn turn_servers(body: &[u8]) -> Result<Vec<TurnServer>, Error> {
 
 pub(super) fn json(value: &impl Serialize) -> Bytes {
     // Serializing these plain string structs cannot fail.
-    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+    Bytes::from(
+        serde_json::to_vec(value).expect("request bodies are plain structs of strings and numbers"),
+    )
 }
 
 #[cfg(test)]

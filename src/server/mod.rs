@@ -284,14 +284,12 @@ impl App {
 
     /// The sidecar's own upkeep, started with serving.
     fn spawn_background(&self) {
-        // moka drops expired entries as a side effect of later lookups; a
-        // timer frees them on an idle sidecar too and keeps the gauge fresh.
-        let sweeper = self.client.clone();
+        let client = self.client.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(30));
             loop {
                 every.tick().await;
-                sweeper.endpoints().sweep().await;
+                client.upkeep().await;
             }
         });
         if let Some(handle) = self.metrics.clone() {

@@ -25,7 +25,7 @@ mod attempt_timeout;
 mod authorize;
 mod concurrency;
 pub mod pace;
-pub mod rate_limit;
+mod rate_limit;
 mod sign;
 
 use std::{sync::Arc, time::Duration};

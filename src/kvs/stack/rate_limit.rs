@@ -50,7 +50,7 @@ const MAX_DEBT_SECONDS: f64 = 1.0;
 
 /// A token bucket whose rate adapts between `MIN_RATE` and `ceiling`.
 #[derive(Debug, Clone)]
-pub struct Bucket {
+pub(super) struct Bucket {
     ceiling: f64,
     rate: f64,
     /// Tokens available; negative when requests are queued for future ones,
@@ -64,7 +64,7 @@ pub struct Bucket {
 
 impl Bucket {
     /// A bucket allowing `per_second`, with a burst of one second's worth.
-    pub fn new(per_second: f64, now: Instant) -> Self {
+    pub(super) fn new(per_second: f64, now: Instant) -> Self {
         let ceiling = per_second.max(MIN_RATE);
         Self {
             ceiling,
@@ -78,7 +78,7 @@ impl Bucket {
     /// Takes a token and says how long to wait before using it, or `None`
     /// (taking nothing) when the wait would end after `deadline` or queue
     /// behind more than a second's worth of tokens.
-    pub fn acquire(&mut self, now: Instant, deadline: Instant) -> Option<Duration> {
+    pub(super) fn acquire(&mut self, now: Instant, deadline: Instant) -> Option<Duration> {
         self.refill(now);
         let after = self.tokens - 1.0;
         if after < -self.rate * MAX_DEBT_SECONDS {
@@ -97,13 +97,13 @@ impl Bucket {
     }
 
     /// Gives back a token whose wait was abandoned.
-    pub fn release(&mut self, now: Instant) {
+    pub(super) fn release(&mut self, now: Instant) {
         self.refill(now);
         self.tokens = (self.tokens + 1.0).min(self.rate);
     }
 
     /// KVS throttled a request sent at `sent`.
-    pub fn throttled(&mut self, now: Instant, sent: Instant) {
+    pub(super) fn throttled(&mut self, now: Instant, sent: Instant) {
         self.refill(now);
         if self.last_decrease.is_some_and(|cut| sent <= cut) {
             return;
@@ -114,12 +114,12 @@ impl Bucket {
         self.last_decrease = Some(now);
     }
 
-    pub fn succeeded(&mut self, now: Instant) {
+    pub(super) fn succeeded(&mut self, now: Instant) {
         self.refill(now);
         self.rate = (self.rate + self.ceiling * RECOVERY_PER_SUCCESS).min(self.ceiling);
     }
 
-    pub fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.rate
     }
 
