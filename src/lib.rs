@@ -24,7 +24,6 @@ pub mod signaling;
 mod storage;
 mod store;
 pub mod telemetry;
-mod tls;
 
 /// The type-erased error, for what tower, hyper, the AWS SDK and the
 /// OpenTelemetry exporter hand over boxed (and for a failed serve);

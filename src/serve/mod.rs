@@ -17,6 +17,7 @@ mod connection;
 pub(crate) mod descriptors;
 mod first_bytes;
 mod throttle;
+pub(crate) mod tls;
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,6 +1,6 @@
 //! Why the sidecar could not start.
 
-use crate::{BoxError, kvs::transport::BuildError, store::StoreError, tls::TlsError};
+use crate::{BoxError, kvs::transport::BuildError, serve::tls::TlsError, store::StoreError};
 
 /// Why the sidecar could not start: reported once by `main`, which exits
 /// non-zero. Never the answer to a call.

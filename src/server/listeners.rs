@@ -9,7 +9,7 @@ use super::error::StartupError;
 use crate::{
     config::Config,
     serve::Unix,
-    tls::{self, TlsListener},
+    serve::tls::{self, TlsListener},
 };
 
 /// The sockets, bound.

@@ -10,7 +10,7 @@ use rustls::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-use crate::serve::{Handshake, Listen, no_delay};
+use super::{Handshake, Listen, no_delay};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
