@@ -132,7 +132,11 @@ fn last(error: Option<&kvs::Error>) -> String {
 impl From<LedgerError> for CallError {
     fn from(error: LedgerError) -> Self {
         match error {
-            LedgerError::KeyReused => ValidationError::KeyReused.of("idempotency_key").into(),
+            LedgerError::KeyReused => ValidationError::Constraint(
+                "was used for another channel, role or client id within the idempotency window",
+            )
+            .of("idempotency_key")
+            .into(),
             LedgerError::Join(error) => CallError::Upstream(error),
         }
     }

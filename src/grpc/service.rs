@@ -202,16 +202,20 @@ impl WebRtcStorage {
         let invalid = |field, reason: ValidationError| CallError::Invalid(reason.of(field));
         match SignalingRole::try_from(msg.role) {
             Ok(SignalingRole::Master) if msg.client_id.is_empty() => Ok(Peer::Master),
-            Ok(SignalingRole::Master) => {
-                Err(invalid("client_id", ValidationError::NotEmptyForMaster))
-            }
+            Ok(SignalingRole::Master) => Err(invalid(
+                "client_id",
+                ValidationError::Constraint("must be empty for SIGNALING_ROLE_MASTER"),
+            )),
             Ok(SignalingRole::Viewer) => {
                 validate_client_id(&msg.client_id).map_err(|r| invalid("client_id", r))?;
                 Ok(Peer::Viewer(&msg.client_id))
             }
-            Ok(SignalingRole::Unspecified) | Err(_) => {
-                Err(invalid("role", ValidationError::UnspecifiedRole))
-            }
+            Ok(SignalingRole::Unspecified) | Err(_) => Err(invalid(
+                "role",
+                ValidationError::Constraint(
+                    "must be SIGNALING_ROLE_MASTER or SIGNALING_ROLE_VIEWER",
+                ),
+            )),
         }
     }
 

@@ -45,8 +45,6 @@ pub enum ValidationError {
     BadChannelId(String),
     #[error("contains a character outside [a-zA-Z0-9_.-] at position {0}")]
     BadChar(usize),
-    #[error("was used for another channel, role or client id within the idempotency window")]
-    KeyReused,
     /// Well formed, but the region lies in another partition than the ARN
     /// names.
     #[error(
@@ -68,11 +66,6 @@ pub enum ValidationError {
         max: u64,
         unit: &'static str,
     },
-    /// A field that only one role takes (a master has no client id).
-    #[error("must be empty for SIGNALING_ROLE_MASTER")]
-    NotEmptyForMaster,
-    #[error("must be SIGNALING_ROLE_MASTER or SIGNALING_ROLE_VIEWER")]
-    UnspecifiedRole,
 }
 
 /// A request field and what is wrong with it: the request is refused
@@ -110,10 +103,7 @@ impl ValidationError {
             ValidationError::BadChannelName(_) => "bad_channel_name",
             ValidationError::BadChannelId(_) => "bad_channel_id",
             ValidationError::BadChar(_) => "bad_char",
-            ValidationError::KeyReused => "key_reused",
             ValidationError::PartitionMismatch { .. } => "partition_mismatch",
-            ValidationError::NotEmptyForMaster => "not_empty_for_master",
-            ValidationError::UnspecifiedRole => "unspecified",
             ValidationError::Constraint(_) => "constraint",
             ValidationError::Between { .. } => "out_of_range",
         }
