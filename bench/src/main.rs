@@ -260,10 +260,20 @@ async fn after_load_only(args: &Args) {
         peak = peak.max(phase.sample.peak_rss_mib);
     }
     tokio::time::sleep(AFTER_LOAD).await;
+    let anonymous =
+        std::fs::read_to_string(format!("/proc/{}/smaps_rollup", sidecar.process.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Anonymous:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .unwrap_or(f64::NAN);
     println!(
-        "idle {idle:.1} MiB, peak {peak:.1} MiB, {:.1} MiB {} s after the load",
+        "idle {idle:.1} MiB, peak {peak:.1} MiB, {:.1} MiB {} s after the load ({:.1} MiB anonymous)",
         probe.rss_kib() as f64 / 1024.0,
-        AFTER_LOAD.as_secs()
+        AFTER_LOAD.as_secs(),
+        anonymous / 1024.0
     );
 }
 
