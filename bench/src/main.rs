@@ -78,6 +78,9 @@ enum Command {
     /// WatchRecording streams on channels of their own, over --rest-idle;
     /// results in kvs-bench-watching.json under --out.
     Watching,
+    /// Only the sidecar's closed loop at each --concurrency, then its idle
+    /// RSS before, its peak, and its RSS 10 s after (printed).
+    AfterLoad,
 }
 
 impl Args {
@@ -130,6 +133,10 @@ fn main() {
         .expect("write the result");
         println!("\n{}", report::at_rest_markdown(&at_rest));
         println!("results: {}", out.display());
+        return;
+    }
+    if let Some(Command::AfterLoad) = args.command {
+        runtime.block_on(after_load_only(&args));
         return;
     }
     if let Some(Command::Watching) = args.command {
@@ -231,6 +238,43 @@ async fn run(args: &Args) -> Report {
     };
     report.check_targets();
     report
+}
+
+/// The sidecar's closed loop alone, and what it keeps after it.
+async fn after_load_only(args: &Args) {
+    let window = Window {
+        warmup: args.warmup,
+        measure: args.duration,
+    };
+    let (_fake, fake) = process::fake();
+    let one = Workload::new(vec![arn("front-door")], None);
+    let sidecar = process::sidecar(&args.sidecar, &fake, &args.sidecar_env, &args.flags(&[]));
+    let probe = Probe::Pid(sidecar.process.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = probe.rss_kib() as f64 / 1024.0;
+    eprintln!("sidecar pid {}", sidecar.process.pid());
+    let mut peak = 0.0f64;
+    for &c in &args.concurrency {
+        let through = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, c, one.clone()).await);
+        let phase = measure(Route::Sidecar, Load::Concurrency(c), through, probe, window).await;
+        peak = peak.max(phase.sample.peak_rss_mib);
+    }
+    tokio::time::sleep(AFTER_LOAD).await;
+    let anonymous =
+        std::fs::read_to_string(format!("/proc/{}/smaps_rollup", sidecar.process.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Anonymous:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .unwrap_or(f64::NAN);
+    println!(
+        "idle {idle:.1} MiB, peak {peak:.1} MiB, {:.1} MiB {} s after the load ({:.1} MiB anonymous)",
+        probe.rss_kib() as f64 / 1024.0,
+        AFTER_LOAD.as_secs(),
+        anonymous / 1024.0
+    );
 }
 
 /// Watched streams at rest, on a sidecar of their own.

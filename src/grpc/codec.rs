@@ -5,8 +5,9 @@
 //! stream keeps both for as long as it lives: most of the 26 KiB that each
 //! `MaintainStorageSession` at rest cost (`kvs-bench at-rest`). This
 //! service's messages are at most about 1.3 KiB (`--max-request-bytes`
-//! bounds the largest), so 1 KiB buffers hold nearly every message and
-//! grow for the rest.
+//! bounds the largest) and most are under 200 bytes (a join with a typical
+//! ARN, its answer, a session's events and reports), so 256-byte buffers
+//! hold nearly every message and grow, once, for the rest.
 
 use std::marker::PhantomData;
 
@@ -14,7 +15,7 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::ProstCodec;
 
 /// Where a buffer starts; it grows for a larger message.
-const BUFFER_SIZE: usize = 1024;
+const BUFFER_SIZE: usize = 256;
 /// tonic's default: how much is encoded before yielding to the runtime.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
