@@ -1,6 +1,6 @@
 //! The `MaintainStorageSession` stream at the edge: validates the `start`,
-//! claims the session, runs its supervisor (`crate::session`), relays the
-//! caller's reports in and the supervisor's events out.
+//! claims the session, and runs its supervisor (`crate::session`) over the
+//! caller's stream: reports in, events out.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -24,17 +24,17 @@ use crate::{
         maintain_storage_session_request::Kind, maintain_storage_session_response,
     },
     recording::Recording,
-    session::{Event, GiveUp, Reason, Report, Sessions, Settings, Stop, Supervisor},
+    session::{Caller, Event, GiveUp, Gone, Reason, Report, Sessions, Settings, Stop, Supervisor},
 };
 
 pub(super) type EventStream = Map<ReceiverStream<Box<Answer>>, fn(Box<Answer>) -> Answer>;
 
 type Answer = Result<MaintainStorageSessionResponse, Status>;
 
-/// Events and reports in flight per stream: a slow reader holds up its own
-/// supervisor, never memory. Events and answers travel boxed: a queue
-/// allocates room for 32 of its items when it is made, and a session at
-/// rest would hold that room (6.8 KiB for these two) for nothing.
+/// Answers queued for the caller, and reports kept while its supervisor is
+/// busy: a slow reader holds up its own supervisor, never memory. Answers
+/// travel boxed: a queue allocates room for 32 of its items when it is
+/// made, and a session at rest would hold that room for nothing.
 const QUEUE: usize = 16;
 
 /// Starts maintaining the session `start` names on `channel`; the returned
@@ -59,8 +59,6 @@ pub(super) async fn maintain(
                 client_id: start.client_id.clone(),
             }))
         })?;
-    let (reports_tx, reports) = mpsc::channel(QUEUE);
-    let (events, events_rx) = mpsc::channel(QUEUE);
     let (out, out_rx) = mpsc::channel(QUEUE);
     let supervisor = Supervisor {
         client,
@@ -71,77 +69,131 @@ pub(super) async fn maintain(
         claim,
         recording: recording.clone(),
     };
+    let caller = Relay {
+        inbound: Inbound {
+            stream: inbound,
+            kept: VecDeque::new(),
+            open: true,
+            refused: None,
+        },
+        out,
+    };
     // Its joins and log lines belong to the stream's call span.
-    tokio::spawn(supervisor.run(reports, events).in_current_span());
-    // The relay owns the supervisor's inputs: when it ends (the caller ended
-    // or left its stream), the supervisor sees them close and stops.
-    tokio::spawn(relay(inbound, reports_tx, events_rx, out));
+    tokio::spawn(supervisor.run(caller).in_current_span());
     let unbox: fn(Box<Answer>) -> Answer = |answer| *answer;
     Ok(ReceiverStream::new(out_rx).map(unbox))
 }
 
-/// Moves the caller's reports in and the supervisor's events out, and never
-/// stops reading the caller: a caller that does not read its events (or
-/// whose HTTP/2 window is shut) must not make us stop reading its stream,
-/// or HTTP/2 would hold what it sends, up to the stream and connection
-/// windows, for as long as it likes. Events wait in bounded queues (the
-/// supervisor waits on a full one); reports that find the supervisor's
-/// queue full are coalesced to the latest, which is the one that matters.
-async fn relay(
-    mut inbound: Streaming<MaintainStorageSessionRequest>,
-    reports: mpsc::Sender<Report>,
-    mut events: mpsc::Receiver<Box<Event>>,
+/// The caller's side of a session: its reports in, the supervisor's events
+/// out as answers.
+struct Relay {
+    inbound: Inbound,
     out: mpsc::Sender<Box<Answer>>,
-) {
-    // Answers of one event not yet in the caller's queue.
-    let mut unsent = VecDeque::new();
-    // The latest report that found the supervisor's queue full.
-    let mut latest: Option<Report> = None;
-    // The last event (or a refused report) is queued: deliver it and end.
-    let mut ending = false;
-    loop {
-        tokio::select! {
-            permit = reports.reserve(), if latest.is_some() => {
-                let (Ok(permit), Some(report)) = (permit, latest.take()) else { return };
-                permit.send(report);
-            }
-            permit = out.reserve(), if !unsent.is_empty() => {
-                let (Ok(permit), Some(item)) = (permit, unsent.pop_front()) else { return };
-                permit.send(Box::new(item));
-                if ending && unsent.is_empty() {
-                    return;
-                }
-            }
-            event = events.recv(), if unsent.is_empty() && !ending => {
-                let Some(event) = event else { return };
-                ending = matches!(*event, Event::GaveUp { .. });
-                unsent.extend(answers(*event));
-            }
-            message = inbound.message(), if !ending => {
-                let report = match message {
-                    Ok(Some(MaintainStorageSessionRequest { kind: Some(Kind::Report(r)) })) => report(r.kind()),
-                    Ok(Some(_)) => Err(ValidationError::Constraint(
-                        "only the first message may be `start`; later ones are `report`s",
-                    )
-                    .of("start")),
-                    // The caller ended its stream or went away.
-                    Ok(None) | Err(_) => return,
-                };
-                match report {
-                    Ok(report) if latest.is_some() => latest = Some(report),
-                    Ok(report) => match reports.try_send(report) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(report)) => latest = Some(report),
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    },
-                    Err(invalid) => {
-                        unsent.push_back(Err(to_status(&invalid.into())));
-                        ending = true;
-                    }
-                }
-            }
-            () = out.closed() => return,
+}
+
+/// The caller's stream, read whenever the supervisor waits.
+struct Inbound {
+    stream: Streaming<MaintainStorageSessionRequest>,
+    /// Reports read while the supervisor was busy, oldest first; past
+    /// `QUEUE` the newest replaces the last, which is the one that matters.
+    kept: VecDeque<Report>,
+    /// Neither ended by the caller nor refused.
+    open: bool,
+    /// Why the stream was refused, until the caller is told.
+    refused: Option<Status>,
+}
+
+impl Inbound {
+    /// Reads the caller's next message (keeping a report); false once no
+    /// more will be read: the caller ended its stream, stopped listening
+    /// (`out` closed) or sent what it may not.
+    async fn read(&mut self, out: &mpsc::Sender<Box<Answer>>) -> bool {
+        if !self.open {
+            return false;
         }
+        let message = tokio::select! {
+            message = self.stream.message() => message,
+            () = out.closed() => Ok(None),
+        };
+        let report = match message {
+            Ok(Some(MaintainStorageSessionRequest {
+                kind: Some(Kind::Report(r)),
+            })) => report(r.kind()),
+            Ok(Some(_)) => Err(ValidationError::Constraint(
+                "only the first message may be `start`; later ones are `report`s",
+            )
+            .of("start")),
+            // The caller ended its stream or went away.
+            Ok(None) | Err(_) => {
+                self.open = false;
+                return false;
+            }
+        };
+        match report {
+            Ok(report) => {
+                if self.kept.len() == QUEUE {
+                    self.kept.pop_back();
+                }
+                self.kept.push_back(report);
+            }
+            Err(invalid) => {
+                self.refused = Some(to_status(&invalid.into()));
+                self.open = false;
+            }
+        }
+        self.open
+    }
+}
+
+impl Relay {
+    /// Ends the caller's stream with why it was refused, if it was. Taken
+    /// only once there is room for it: a wait given up keeps it.
+    async fn refuse(&mut self) {
+        if self.inbound.refused.is_none() {
+            return;
+        }
+        if let (Ok(permit), Some(status)) = (self.out.reserve().await, self.inbound.refused.take())
+        {
+            permit.send(Box::new(Err(status)));
+        }
+    }
+}
+
+impl Caller for Relay {
+    async fn report(&mut self) -> Option<Report> {
+        loop {
+            if let Some(report) = self.inbound.kept.pop_front() {
+                return Some(report);
+            }
+            if !self.inbound.read(&self.out).await {
+                self.refuse().await;
+                return None;
+            }
+        }
+    }
+
+    async fn gone(&mut self) {
+        while self.inbound.read(&self.out).await {}
+        self.refuse().await;
+    }
+
+    async fn tell(&mut self, event: Event) -> Result<(), Gone> {
+        // After the last event the caller's stream is not read: it ends.
+        let last = matches!(event, Event::GaveUp { .. });
+        for answer in answers(event) {
+            let permit = loop {
+                tokio::select! {
+                    permit = self.out.reserve() => break permit.map_err(|_| Gone)?,
+                    _ = self.inbound.read(&self.out), if self.inbound.open && !last => {}
+                }
+            };
+            permit.send(Box::new(answer));
+        }
+        if self.inbound.refused.is_some() {
+            self.refuse().await;
+            return Err(Gone);
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 
 use super::{
     registry::Claim,
@@ -44,6 +44,28 @@ pub(crate) enum Stop {
     LeaseLost,
 }
 
+/// The caller of a maintained session as its supervisor sees it: reports
+/// come from it and events go to it. The supervisor waits on nothing else
+/// without also waiting on the caller (`report` or `gone`, or inside
+/// `tell`), so the caller's stream is read all the time: HTTP/2 would
+/// otherwise hold what an unread caller sends, up to its flow-control
+/// windows, for as long as it likes.
+pub(crate) trait Caller {
+    /// The caller's next report; `None` once it ended its stream, stopped
+    /// listening or broke the protocol (then it has been told why).
+    async fn report(&mut self) -> Option<Report>;
+    /// Keeps the caller's reports for `report` while the supervisor is busy,
+    /// and resolves when `report` would say the caller is gone.
+    async fn gone(&mut self);
+    /// Tells the caller of `event`, waiting while its queue is full;
+    /// `Err(Gone)` when it is gone.
+    async fn tell(&mut self, event: Event) -> Result<(), Gone>;
+}
+
+/// The caller went away: nothing more is told or read.
+#[derive(Debug)]
+pub(crate) struct Gone;
+
 /// One maintained session: the policy and what it needs to act.
 pub(crate) struct Supervisor {
     pub client: Arc<KvsClient>,
@@ -62,15 +84,14 @@ pub(crate) struct Supervisor {
 // === impl Supervisor ===
 
 impl Supervisor {
-    /// Runs until the policy gives up, the sidecar drains, the caller stops
-    /// sending reports (its stream ended) or stops listening (`events`
-    /// closed). No join starts after the caller went away, and a join in
+    /// Runs until the policy gives up, the sidecar drains or the caller is
+    /// gone. No join starts after the caller went away, and a join in
     /// flight then is abandoned.
-    pub(crate) async fn run(
-        self,
-        mut reports: mpsc::Receiver<Report>,
-        events: mpsc::Sender<Box<Event>>,
-    ) {
+    ///
+    /// The caller is driven here, in the supervisor's own task, rather
+    /// than by a task of its own: a session at rest then holds one task
+    /// and one queue (the caller's answers), not two tasks and three.
+    pub(crate) async fn run(self, mut caller: impl Caller) {
         let Self {
             client,
             channel,
@@ -108,7 +129,7 @@ impl Supervisor {
                     // hold 16 KiB (`kvs-bench at-rest`).
                     let result = tokio::select! {
                         result = Box::pin(join()) => result,
-                        () = events.closed() => break None,
+                        () = caller.gone() => break None,
                         _ = draining.wait_for(|d| *d) => break Some(Stop::Draining),
                         () = claim.lost() => break Some(Stop::LeaseLost),
                     };
@@ -122,15 +143,17 @@ impl Supervisor {
                             }
                             if watch_media {
                                 let wall = recording.now();
-                                media = Box::pin(watch(
+                                let watching = Box::pin(watch(
                                     &recording,
                                     &channel,
                                     wall,
                                     &settings,
                                     join_timeout,
-                                ))
-                                .await
-                                .map(|s| (s, now, wall));
+                                ));
+                                media = tokio::select! {
+                                    subscription = watching => subscription.map(|s| (s, now, wall)),
+                                    () = caller.gone() => break None,
+                                };
                                 first_fragment_seen = false;
                             }
                             Event::Joined {
@@ -157,7 +180,7 @@ impl Supervisor {
                             }
                         }
                     };
-                    if events.send(Box::new(event)).await.is_err() {
+                    if caller.tell(event).await.is_err() {
                         break None;
                     }
                     continue;
@@ -189,7 +212,7 @@ impl Supervisor {
                         policy.media(now.checked_sub(age).unwrap_or(now).max(*joined));
                     }
                 }
-                report = reports.recv() => match report {
+                report = caller.report() => match report {
                     Some(report) => {
                         if report == Report::OfferReceived
                             && let Some(at) = joined_at.take()
@@ -200,7 +223,6 @@ impl Supervisor {
                     }
                     None => break None,
                 },
-                () = events.closed() => break None,
                 _ = draining.wait_for(|d| *d) => break Some(Stop::Draining),
                 () = claim.lost() => break Some(Stop::LeaseLost),
             }
@@ -222,7 +244,7 @@ impl Supervisor {
             Some(error) => tracing::info!(why = why_label, %error, "maintained session gave up"),
             None => tracing::info!(why = why_label, "maintained session gave up"),
         }
-        let _ = events.send(Box::new(Event::GaveUp { why, error })).await;
+        let _ = caller.tell(Event::GaveUp { why, error }).await;
     }
 }
 

@@ -15,7 +15,7 @@ mod registry;
 pub(crate) mod rejoin;
 
 pub(crate) use self::{
-    driver::{Event, Stop, Supervisor},
+    driver::{Caller, Event, Gone, Stop, Supervisor},
     registry::{Refusal, Sessions},
     rejoin::{GiveUp, Reason, Report, Settings},
 };

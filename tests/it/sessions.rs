@@ -309,15 +309,51 @@ async fn a_bad_start_is_refused_naming_the_field_with_nothing_sent() {
         })
         .await
         .unwrap();
-    assert_eq!(
-        session.next().await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
+    let err = session.next().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("start"), "{err:?}");
     assert_eq!(
         fake.received_on(JOIN).len(),
         joins + 1,
         "only the valid session joined"
     );
+
+    // A report without a kind ends the session the same way, and frees
+    // the channel: its supervisor stopped.
+    let mut session = started_again(&client).await;
+    session.joined(JoinReason::Initial).await;
+    session
+        .reports
+        .send(MaintainStorageSessionRequest {
+            kind: Some(Kind::Report(SessionReport {
+                kind: SessionReportKind::Unspecified.into(),
+            })),
+        })
+        .await
+        .unwrap();
+    let err = session.next().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("report.kind"), "{err:?}");
+    started_again(&client)
+        .await
+        .joined(JoinReason::Initial)
+        .await;
+}
+
+/// A session on `ARN` once the one before it let the channel go: its
+/// supervisor stops just after the caller is told, so a start can find the
+/// channel still held for a moment (bounded: 5 s).
+async fn started_again(client: &WebRtcStorageServiceClient<Channel>) -> Session {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Session::start(client, start(ARN)).await {
+            Ok(session) => return session,
+            Err(e) if e.code() == Code::AlreadyExists && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the channel was not let go: {e:?}"),
+        }
+    }
 }
 
 #[tokio::test]
