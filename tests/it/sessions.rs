@@ -322,15 +322,7 @@ async fn a_bad_start_is_refused_naming_the_field_with_nothing_sent() {
     // the channel: its supervisor stopped.
     let mut session = started_again(&client).await;
     session.joined(JoinReason::Initial).await;
-    session
-        .reports
-        .send(MaintainStorageSessionRequest {
-            kind: Some(Kind::Report(SessionReport {
-                kind: SessionReportKind::Unspecified.into(),
-            })),
-        })
-        .await
-        .unwrap();
+    session.report(SessionReportKind::Unspecified).await;
     let err = session.next().await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("report.kind"), "{err:?}");
