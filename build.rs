@@ -22,6 +22,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Smaller per-call buffers than tonic's 8 KiB (src/grpc/codec.rs).
         .codec_path("crate::grpc::codec::SmallBuffers")
         .compile_fds(fds)?;
+
+    link_in_run_order()?;
+    Ok(())
+}
+
+/// Has lld lay out the release binary's functions in the order
+/// `release/symbol-order.txt` gives (written by `bench/symbol-order`): what
+/// a pod runs at idle first, then the join path. The kernel maps text 64
+/// KiB around each page fault, so functions scattered over 16 MB of text
+/// kept most of it resident; packed, idle keeps a few MiB less
+/// (docs/performance.md, "Idle RSS"). Only where Rust links with lld by
+/// default (x86_64 Linux, Rust 1.90 on); a name the binary no longer has is
+/// skipped, so a stale file costs memory, never a build.
+fn link_in_run_order() -> Result<(), env::VarError> {
+    let order = "release/symbol-order.txt";
+    println!("cargo:rerun-if-changed={order}");
+    if env::var("PROFILE")? != "release" || env::var("TARGET")? != "x86_64-unknown-linux-gnu" {
+        return Ok(());
+    }
+    let path = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join(order);
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+        path.display()
+    );
+    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     Ok(())
 }
 
