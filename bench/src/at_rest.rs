@@ -33,6 +33,12 @@ const STREAMS_PER_CONNECTION: usize = 200;
 const OPENING: usize = 16;
 /// Unary joins (on channels of their own) before the baseline.
 const WARM_JOINS: usize = 256;
+/// Sessions opened and ended before the baseline, so the code a session
+/// runs is resident in both readings (as the join path is): what is
+/// measured is what each session holds, not the first one's code pages,
+/// which the release build's run-order layout no longer shares with
+/// start-up's (docs/performance.md).
+const WARM_SESSIONS: usize = 16;
 /// Pause before each reading: longer than the allocator's purge delay and
 /// its once-a-second collection, so freed memory is back with the system.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -91,6 +97,7 @@ pub async fn measure(
     }
     // The baseline: the same sidecar, connected, warm, with no session.
     warm(&clients[0], WARM_JOINS).await;
+    warm_sessions(&clients[0], sessions).await;
     tokio::time::sleep(SETTLE).await;
     let rss_before = probe.rss_kib();
     let cpu_before = cpu_over(probe, idle).await;
@@ -185,6 +192,32 @@ async fn warm(client: &WebRtcStorageServiceClient<Channel>, count: usize) {
         });
     }
     while joins.join_next().await.is_some() {}
+}
+
+/// Opens [`WARM_SESSIONS`] sessions on channels after the measured ones'
+/// (`first` on), waits until they are at rest, and ends them.
+async fn warm_sessions(client: &WebRtcStorageServiceClient<Channel>, first: usize) {
+    let (stop, stopped) = watch::channel(false);
+    let (rested, mut at_rest) = mpsc::channel(WARM_SESSIONS);
+    let opening = std::sync::Arc::new(tokio::sync::Semaphore::new(OPENING));
+    let mut streams = JoinSet::new();
+    for n in first..first + WARM_SESSIONS {
+        let (client, rested) = (client.clone(), rested.clone());
+        let (opening, stopped) = (opening.clone(), stopped.clone());
+        streams.spawn(async move {
+            if let Err(e) = hold(client, n, opening, rested.clone(), stopped).await {
+                let _ = rested.send(Err(e)).await;
+            }
+        });
+    }
+    drop(rested);
+    for _ in 0..WARM_SESSIONS {
+        if let Some(Err(e)) = at_rest.recv().await {
+            panic!("a warm-up session: {e}");
+        }
+    }
+    stop.send_replace(true);
+    while streams.join_next().await.is_some() {}
 }
 
 /// One maintained session as a backend holds it at rest: started, joined,
