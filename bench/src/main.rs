@@ -81,6 +81,11 @@ enum Command {
     /// Only the sidecar's closed loop at each --concurrency, then its idle
     /// RSS before, its peak, and its RSS 10 s after (printed).
     AfterLoad,
+    /// What one caller's calls/s goal is up against, at each --concurrency:
+    /// a bare HTTP call to the fake, a health check of the sidecar (its gRPC
+    /// hop with no work behind it), the SDK's join and the sidecar's, each
+    /// as time per call (printed).
+    Floors,
 }
 
 impl Args {
@@ -133,6 +138,10 @@ fn main() {
         .expect("write the result");
         println!("\n{}", report::at_rest_markdown(&at_rest));
         println!("results: {}", out.display());
+        return;
+    }
+    if let Some(Command::Floors) = args.command {
+        runtime.block_on(floors(&args));
         return;
     }
     if let Some(Command::AfterLoad) = args.command {
@@ -241,6 +250,38 @@ async fn run(args: &Args) -> Report {
 }
 
 /// The sidecar's closed loop alone, and what it keeps after it.
+async fn floors(args: &Args) {
+    let window = Window {
+        warmup: args.warmup,
+        measure: args.duration,
+    };
+    let (_fake, fake) = process::fake();
+    let one = Workload::new(vec![arn("front-door")], None);
+    let sidecar = process::sidecar(&args.sidecar, &fake, &args.sidecar_env, &args.flags(&[]));
+    let probe = Probe::Pid(sidecar.process.pid());
+    for &c in &args.concurrency {
+        let direct = Arc::new(targets::Direct::new(&fake, &one));
+        let direct = load::closed(direct, c, window, Probe::Me).await;
+        let health = Arc::new(targets::Health::connect(&sidecar.grpc_url, c).await);
+        let health = load::closed(health, c, window, probe).await;
+        let sdk = Arc::new(targets::Sdk::new(&fake, MAX_ATTEMPTS, one.clone()));
+        let sdk = load::closed(sdk, c, window, Probe::Me).await;
+        let join = Arc::new(targets::Sidecar::connect(&sidecar.grpc_url, c, one.clone()).await);
+        let join = load::closed(join, c, window, probe).await;
+        let errors = direct.errors + health.errors + sdk.errors + join.errors;
+        // What each caller waits per call, in a closed loop.
+        let wait = |s: &load::Sample| c as f64 * 1e6 / s.calls_per_second;
+        let (direct, health, sdk, join) = (wait(&direct), wait(&health), wait(&sdk), wait(&join));
+        println!(
+            "concurrency {c}: bare HTTP to the fake {direct:.1} µs a call, a health check of the \
+             sidecar {health:.1} µs, the SDK's join {sdk:.1} µs (its own part: {:.1} µs over the \
+             bare call), the sidecar's join {join:.1} µs ({:.2}× the SDK's calls/s); {errors} errors",
+            sdk - direct,
+            sdk / join,
+        );
+    }
+}
+
 async fn after_load_only(args: &Args) {
     let window = Window {
         warmup: args.warmup,

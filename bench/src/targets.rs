@@ -1,6 +1,7 @@
 //! The four ways to make a join: through the sidecar over gRPC, the
 //! sidecar's upstream stack in-process, the official AWS SDK in-process, and
-//! a bare HTTP request to the fake (the floor for added latency).
+//! a bare HTTP request to the fake (the floor for added latency); and a
+//! health check, the sidecar's gRPC hop with no work behind it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -223,6 +224,42 @@ impl Target for Sdk {
                 .map(drop)
                 .map_err(|e| sdk::error::DisplayErrorContext(e).to_string()),
         }
+    }
+}
+
+// === impl Health ===
+
+/// A grpc.health.v1 check of the sidecar: what one gRPC call to it costs
+/// with nothing behind it (the load generator's tonic client, loopback both
+/// ways, the sidecar's HTTP/2 server and its layers), on the same HTTP/2
+/// connections as the joins.
+pub struct Health {
+    clients: Vec<tonic_health::pb::health_client::HealthClient<Channel>>,
+}
+
+impl Health {
+    pub async fn connect(url: &str, concurrency: usize) -> Self {
+        let mut clients = Vec::new();
+        for _ in 0..concurrency.div_ceil(64).max(1) {
+            let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+                .expect("a valid URL")
+                .connect()
+                .await
+                .expect("connect to the sidecar");
+            clients.push(tonic_health::pb::health_client::HealthClient::new(channel));
+        }
+        Self { clients }
+    }
+}
+
+impl Target for Health {
+    async fn call(&self, n: u64) -> Result<(), String> {
+        let mut client = self.clients[(n % self.clients.len() as u64) as usize].clone();
+        client
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .map(drop)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     }
 }
 
