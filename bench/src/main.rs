@@ -89,6 +89,14 @@ enum Command {
 }
 
 impl Args {
+    /// Each phase's warm-up and measured time.
+    fn window(&self) -> Window {
+        Window {
+            warmup: self.warmup,
+            measure: self.duration,
+        }
+    }
+
     /// `own` flags and then the user's, for one sidecar.
     fn flags<'a>(&'a self, own: &[&'a str]) -> Vec<&'a str> {
         own.iter()
@@ -173,10 +181,7 @@ fn main() {
 async fn run(args: &Args) -> Report {
     // The in-process stack records its metrics as the sidecar does.
     let _metrics = kvs_sidecar::instruments::install().expect("a metrics recorder");
-    let window = Window {
-        warmup: args.warmup,
-        measure: args.duration,
-    };
+    let window = args.window();
     let (_fake, fake) = process::fake();
     let startup = startup(args, &fake).await;
     let one = Workload::new(vec![arn("front-door")], None);
@@ -249,12 +254,9 @@ async fn run(args: &Args) -> Report {
     report
 }
 
-/// The sidecar's closed loop alone, and what it keeps after it.
+/// The floors under one caller's calls/s: see [`Command::Floors`].
 async fn floors(args: &Args) {
-    let window = Window {
-        warmup: args.warmup,
-        measure: args.duration,
-    };
+    let window = args.window();
     let (_fake, fake) = process::fake();
     let one = Workload::new(vec![arn("front-door")], None);
     let sidecar = process::sidecar(&args.sidecar, &fake, &args.sidecar_env, &args.flags(&[]));
@@ -282,11 +284,9 @@ async fn floors(args: &Args) {
     }
 }
 
+/// The sidecar's closed loop alone, and what it keeps after it.
 async fn after_load_only(args: &Args) {
-    let window = Window {
-        warmup: args.warmup,
-        measure: args.duration,
-    };
+    let window = args.window();
     let (_fake, fake) = process::fake();
     let one = Workload::new(vec![arn("front-door")], None);
     let sidecar = process::sidecar(&args.sidecar, &fake, &args.sidecar_env, &args.flags(&[]));
