@@ -32,10 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// a pod runs at idle first, then the join path. The kernel maps text 64
 /// KiB around each page fault, so functions scattered over 16 MB of text
 /// kept most of it resident; packed, idle RSS fell from 15.0 to 8.7 MiB
-/// (docs/performance.md, "Functions linked in the order they run"). Only where Rust links with lld by
-/// default (x86_64 Linux, Rust 1.90 on) and the build names no linker of
-/// its own; a name the binary no longer has is skipped, so a stale file
-/// costs memory, never a build.
+/// (docs/performance.md, "Functions linked in the order they run"). Only
+/// where Rust links with lld by default (x86_64 Linux, Rust 1.90 on) and
+/// the build names no linker of its own; a name the binary no longer has is
+/// skipped, so a stale file costs memory, never a build.
 fn link_in_run_order() -> Result<(), env::VarError> {
     let order = "release/symbol-order.txt";
     println!("cargo:rerun-if-changed={order}");

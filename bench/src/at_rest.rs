@@ -108,13 +108,13 @@ pub async fn measure(
     let mut streams = JoinSet::new();
     for n in 0..sessions {
         let client = clients[n % clients.len()].clone();
-        let (rested, stopped, opening) = (rested.clone(), stopped.clone(), opening.clone());
-        streams.spawn(async move {
-            let outcome = hold(client, n, opening, rested.clone(), stopped).await;
-            if let Err(e) = outcome {
-                let _ = rested.send(Err(e)).await;
-            }
-        });
+        streams.spawn(hold(
+            client,
+            n,
+            opening.clone(),
+            rested.clone(),
+            stopped.clone(),
+        ));
     }
     drop(rested);
     let (mut errors, mut first_error) = (0, None);
@@ -202,13 +202,13 @@ async fn warm_sessions(client: &WebRtcStorageServiceClient<Channel>, first: usiz
     let opening = std::sync::Arc::new(tokio::sync::Semaphore::new(OPENING));
     let mut streams = JoinSet::new();
     for n in first..first + WARM_SESSIONS {
-        let (client, rested) = (client.clone(), rested.clone());
-        let (opening, stopped) = (opening.clone(), stopped.clone());
-        streams.spawn(async move {
-            if let Err(e) = hold(client, n, opening, rested.clone(), stopped).await {
-                let _ = rested.send(Err(e)).await;
-            }
-        });
+        streams.spawn(hold(
+            client.clone(),
+            n,
+            opening.clone(),
+            rested.clone(),
+            stopped.clone(),
+        ));
     }
     drop(rested);
     for _ in 0..WARM_SESSIONS {
@@ -220,9 +220,23 @@ async fn warm_sessions(client: &WebRtcStorageServiceClient<Channel>, first: usiz
     while streams.join_next().await.is_some() {}
 }
 
+/// Holds one session at rest ([`session`]) and tells `rested` once it is,
+/// or why it is not.
+async fn hold(
+    client: WebRtcStorageServiceClient<Channel>,
+    n: usize,
+    opening: std::sync::Arc<tokio::sync::Semaphore>,
+    rested: mpsc::Sender<Result<(), String>>,
+    stop: watch::Receiver<bool>,
+) {
+    if let Err(e) = session(client, n, opening, rested.clone(), stop).await {
+        let _ = rested.send(Err(e)).await;
+    }
+}
+
 /// One maintained session as a backend holds it at rest: started, joined,
 /// the offer and CONNECTED reported; then held until `stop`.
-async fn hold(
+async fn session(
     mut client: WebRtcStorageServiceClient<Channel>,
     n: usize,
     opening: std::sync::Arc<tokio::sync::Semaphore>,

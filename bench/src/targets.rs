@@ -30,6 +30,7 @@ use kvs_sidecar::{
 };
 use tokio::time::Instant;
 use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::load::Target;
 
@@ -75,18 +76,28 @@ impl Sidecar {
     /// One HTTP/2 connection per 64 callers, as a pooled gRPC client would
     /// open.
     pub async fn connect(url: &str, concurrency: usize, work: Workload) -> Self {
-        let mut clients = Vec::new();
-        for _ in 0..concurrency.div_ceil(64).max(1) {
-            let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-                .expect("a valid URL")
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect to the sidecar");
-            clients.push(WebRtcStorageServiceClient::new(channel));
+        let channels = channels(url, concurrency).await;
+        let clients = channels.into_iter().map(WebRtcStorageServiceClient::new);
+        Self {
+            clients: clients.collect(),
+            work,
         }
-        Self { clients, work }
     }
+}
+
+/// One HTTP/2 connection to the sidecar per 64 callers.
+async fn channels(url: &str, concurrency: usize) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..concurrency.div_ceil(64).max(1) {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .expect("a valid URL")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect to the sidecar");
+        channels.push(channel);
+    }
+    channels
 }
 
 impl Target for Sidecar {
@@ -234,21 +245,17 @@ impl Target for Sdk {
 /// ways, the sidecar's HTTP/2 server and its layers), on the same HTTP/2
 /// connections as the joins.
 pub struct Health {
-    clients: Vec<tonic_health::pb::health_client::HealthClient<Channel>>,
+    clients: Vec<HealthClient<Channel>>,
 }
 
 impl Health {
+    /// On connections made as [`Sidecar::connect`] makes them.
     pub async fn connect(url: &str, concurrency: usize) -> Self {
-        let mut clients = Vec::new();
-        for _ in 0..concurrency.div_ceil(64).max(1) {
-            let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-                .expect("a valid URL")
-                .connect()
-                .await
-                .expect("connect to the sidecar");
-            clients.push(tonic_health::pb::health_client::HealthClient::new(channel));
+        let channels = channels(url, concurrency).await;
+        let clients = channels.into_iter().map(HealthClient::new);
+        Self {
+            clients: clients.collect(),
         }
-        Self { clients }
     }
 }
 
